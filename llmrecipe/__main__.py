@@ -1,0 +1,3 @@
+from llmrecipe.cli import main
+
+raise SystemExit(main())

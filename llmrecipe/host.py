@@ -1,0 +1,32 @@
+"""Probe the machine for the facts a plan depends on, cheaply and without importing torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from llmrecipe.plan.plan import Host
+
+
+def probe_host() -> Host:
+    return Host(cuda=_has_cuda(), cpu_bf16=_cpu_has_bf16())
+
+
+def _has_cuda() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    # The NVIDIA kernel driver exposes this file; whether torch can use it is checked when a step starts.
+    return Path("/proc/driver/nvidia/version").exists()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to know, so stay with fp32
+        return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16"})

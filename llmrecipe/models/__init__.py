@@ -1,0 +1,29 @@
+"""Model architectures, one file each, built from a ModelShape (plain data from the plan)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from llmrecipe.models.llama import Llama
+from llmrecipe.plan.specs import ModelShape
+
+ARCHITECTURES = {"llama": Llama}
+"""`model.arch` in a recipe -> the nn.Module class that implements it."""
+
+
+def build_model(shape: ModelShape) -> torch.nn.Module:
+    return ARCHITECTURES[shape.arch](shape)
+
+
+def load_trained(model_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, ModelShape]:
+    """A model artifact folder (config.json + model.safetensors) -> the model in eval mode, and its shape."""
+    shape = ModelShape.model_validate(json.loads((model_dir / "config.json").read_text()))
+    model = build_model(shape)
+    state = load_file(model_dir / "model.safetensors", device=device)
+    model.load_state_dict(state, strict=False)  # tied output weight is stored once, as the embedding
+    model.tie_weights()
+    return model.to(device).eval(), shape

@@ -1,0 +1,78 @@
+"""The compiled plan: steps in run order, each with its resolved spec and content fingerprint."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Host(Frozen):
+    """Facts about the machine that the plan depends on, probed without importing torch."""
+
+    cuda: bool = False
+    cpu_bf16: bool = False
+    """The CPU has native bf16 matmuls (AVX512-BF16 or AMX), where bf16 autocast is about 2x fp32."""
+
+
+class ExternalFile(Frozen):
+    """A file read from outside the store. Its content (not its location) enters the fingerprint."""
+
+    source: int
+    """Index of the source in the step's `sources` list."""
+    name: str
+    """Path relative to the source's root folder: stable across machines and checkouts."""
+    sha256: str
+    size: int
+    path: str
+    """Absolute path on this machine, for the executor; left out of the fingerprint."""
+
+
+class PlanStep(Frozen):
+    name: str
+    kind: str
+    implicit: bool = False
+    """True for steps the compiler inserted (e.g. `corpus@tok`, the tokenized corpus)."""
+    inputs: dict[str, str] = {}
+    """Role (`data`, `tokenizer`, `tokens`, `model`) -> name of the upstream step."""
+    spec: dict[str, Any]
+    """The resolved spec the executor receives: the user's settings plus every derived value."""
+    derived: dict[str, Any] = {}
+    """The derived values, shown by `llmrecipe plan` (also inside `spec`)."""
+    external: list[ExternalFile] = []
+    executor_version: int
+    fingerprint: str
+
+
+class Plan(Frozen):
+    name: str
+    seed: int
+    workdir: str
+    device: Literal["cpu", "cuda"]
+    steps: list[PlanStep]
+
+    def step(self, name: str) -> PlanStep:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def downstream_of(self, names: set[str]) -> set[str]:
+        """The named steps and every step that depends on them, directly or not."""
+        found = set(names)
+        for step in self.steps:  # run order: a step comes after all of its inputs
+            if any(upstream in found for upstream in step.inputs.values()):
+                found.add(step.name)
+        return found
+
+    def upstream_of(self, names: set[str]) -> set[str]:
+        """The named steps and everything they need."""
+        found = set(names)
+        for step in reversed(self.steps):
+            if step.name in found:
+                found.update(step.inputs.values())
+        return found

@@ -1,0 +1,49 @@
+"""The whole recipe: a [run] table and named [steps.NAME] tables, told apart by `kind`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from llmrecipe.recipe.base import Section, StepName
+from llmrecipe.recipe.data import DataStep
+from llmrecipe.recipe.evaluate import EvaluateStep
+from llmrecipe.recipe.export import ExportStep
+from llmrecipe.recipe.pretrain import PretrainStep
+from llmrecipe.recipe.tokenizer import TokenizerStep
+
+StepConfig = Annotated[
+    Union[DataStep, TokenizerStep, PretrainStep, EvaluateStep, ExportStep],
+    Field(discriminator="kind"),
+]
+
+STEP_KINDS: dict[str, type[Section]] = {
+    "data": DataStep,
+    "tokenizer": TokenizerStep,
+    "pretrain": PretrainStep,
+    "evaluate": EvaluateStep,
+    "export": ExportStep,
+}
+"""Every step kind a user can write, by its `kind` value."""
+
+
+class RunConfig(Section):
+    """Settings of the whole run."""
+
+    name: str = "llmrecipe"
+    """Name of the run; shown in the plan and the run record."""
+    seed: int = 1337
+    """One seed for everything: data split order, initialization, sampling. Same recipe + seed, same bytes."""
+    workdir: str | None = None
+    """Where the artifact store and run records live (relative to the recipe file); default `./.llmrecipe`."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` picks CUDA when present, else the CPU."""
+
+
+class Recipe(Section):
+    """A complete recipe, as validated from TOML."""
+
+    run: RunConfig = RunConfig()
+    steps: dict[StepName, StepConfig] = Field(min_length=1)
+    """The steps, by name. Order does not matter: the plan orders them by their references."""

@@ -1,0 +1,35 @@
+"""The executor table: step kind -> the module that runs it, imported only when a step of that kind runs.
+
+Each module has `run(spec: dict, ctx: StepContext) -> dict` returning summary metrics (JSON). Bump a
+kind's version when its executor changes what it writes: every fingerprint of that kind changes, so
+stored artifacts of the old executor are not reused.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from llmrecipe.run.context import StepContext
+
+
+@dataclass(frozen=True)
+class Executor:
+    module: str
+    version: int
+
+    def __call__(self, spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        return importlib.import_module(self.module).run(spec, ctx)
+
+
+EXECUTORS: dict[str, Executor] = {
+    "data": Executor("llmrecipe.steps.data", version=1),
+    "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
+    "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
+    "pretrain": Executor("llmrecipe.steps.pretrain", version=1),
+    "evaluate": Executor("llmrecipe.steps.evaluate", version=1),
+    "export": Executor("llmrecipe.steps.export", version=1),
+}
+
+EXECUTOR_VERSIONS: dict[str, int] = {kind: executor.version for kind, executor in EXECUTORS.items()}
