@@ -23,7 +23,13 @@ def load_trained(model_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module,
     """A model artifact folder (config.json + model.safetensors) -> the model in eval mode, and its shape."""
     shape = ModelShape.model_validate(json.loads((model_dir / "config.json").read_text()))
     model = build_model(shape)
-    state = load_file(model_dir / "model.safetensors", device=device)
-    model.load_state_dict(state, strict=False)  # tied output weight is stored once, as the embedding
-    model.tie_weights()
+    load_weights(model, load_file(model_dir / "model.safetensors", device=device))
     return model.to(device).eval(), shape
+
+
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load a state dict saved without aliases: only a tied output weight may be missing."""
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {"lm_head.weight"} if getattr(model, "shape", None) is not None and model.shape.tie_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"weights do not fit the model: missing {sorted(set(missing) - tied)}, unexpected {unexpected}")

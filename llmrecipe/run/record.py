@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import sys
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ class WorkdirLock:
 class RunRecord:
     def __init__(self, workdir: Path, name: str):
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.run_id = f"{stamp}-{name}-{os.getpid()}"
+        self.run_id = f"{stamp}-{name}-{uuid.uuid4().hex[:6]}"
         self.dir = workdir / "runs" / self.run_id
         self.dir.mkdir(parents=True)
         self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")

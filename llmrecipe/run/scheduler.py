@@ -40,26 +40,29 @@ class Scheduler:
         self.store = store
         self.executors = executors
         self.reporter = reporter
+        self.outcomes: list[StepOutcome] = []
+        """Steps of the latest run so far: complete after a failure too, for the report."""
 
     def run(self, plan: Plan, record: RunRecord, *, only: set[str] | None = None, force: set[str] = frozenset()) -> RunReport:
         """Run the plan (or `only` these steps and what they need). `force` re-runs steps even if stored."""
         self.store.clear_staging()
         wanted = plan.upstream_of(only) if only else {s.name for s in plan.steps}
-        outcomes = []
+        self.outcomes = []
         for step in plan.steps:
             if step.name not in wanted:
-                outcomes.append(StepOutcome(step.name, step.kind, "skipped"))
+                self.outcomes.append(StepOutcome(step.name, step.kind, "skipped"))
                 continue
             if step.name in force:
                 self.store.forget(step.fingerprint)
-            outcomes.append(self._run_step(plan, step, record))
-        return RunReport(run_id=record.run_id, record_dir=record.dir, outcomes=outcomes)
+            self.outcomes.append(self._run_step(plan, step, record))
+        return RunReport(run_id=record.run_id, record_dir=record.dir, outcomes=self.outcomes)
 
     def _run_step(self, plan: Plan, step: PlanStep, record: RunRecord) -> StepOutcome:
         if self.store.is_done(step.fingerprint):
             self.reporter.step_cached(step.name, step.kind)
             record.event({"event": "step_cached", "step": step.name, "fingerprint": step.fingerprint})
             metrics = (self.store.manifest(step.fingerprint) or {}).get("metrics", {})
+            self.store.remember(plan.name, step.name, step.fingerprint)
             return StepOutcome(step.name, step.kind, "cached", metrics=metrics)
 
         scratch = self.store.scratch(step.fingerprint)
@@ -82,11 +85,13 @@ class Scheduler:
         try:
             metrics = self.executors[step.kind](step.spec, ctx)
         except StepError as error:
+            self.outcomes.append(StepOutcome(step.name, step.kind, "failed"))
             self._fail(step, record, str(error))
             raise StepFailed(step.name, str(error)) from None
         except Exception as error:  # a bug, not a user mistake: keep the traceback in the run record
             (record.dir / f"{step.name}.traceback.txt").write_text(traceback.format_exc())
             message = f"unexpected {type(error).__name__}: {error}"
+            self.outcomes.append(StepOutcome(step.name, step.kind, "failed"))
             self._fail(step, record, message)
             raise StepFailed(step.name, message, details=str(record.dir / f"{step.name}.traceback.txt")) from error
         seconds = time.perf_counter() - clock
@@ -107,6 +112,7 @@ class Scheduler:
                 "metrics": metrics,
             },
         )
+        self.store.remember(plan.name, step.name, step.fingerprint)
         self.reporter.step_done(step.name, step.kind, seconds, metrics)
         record.event({"event": "step_done", "step": step.name, "seconds": round(seconds, 3), "metrics": metrics})
         return StepOutcome(step.name, step.kind, "done", seconds, metrics)

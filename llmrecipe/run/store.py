@@ -61,6 +61,23 @@ class Store:
         shutil.rmtree(self.scratch_root / fingerprint, ignore_errors=True)
         return final
 
+    def remember(self, run_name: str, step: str, fingerprint: str) -> None:
+        """Note which fingerprint a recipe's step last completed with, so `plan` can call a change stale."""
+        index = self.last_fingerprints_all()
+        index.setdefault(run_name, {})[step] = fingerprint
+        temporary = self.workdir / "index.json.tmp"
+        temporary.write_text(json.dumps(index, indent=1, sort_keys=True))
+        os.replace(temporary, self.workdir / "index.json")
+
+    def last_fingerprints(self, run_name: str) -> dict[str, str]:
+        return self.last_fingerprints_all().get(run_name, {})
+
+    def last_fingerprints_all(self) -> dict[str, dict[str, str]]:
+        try:
+            return json.loads((self.workdir / "index.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
     def forget(self, fingerprint: str) -> None:
         """Drop a committed artifact and its resume state, so the step runs again from the start."""
         shutil.rmtree(self.path(fingerprint), ignore_errors=True)

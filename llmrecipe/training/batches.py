@@ -1,0 +1,38 @@
+"""Training windows drawn from a packed token file, as a pure function of (seed, step).
+
+Because each step's windows depend only on the seed and the step number, the data cursor of a
+resumed run is just the step it resumes at, and any number of processes can agree on the global batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class TokenFile:
+    def __init__(self, path: Path, dtype: str):
+        self.tokens = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r") if path.stat().st_size else np.zeros(0, dtype)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def windows(self, offsets: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-token targets, each (B, seq_len), for windows starting at `offsets`."""
+        rows = np.stack([self.tokens[o : o + seq_len + 1] for o in offsets.tolist()]).astype(np.int64)  # (B, T+1)
+        rows = torch.from_numpy(rows)
+        return rows[:, :-1], rows[:, 1:]
+
+
+def step_offsets(seed: int, step: int, count: int, n_tokens: int, seq_len: int) -> torch.Tensor:
+    """`count` window starts for optimizer step `step`, uniform over the file."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(0, n_tokens - seq_len, (count,), generator=generator)
+
+
+def validation_offsets(seed: int, count: int, n_tokens: int, seq_len: int) -> torch.Tensor:
+    """The same validation windows at every evaluation, so the curve compares like with like."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 - 1)
+    return torch.randint(0, n_tokens - seq_len, (count,), generator=generator)

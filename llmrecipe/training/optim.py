@@ -1,0 +1,27 @@
+"""AdamW with decay only where it regularizes: weight matrices, not norms, biases or embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmrecipe.recipe.pretrain import OptimConfig
+
+
+def build_adamw(model: nn.Module, optim: OptimConfig, device: str) -> torch.optim.AdamW:
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for param in model.parameters():  # tied weights appear once
+        if not param.requires_grad:
+            continue
+        (decay if param.dim() >= 2 and id(param) not in embeddings else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups,
+        lr=optim.lr,
+        betas=(optim.beta1, optim.beta2),
+        fused=device == "cuda",  # one kernel for all parameters; the CPU path is the plain for-each loop
+    )

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny recipes and corpora written into tmp folders, nothing from the network."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+WORDS = (
+    "the king and queen walk in the garden while a storm gathers over the sea and the old castle "
+    "stands silent under grey clouds as the players speak of love and war and time"
+).split()
+
+
+def make_corpus(folder: Path, documents: int = 40, words: int = 120, seed: int = 0) -> Path:
+    """Plain-text documents of pseudo-random English words, one file each: deterministic for a seed."""
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(documents):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(words // 12)]
+        (folder / f"doc{i:03d}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+TINY_RECIPE = """
+[run]
+name = "tiny"
+seed = 7
+workdir = "work"
+
+[steps.corpus]
+kind = "data"
+sources = [{{ path = "corpus" }}]
+ops = [{{ op = "normalize" }}, {{ op = "dedup_exact" }}]
+split = {{ val = 0.2, test = 0.1 }}
+
+[steps.tok]
+kind = "tokenizer"
+data = "corpus"
+type = "bpe"
+vocab_size = 300
+
+[steps.base]
+kind = "pretrain"
+data = "corpus"
+tokenizer = "tok"
+model = {{ n_layer = 2, n_head = 2, d_model = 32, seq_len = 32 }}
+optim = {{ lr = 3e-3, warmup = 5 }}
+batch_size = 4
+budget = {{ steps = {steps} }}
+eval_every = 20
+eval_batches = 2
+checkpoint_every = {checkpoint_every}
+log_every = 5
+{extra}
+"""
+
+
+def write_tiny_recipe(
+    folder: Path, steps: int = 40, checkpoint_every: int = 10, extra: str = "", edits: tuple[tuple[str, str], ...] = ()
+) -> Path:
+    """A complete small recipe (data -> tokenizer -> pretrain) over a generated corpus in `folder`.
+
+    `edits` are (old, new) text replacements applied to the recipe, each of which must match.
+    """
+    make_corpus(folder / "corpus")
+    text = textwrap.dedent(TINY_RECIPE.format(steps=steps, checkpoint_every=checkpoint_every, extra=extra))
+    for old, new in edits:
+        assert old in text, f"edit does not match the recipe: {old!r}"
+        text = text.replace(old, new)
+    path = folder / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path) -> Path:
+    return write_tiny_recipe(tmp_path)

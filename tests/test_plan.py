@@ -1,0 +1,126 @@
+"""The compiler: derived values, implicit steps, and fingerprints that change exactly when results can."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmrecipe import api
+from llmrecipe.errors import RecipeError
+from llmrecipe.plan.plan import Plan
+from tests.conftest import write_tiny_recipe
+
+
+def compile_tiny(folder: Path, overrides=(), **kwargs) -> Plan:
+    path = folder / "recipe.toml"
+    if not path.exists():
+        write_tiny_recipe(folder, **kwargs)
+    return api.compile(api.load(path, overrides))
+
+
+def fingerprints(plan: Plan) -> dict[str, str]:
+    return {step.name: step.fingerprint for step in plan.steps}
+
+
+def test_implicit_tokenize_step_sits_between_data_tokenizer_and_pretrain(tmp_path):
+    plan = compile_tiny(tmp_path)
+    names = [s.name for s in plan.steps]
+    assert names == ["corpus", "tok", "corpus@tok", "base"]
+    tokenize = plan.step("corpus@tok")
+    assert tokenize.implicit and tokenize.kind == "tokenize"
+    assert tokenize.inputs == {"data": "corpus", "tokenizer": "tok"}
+    assert plan.step("base").inputs == {"tokens": "corpus@tok", "tokenizer": "tok"}
+
+
+def test_derived_values_match_the_built_model(tmp_path):
+    import torch
+
+    from llmrecipe.models import build_model
+    from llmrecipe.plan.specs import PretrainSpec
+
+    plan = compile_tiny(tmp_path)
+    base = plan.step("base")
+    spec = PretrainSpec.model_validate(base.spec)
+    assert spec.model.head_dim == 16
+    assert spec.model.vocab_size == 320  # 300 rounded up to a multiple of 64
+    assert spec.total_steps == 40 and spec.tokens_per_step == 4 * 32
+    model = build_model(spec.model)
+    assert base.derived["n_params"] == sum(p.numel() for p in model.parameters())
+    assert isinstance(model(torch.zeros(1, 4, dtype=torch.long)), torch.Tensor)
+
+
+def test_token_budget_gives_total_steps(tmp_path):
+    plan = compile_tiny(tmp_path, edits=(("budget = { steps = 40 }", "budget = { tokens = 1000 }"),))
+    assert plan.step("base").derived["total_steps"] == 8  # ceil(1000 / (4 * 32))
+
+
+def test_changing_a_pretrain_hyperparameter_leaves_data_and_tokenizer_alone(tmp_path):
+    before = fingerprints(compile_tiny(tmp_path))
+    after = fingerprints(compile_tiny(tmp_path, ["steps.base.optim.lr=1e-3"]))
+    assert before["corpus"] == after["corpus"]
+    assert before["tok"] == after["tok"]
+    assert before["corpus@tok"] == after["corpus@tok"]
+    assert before["base"] != after["base"]
+
+
+def test_changing_the_tokenizer_changes_everything_downstream_of_it(tmp_path):
+    before = fingerprints(compile_tiny(tmp_path))
+    after = fingerprints(compile_tiny(tmp_path, ["steps.tok.vocab_size=400"]))
+    assert before["corpus"] == after["corpus"]
+    assert {name for name in before if before[name] != after[name]} == {"tok", "corpus@tok", "base"}
+
+
+def test_fields_that_cannot_change_results_do_not_change_the_fingerprint(tmp_path):
+    before = fingerprints(compile_tiny(tmp_path))
+    after = fingerprints(compile_tiny(tmp_path, ["steps.base.log_every=1", "steps.base.checkpoint_every=3"]))
+    assert before == after
+
+
+def test_editing_an_input_file_changes_the_data_fingerprint(tmp_path):
+    before = fingerprints(compile_tiny(tmp_path))
+    (tmp_path / "corpus" / "doc000.txt").write_text("something else entirely\n")
+    after = fingerprints(compile_tiny(tmp_path))
+    assert before["corpus"] != after["corpus"]
+
+
+def test_fingerprints_do_not_depend_on_where_the_project_lives(tmp_path):
+    first = fingerprints(compile_tiny(tmp_path / "a"))
+    second = fingerprints(compile_tiny(tmp_path / "b"))
+    assert first == second
+
+
+def test_plan_round_trips_through_json(tmp_path):
+    plan = compile_tiny(tmp_path)
+    again = Plan.model_validate(json.loads(json.dumps(plan.model_dump(mode="json"))))
+    assert again == plan
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("steps.base.model.d_model=33", "d_model = 33 is not a multiple of model.n_head = 2"),
+        ("steps.base.model.d_model=30", "head size d_model / n_head = 15 is odd"),
+        ("steps.base.model.n_kv_head=3", "n_head = 2 is not a multiple of model.n_kv_head = 3"),
+        ("steps.base.micro_batch_size=3", "batch_size = 4 is not a multiple of micro_batch_size = 3"),
+        ("steps.base.optim.warmup=40", "warmup = 40 steps is not shorter than the whole run"),
+    ],
+)
+def test_impossible_combinations_are_recipe_errors(tmp_path, override, message):
+    with pytest.raises(RecipeError) as error:
+        compile_tiny(tmp_path, [override])
+    assert message in str(error.value)
+    assert str(error.value).startswith("steps.base:")
+
+
+def test_missing_source_files_are_recipe_errors(tmp_path):
+    write_tiny_recipe(tmp_path, edits=(('path = "corpus"', 'path = "corpus/*.md"'),))
+    with pytest.raises(RecipeError, match=r"no files match '\*\.md'"):
+        compile_tiny(tmp_path)
+
+
+def test_uninstalled_package_source_is_a_recipe_error(tmp_path):
+    write_tiny_recipe(tmp_path, edits=(('{ path = "corpus" }', '{ package = "no_such_pkg_xyz", glob = "*.txt" }'),))
+    with pytest.raises(RecipeError, match="no installed package of that name"):
+        compile_tiny(tmp_path)
