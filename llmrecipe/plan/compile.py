@@ -79,7 +79,7 @@ def compile_plan(
         step = recipe.steps[name]
         where = f"steps.{name}"
         if step.kind == "data":
-            spec = DataSpec(sources=step.sources, ops=step.ops, split=step.split, seed=seed)
+            spec = DataSpec(sources=step.sources, ops=step.ops, split=step.split)
             builder.add(name, "data", spec, {}, external=external.get(name, []))
         elif step.kind == "tokenizer":
             spec = TokenizerSpec(

@@ -20,10 +20,11 @@ class Spec(Frozen):
 
 
 class DataSpec(Spec):
+    """No seed: a document's split is a function of its text alone, so changing the seed re-runs no data step."""
+
     sources: list[Source]
     ops: list[DataOp]
     split: Split
-    seed: int
 
 
 class TokenizerSpec(Spec):
