@@ -56,3 +56,10 @@ def test_validate_and_plan_do_not_import_torch_or_polars():
         [sys.executable, "-c", code, str(REPO / ".llmrecipe-import-test")], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    ci_command = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    readme = (REPO / "README.md").read_text()
+    assert ci_command.endswith("python -m pytest")
+    assert f"\n{ci_command}\n" in readme

@@ -22,13 +22,13 @@ def test_tiny_recipe_loads(tiny_recipe: Path):
     recipe = load_recipe(tiny_recipe).recipe
     assert recipe.run.seed == 7
     assert recipe.steps["base"].model.d_model == 32
-    assert recipe.steps["base"].optim.lr == 3e-3
+    assert recipe.steps["base"].optim.lr == 1e-2
 
 
 @pytest.mark.parametrize(
     "edit, expected",
     [
-        (("optim = { lr = 3e-3, warmup = 5 }", "optim = { lr = 3e-3, warmup = 5, schedul = 'cosine' }"),
+        (("optim = { lr = 1e-2, warmup = 5 }", "optim = { lr = 1e-2, warmup = 5, schedul = 'cosine' }"),
          "steps.base.optim.schedul: unknown key 'schedul'; did you mean 'schedule'?"),
         (("batch_size = 4", "batch_size = 'four'"), "steps.base.batch_size = 'four': Input should be a valid integer"),
         (("tokenizer = \"tok\"", "tokenizer = \"tokk\""), "steps.base.tokenizer = 'tokk': no step has that name; did you mean 'tok'?"),
