@@ -54,6 +54,11 @@ def compile(loaded: LoadedRecipe, workdir: str | Path | None = None) -> Plan:
     )
 
 
+def artifact(plan: Plan, step: str) -> Path:
+    """The store folder that holds (or will hold) a step's outputs."""
+    return Store(Path(plan.workdir)).path(plan.step(step).fingerprint)
+
+
 def states(plan: Plan) -> dict[str, str]:
     return step_states(plan, Store(Path(plan.workdir)))
 
@@ -65,13 +70,17 @@ def status(plan: Plan) -> list[dict[str, Any]]:
 def run(
     loaded: LoadedRecipe,
     *,
+    plan: Plan | None = None,
     workdir: str | Path | None = None,
     only: Iterable[str] = (),
     force: Iterable[str] = (),
     reporter: Reporter | None = None,
 ) -> RunReport:
-    """Run the recipe; steps already in the store are skipped, an interrupted step resumes."""
-    plan = compile(loaded, workdir)
+    """Run the recipe; steps already in the store are skipped, an interrupted step resumes.
+
+    `plan` is the recipe's compiled plan when the caller already has it (e.g. to show it first).
+    """
+    plan = plan or compile(loaded, workdir)
     only, force = set(only), set(force)
     _check_step_names(plan, only, "--only")
     _check_step_names(plan, force, "--force")

@@ -91,11 +91,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from llmrecipe import api
 
+    from rich.console import Console
+
+    from llmrecipe.ui import plan_tables
+
     loaded = api.load(args.recipe, args.set)
-    report = api.run(loaded, workdir=args.workdir, only=args.only, force=args.force, reporter=_reporter())
+    plan = api.compile(loaded, args.workdir)
+    console = Console(stderr=True)
+    for table in plan_tables(plan, api.states(plan)):
+        console.print(table)
+    report = api.run(loaded, plan=plan, only=args.only, force=args.force, reporter=_reporter())
     ran = sum(o.state == "done" for o in report.outcomes)
     cached = sum(o.state == "cached" for o in report.outcomes)
-    print(f"finished: {ran} steps ran, {cached} cached; record in {report.record_dir}", file=sys.stderr)
+    print(f"finished: {ran} steps ran, {cached} cached; run record in {report.record_dir}", file=sys.stderr)
+    used = {upstream for step in plan.steps for upstream in step.inputs.values()}
+    for step in plan.steps:  # the final products: steps nothing else consumes
+        if step.name not in used and any(o.name == step.name and o.state != "skipped" for o in report.outcomes):
+            print(f"  {step.name} ({step.kind}): {api.artifact(plan, step.name)}", file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,9 @@ and a check that onnxruntime computes the same logits as torch.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +28,35 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int) -> list[Path]:
     dynamic_shapes = {"idx": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=seq_len)}}
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     before = set(path.parent.iterdir())
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=["input_ids"],
-        output_names=["logits"],
-        opset_version=opset,
-        dynamo=True,
-        dynamic_shapes=dynamic_shapes,
-        external_data=weight_bytes > INLINE_WEIGHTS_LIMIT,
-        verbose=False,
-    )
+    with quiet_exporter():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["input_ids"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            external_data=weight_bytes > INLINE_WEIGHTS_LIMIT,
+            verbose=False,
+        )
     return sorted(set(path.parent.iterdir()) - before)
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """Silence the exporter's chatter that says nothing about our model: one warning per torchvision op it
+    skips because torchvision is absent, and deprecation notices from torch's own pytree code."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)
 
 
 def onnx_providers() -> list[str]:

@@ -92,7 +92,8 @@ def train(spec: PretrainSpec, model: nn.Module, data: TrainData, ctx: StepContex
             metrics.write({"step": done, "val_loss": last_val})
         if done % spec.checkpoint_every == 0 and done < spec.total_steps:
             save_checkpoint(checkpoints, model, optimizer, counters)
-        progress.advance(1, loss=step_loss, lr=lr, tok_s=_rate(spec, done - first_step, train_seconds))
+        shown = {"loss": step_loss, "lr": lr, "tok_s": _rate(spec, done - first_step, train_seconds)}
+        progress.advance(1, **shown, **({"val_loss": last_val} if last_val is not None else {}))
     progress.close()
     train_losses = [r["loss"] for r in metrics.records if "loss" in r]
     return {
