@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmrecipe.data.locate import sha256_file
-from llmrecipe.data.ops import OPS, clean_whitespace
-from llmrecipe.data.read import read_source
+from llmrecipe.data.clean import clean_whitespace
+from llmrecipe.data.ops import OPS
+from llmrecipe.data.read import Reader
 from llmrecipe.data.split import assign_splits, split_of, text_position
 from llmrecipe.errors import StepError
 from llmrecipe.plan.plan import ExternalFile
@@ -39,9 +40,15 @@ def external(root: Path, names: list[str], source: int = 0) -> list[ExternalFile
     ]
 
 
+def read_files(source: Source, files: list[ExternalFile], policy: str = "skip") -> pl.DataFrame:
+    reader = Reader(source, 0, policy, source.metadata)
+    return pl.concat([pl.DataFrame(schema={"id": pl.String, "text": pl.String, "source": pl.Int32}),
+                      *reader.documents(files)], how="diagonal")
+
+
 def read(root: Path, files: dict[str, str | bytes], **source: typing.Any) -> pl.DataFrame:
     write_files(root, files)
-    return read_source(Source(path=str(root), **source), 0, external(root, sorted(files)))
+    return read_files(Source(path=str(root), **source), external(root, sorted(files)))
 
 
 def parquet_bytes(frame: pl.DataFrame) -> bytes:
@@ -58,7 +65,8 @@ def context(tmp_path: Path, files: list[ExternalFile]) -> StepContext:
 
 
 def data_spec(sources: list[Source], ops: list[dict] = (), val: float = 0.0, test: float = 0.0) -> dict:
-    return {"sources": [s.model_dump() for s in sources], "ops": list(ops), "split": {"val": val, "test": test}}
+    return {"sources": [s.model_dump() for s in sources], "ops": list(ops), "split": {"val": val, "test": test},
+            "on_bad_record": "skip", "batch_mb": 64, "mix_seed": None}
 
 
 def frame_of(*texts: str) -> pl.DataFrame:
@@ -73,8 +81,8 @@ def test_text_unit_file_reads_one_document_per_file(tmp_path):
     docs = read(tmp_path, {"a.txt": "first\n\nfile", "sub/b.txt": b"\xef\xbb\xbfsecond \xff"})
     assert docs.schema == {"id": pl.String, "text": pl.String, "source": pl.Int32}
     assert docs["id"].to_list() == ["0:a.txt", "0:sub/b.txt"]
-    # the byte-order mark is dropped, the invalid byte becomes U+FFFD
-    assert docs["text"].to_list() == ["first\n\nfile", "second \ufffd"]
+    # the byte-order mark is dropped, the invalid byte is read as Windows-1252
+    assert docs["text"].to_list() == ["first\n\nfile", "second \u00ff"]
 
 
 def test_text_unit_paragraph_splits_on_blank_lines(tmp_path):
@@ -130,9 +138,10 @@ def test_missing_jsonl_field_names_file_and_columns(tmp_path):
     assert "d.jsonl" in message and "'text'" in message and "body, title" in message
 
 
-def test_non_text_field_is_a_step_error(tmp_path):
+def test_non_text_field_is_a_bad_record(tmp_path):
+    write_files(tmp_path, {"d.jsonl": '{"text": 3}\n'})
     with pytest.raises(StepError, match="holds Int64"):
-        read(tmp_path, {"d.jsonl": '{"text": 3}\n'})
+        read_files(Source(path=str(tmp_path)), external(tmp_path, ["d.jsonl"]), policy="fail")
 
 
 def test_file_changed_since_plan_is_a_step_error(tmp_path):
@@ -140,10 +149,25 @@ def test_file_changed_since_plan_is_a_step_error(tmp_path):
     files = external(tmp_path, ["a.txt"])
     write_files(tmp_path, {"a.txt": "edited"})
     with pytest.raises(StepError, match="changed after the plan"):
-        read_source(Source(path=str(tmp_path)), 0, files)
+        read_files(Source(path=str(tmp_path)), files)
 
 
 # ops
+
+
+def kept(docs: pl.DataFrame, op) -> pl.DataFrame:
+    result = OPS[op.op](docs, op)
+    return result.frame if result.drop is None else result.frame.filter(result.drop.is_null())
+
+
+def deduplicated(docs: pl.DataFrame, op, work: Path) -> pl.DataFrame:
+    corpus = OPS[op.op](op, work)
+    corpus.observe(docs["text"])
+    return docs.filter(pl.Series(corpus.decide().keep))
+
+
+def normalized(docs: pl.DataFrame, op: Normalize) -> pl.DataFrame:
+    return OPS["normalize"](docs, op).frame
 
 
 def test_ops_registry_matches_recipe_schema():
@@ -152,44 +176,44 @@ def test_ops_registry_matches_recipe_schema():
 
 
 def test_normalize_nfkc_folds_compatibility_characters():
-    out = OPS["normalize"](frame_of("\ufb01ne caf\u0065\u0301", "\u00bd"), Normalize(form="NFKC"))
+    out = normalized(frame_of("\ufb01ne caf\u0065\u0301", "\u00bd"), Normalize(form="NFKC"))
     assert out["text"].to_list() == ["fine café", "1\u20442"]
 
 
 def test_normalize_nfc_keeps_ligatures_and_none_keeps_everything():
-    composed = OPS["normalize"](frame_of("\ufb01 e\u0301"), Normalize(form="NFC"))
+    composed = normalized(frame_of("\ufb01 e\u0301"), Normalize(form="NFC"))
     assert composed["text"].to_list() == ["\ufb01 é"]
-    untouched = OPS["normalize"](frame_of(" \ufb01 e\u0301\r\n"), Normalize(form="none", whitespace=False))
+    untouched = normalized(frame_of(" \ufb01 e\u0301\r\n"), Normalize(form="none", whitespace=False))
     assert untouched["text"].to_list() == [" \ufb01 e\u0301\r\n"]
 
 
 def test_normalize_touches_only_documents_that_need_it_and_leaves_its_input_alone():
     docs = frame_of("plain ascii", "\ufb01rst", "more ascii", "e\u0301")
-    out = OPS["normalize"](docs, Normalize(form="NFKC", whitespace=False))
+    out = normalized(docs, Normalize(form="NFKC", whitespace=False))
     assert out["text"].to_list() == ["plain ascii", "first", "more ascii", "\u00e9"]
     assert docs["text"].to_list() == ["plain ascii", "\ufb01rst", "more ascii", "e\u0301"]
 
 
 def test_normalize_whitespace_cleanup():
     text = "\n  title \t\r\nbody\r\rmore  \n\n\n\n\nend \n \n"
-    out = OPS["normalize"](frame_of(text), Normalize())
+    out = normalized(frame_of(text), Normalize())
     assert out["text"].to_list() == ["title\nbody\n\nmore\n\nend"]
 
 
 def test_nfkc_no_break_space_at_line_end_is_stripped():
-    out = OPS["normalize"](frame_of("a\u00a0\nb"), Normalize(form="NFKC"))
+    out = normalized(frame_of("a\u00a0\nb"), Normalize(form="NFKC"))
     assert out["text"].to_list() == ["a\nb"]
 
 
 def test_filter_length_thresholds():
     docs = frame_of("", "ab", "abcd", "abcdefgh", "a b c")
-    assert OPS["filter_length"](docs, FilterLength(min_chars=2, max_chars=5))["text"].to_list() == ["ab", "abcd", "a b c"]
-    assert OPS["filter_length"](docs, FilterLength(min_words=2))["text"].to_list() == ["a b c"]
-    assert OPS["filter_length"](docs, FilterLength())["text"].to_list() == docs["text"].to_list()
+    assert kept(docs, FilterLength(min_chars=2, max_chars=5))["text"].to_list() == ["ab", "abcd", "a b c"]
+    assert kept(docs, FilterLength(min_words=2))["text"].to_list() == ["a b c"]
+    assert kept(docs, FilterLength())["text"].to_list() == docs["text"].to_list()
 
 
-def test_dedup_exact_keeps_first_in_order():
-    out = OPS["dedup_exact"](frame_of("b", "a", "b", "c", "a"), DedupExact())
+def test_dedup_exact_keeps_first_in_order(tmp_path):
+    out = deduplicated(frame_of("b", "a", "b", "c", "a"), DedupExact(), tmp_path)
     assert out["text"].to_list() == ["b", "a", "c"]
     assert out["id"].to_list() == ["0:doc#0", "0:doc#1", "0:doc#3"]
 
@@ -199,8 +223,8 @@ def test_dedup_exact_keeps_first_in_order():
        form=st.sampled_from(["NFC", "NFKC", "none"]))
 def test_normalize_is_idempotent(texts, form):
     op = Normalize(form=form)
-    once = OPS["normalize"](frame_of(*texts), op)
-    assert OPS["normalize"](once, op)["text"].to_list() == once["text"].to_list()
+    once = normalized(frame_of(*texts), op)
+    assert normalized(once, op)["text"].to_list() == once["text"].to_list()
 
 
 @settings(max_examples=100, deadline=None)
@@ -259,15 +283,24 @@ def test_executor_end_to_end(tmp_path):
 
     stats = json.loads((ctx.out_dir / "stats.json").read_text())
     assert [s["docs"] for s in stats["sources"]] == [211, 2]
-    for op in stats["ops"]:
-        assert op["docs_in"] == op["docs_out"] + op["dropped"]
-    assert [(op["op"], op["dropped"]) for op in stats["ops"]] == [("normalize", 0), ("dedup_exact", 10), ("filter_length", 2)]
+    for stage in stats["stages"]:
+        assert stage["docs_in"] == stage["docs_out"] + sum(stage["dropped"].values())
+    assert [(s["stage"], s["dropped"]) for s in stats["stages"]] == [
+        ("ops[0] normalize", {}), ("ops[1] dedup_exact", {"duplicate": 10}), ("ops[2] filter_length", {"min_chars": 2})]
+    assert stats["totals"] == {"docs_in": 213, "kept": 201, "dropped": 12,
+                               "dropped_by_reason": {"ops[1] dedup_exact: duplicate": 10, "ops[2] filter_length: min_chars": 2}}
     splits = {name: pl.read_parquet(ctx.out_dir / f"{name}.parquet") for name in ("train", "val", "test")}
     assert all(frame.schema == {"id": pl.String, "text": pl.String, "source": pl.Int32} for frame in splits.values())
     assert sum(len(frame) for frame in splits.values()) == 201
     assert {name: len(frame) for name, frame in splits.items()} == {n: stats["splits"][n]["docs"] for n in splits}
-    assert metrics == {"documents": 213, "kept": 201, "train_docs": len(splits["train"]), "val_docs": len(splits["val"]),
-                       "test_docs": len(splits["test"]), "train_chars": stats["splits"]["train"]["chars"]}
+    assert metrics["documents"] == 213 and metrics["kept"] == 201 and metrics["train_docs"] == len(splits["train"])
+    assert metrics["dropped ops[1] dedup_exact"] == 10 and metrics["dropped ops[2] filter_length"] == 2
+    dropped = pl.read_parquet(ctx.out_dir / "dropped.parquet")
+    assert len(dropped) == 12 and set(dropped["reason"]) == {"duplicate", "min_chars"}
+    duplicates = dropped.filter(pl.col("reason") == "duplicate")
+    assert duplicates["duplicate_of"].to_list() == [f"0:book.txt#{k}" for k in range(10)]
+    samples = {(s["stage"], s["reason"]) for s in stats["dropped_samples"]}
+    assert samples == {("ops[1] dedup_exact", "duplicate"), ("ops[2] filter_length", "min_chars")}
     assert all("\ufb01" not in text for text in splits["train"]["text"].to_list())
 
 

@@ -57,6 +57,9 @@ def external_files(recipe: Recipe, base_dir: Path) -> dict[str, list[ExternalFil
             continue
         files = []
         for index, source in enumerate(step.sources):
+            if source.url is not None:
+                files.append(url_file(index, source.url, source.sha256))
+                continue
             root, paths = source_files(source, base_dir, f"steps.{name}.sources[{index}]")
             for path in paths:
                 files.append(
@@ -70,6 +73,14 @@ def external_files(recipe: Recipe, base_dir: Path) -> dict[str, list[ExternalFil
                 )
         found[name] = files
     return found
+
+
+def url_file(index: int, url: str, sha256: str) -> ExternalFile:
+    """A URL source as the plan sees it: its pinned digest stands for its content, so nothing is downloaded
+    at plan time. The executor downloads it and checks the digest."""
+    name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "download"
+    # size 0: unknown until the executor downloads it (the digest, not the size, is fingerprinted).
+    return ExternalFile(source=index, name=name, sha256=sha256, size=0, path=url)
 
 
 def _package_folder(package: str, where: str) -> Path:

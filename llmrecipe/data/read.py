@@ -1,129 +1,315 @@
-"""Read the documents of one data source from its files into a frame of (id, text, source)."""
+"""Read the documents of one data source, in batches, into frames of (id, text, source, metadata...).
+
+Files are streamed: line- and paragraph-unit text and JSONL are cut into blocks of about `block_bytes` at
+record boundaries, so a source far larger than memory is read with bounded memory. Each file's sha256 is
+computed while it is read and checked against the plan's at its end.
+"""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import polars as pl
 
+from llmrecipe.data.decode import decode
+from llmrecipe.data.fetch import fetch
 from llmrecipe.errors import StepError
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.recipe.data import Source
 
-DOCUMENT_SCHEMA = {"id": pl.String, "text": pl.String, "source": pl.Int32}
-FILE_SCHEMA = {"file": pl.Int64, "id": pl.String, "text": pl.String}
-"""Documents while a source is read: `file` is the file's position in the source, kept to restore file order."""
-
-EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+BLOCK_BYTES = 16 << 20
+BAD_SAMPLES = 5
+"""Bad records of each kind kept (file, line, excerpt) in the report."""
 
 # A paragraph is a run of lines that each hold something other than whitespace; Rust's regex engine
-# matches it in linear time, so splitting stays vectorized however large the file.
+# matches it in linear time, so splitting stays vectorized however large the block.
 PARAGRAPH = r"[^\n]*\S[^\n]*(?:\n[^\n]*\S[^\n]*)*"
 
 
-def empty_documents() -> pl.DataFrame:
-    return pl.DataFrame(schema=DOCUMENT_SCHEMA)
+def document_schema(metadata: list[str]) -> dict[str, pl.DataType]:
+    return {"id": pl.String, "text": pl.String, "source": pl.Int32, **{name: pl.String for name in metadata}}
 
 
-def file_format(source: Source, name: str) -> str:
-    """The format a file is read as: the source's own, or for `auto` the one its extension names."""
-    if source.format != "auto":
-        return source.format
-    return EXTENSION_FORMATS.get(Path(name).suffix.lower(), "text")
+@dataclass
+class SourceLog:
+    """What reading one source found: the numbers the report shows for it."""
+
+    source: int
+    files: int = 0
+    docs: int = 0
+    chars: int = 0
+    bad_records: Counter = field(default_factory=Counter)
+    repaired: Counter = field(default_factory=Counter)
+    bad_samples: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "files": self.files, "docs": self.docs, "chars": self.chars,
+                "bad_records": dict(self.bad_records), "repaired": dict(self.repaired), "bad_samples": self.bad_samples}
 
 
-def read_source(source: Source, index: int, files: list[ExternalFile]) -> pl.DataFrame:
-    """Every document of one source, in file order, then in order inside each file."""
-    texts: list[tuple[int, str, str]] = []
-    tables: list[pl.DataFrame] = []
-    for position, file in enumerate(files):
-        content = verified_bytes(file)
-        fmt = file_format(source, file.name)
-        if fmt == "text":
-            texts.append((position, file.name, decode_text(content)))
+@dataclass
+class Reader:
+    """Reads one source's files under the step's bad-record policy."""
+
+    source: Source
+    index: int
+    policy: str
+    metadata: list[str]
+    """Metadata columns of the whole step (every source's frames carry them all, null where absent)."""
+    downloads_dir: Path | None = None
+    block_bytes: int = BLOCK_BYTES
+
+    def __post_init__(self) -> None:
+        self.log = SourceLog(self.index)
+
+    def documents(self, files: list[ExternalFile]) -> Iterator[pl.DataFrame]:
+        """Frames of documents in file order, then in order inside each file; stops after `max_docs`."""
+        left = self.source.max_docs
+        for file in files:
+            self.log.files += 1
+            for frame in self._file_documents(file):
+                if left is not None:
+                    frame = frame.head(left)
+                    left -= len(frame)
+                if len(frame):
+                    self.log.docs += len(frame)
+                    self.log.chars += int(frame["text"].str.len_chars().sum())
+                    yield self._finish(frame)
+                if left == 0:
+                    return
+
+    def bad(self, kind: str, file: ExternalFile, where: str, excerpt: str) -> None:
+        """A record that cannot be read: fail, or count it and keep a few for the report."""
+        if self.policy == "fail":
+            raise StepError(
+                f"{file.path}{where}: bad record ({kind}: {excerpt[:120]!r}); fix the file, or set "
+                "on_bad_record = \"skip\" on the step to leave such records out (they are counted)"
+            )
+        self.log.bad_records[kind] += 1
+        samples = [s for s in self.log.bad_samples if s["kind"] == kind]
+        if len(samples) < BAD_SAMPLES:
+            self.log.bad_samples.append({"kind": kind, "file": file.name, "where": where.lstrip(":"), "excerpt": excerpt[:200]})
+
+    def _finish(self, frame: pl.DataFrame) -> pl.DataFrame:
+        columns = {name: pl.col(name) if name in frame.columns else pl.lit(None) for name in self.metadata}
+        return frame.select(
+            id=pl.lit(f"{self.index}:") + pl.col("id"),
+            text=pl.col("text").cast(pl.String),
+            source=pl.lit(self.index, dtype=pl.Int32),
+            **{name: expr.cast(pl.String) for name, expr in columns.items()},
+        )
+
+    def _file_documents(self, file: ExternalFile) -> Iterator[pl.DataFrame]:
+        path = fetch(file.path, file.sha256, self._downloads()) if self.source.url else Path(file.path)
+        stem, compression = split_compression(file.name)
+        fmt = self.source.format if self.source.format != "auto" else EXTENSION_FORMATS.get(Path(stem).suffix.lower(), "text")
+        try:
+            raw = open(path, "rb")
+        except OSError as error:
+            raise StepError(f"cannot read source file {path}: {error.strerror}; restore it or re-plan") from error
+        with raw:
+            hashing = HashingReader(raw)
+            stream = decompressed(hashing, compression)
+            try:
+                yield from self._parse(stream, fmt, file)
+            except corrupt_stream_errors() as error:
+                self.bad("corrupt_archive", file, "", f"{compression} stream: {error}")
+            hashing.drain()
+        if not self.source.url and hashing.hexdigest() != file.sha256:
+            raise StepError(f"source file {file.path} changed after the plan was made; run again to re-plan with its new content")
+
+    def _downloads(self) -> Path:
+        if self.downloads_dir is None:
+            raise StepError("a url source needs a download cache folder; run the step through the scheduler")
+        return self.downloads_dir
+
+    def _parse(self, stream: BinaryIO, fmt: str, file: ExternalFile) -> Iterator[pl.DataFrame]:
+        if fmt == "text" and self.source.unit == "file":
+            content = stream.read()
+            if not content.strip():
+                self.bad("empty_file", file, "", "")
+                return
+            yield pl.DataFrame({"id": [file.name], "text": [decode(content, self.log.repaired)]})
+        elif fmt == "text":
+            separator = b"\n\n" if self.source.unit == "paragraph" else b"\n"
+            yield from self._text_units(blocks(stream, separator, self.block_bytes), file)
+        elif fmt == "jsonl":
+            yield from self._jsonl(blocks(stream, b"\n", self.block_bytes), file)
         else:
-            rows = read_table(content, fmt, file, source.text_field)
-            tables.append(rows.select(file=pl.lit(position, dtype=pl.Int64), id="id", text="text"))
-    # All text files are cut into units in one vectorized pass; sorting by file position afterwards
-    # puts their documents back in file order among the tables' (the sort is stable).
-    documents = pl.concat([text_documents(texts, source.unit), *tables], how="vertical")
-    return (
-        documents.sort("file", maintain_order=True)
-        .with_columns(id=pl.lit(f"{index}:") + pl.col("id"), source=pl.lit(index, dtype=pl.Int32))
-        .select(DOCUMENT_SCHEMA.keys())
-    )
+            content = stream.read()
+            if not content.strip():
+                self.bad("empty_file", file, "", "")
+                return
+            yield from self._table(content, fmt, file)
+
+    def _text_units(self, chunks: Iterator[bytes], file: ExternalFile) -> Iterator[pl.DataFrame]:
+        numbered = 0
+        for chunk in chunks:
+            text = pl.Series("text", [decode(chunk, self.log.repaired)])
+            if self.source.unit == "paragraph":
+                units = text.str.extract_all(PARAGRAPH).explode().str.strip_chars()
+            else:
+                units = text.str.split("\n").explode().str.strip_suffix("\r")
+            units = units.filter(units.is_not_null() & (units.str.strip_chars() != ""))
+            numbers = pl.int_range(numbered, numbered + len(units), eager=True).cast(pl.String)
+            numbered += len(units)
+            if len(units):
+                yield pl.DataFrame({"id": f"{file.name}#" + numbers, "text": units})
+        if numbered == 0:
+            self.bad("empty_file", file, "", "")
+
+    def _jsonl(self, chunks: Iterator[bytes], file: ExternalFile) -> Iterator[pl.DataFrame]:
+        first_line = 0
+        any_line = False
+        for chunk in chunks:
+            lines = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+            if chunk.strip():
+                any_line = True
+                rows = self._json_rows(chunk, file, first_line)
+                if rows is not None:
+                    yield from self._rows_to_documents(rows, file)
+            first_line += lines
+        if not any_line:
+            self.bad("empty_file", file, "", "")
+
+    def _json_rows(self, chunk: bytes, file: ExternalFile, first_line: int) -> pl.DataFrame | None:
+        """The chunk's JSON objects with their line numbers; malformed lines are bad records (slow path only
+        for chunks that hold one)."""
+        text = decode(chunk, self.log.repaired).encode()
+        try:
+            table = pl.read_ndjson(io.BytesIO(text), infer_schema_length=None)
+            return table.with_columns(_line=pl.int_range(first_line, first_line + len(table)))
+        except pl.exceptions.PolarsError:
+            pass
+        rows, numbers = [], []
+        for offset, line in enumerate(text.split(b"\n")):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):
+                self.bad("malformed_json", file, f":{first_line + offset + 1}", line[:200].decode(errors="replace"))
+                continue
+            rows.append(self._flat(row))
+            numbers.append(first_line + offset)
+        if not rows:
+            return None
+        return pl.DataFrame(rows, infer_schema_length=None, strict=False).with_columns(_line=pl.Series(numbers))
+
+    def _flat(self, row: dict) -> dict:
+        """A parsed JSON object with every value but the text as a string (or null), so lines whose values
+        differ in type still make one table; the text keeps its type for the check that it is text."""
+        return {key: value if key == self.source.text_field or value is None or isinstance(value, str)
+                else json.dumps(value) for key, value in row.items()}
+
+    def _rows_to_documents(self, rows: pl.DataFrame, file: ExternalFile) -> Iterator[pl.DataFrame]:
+        """A table's rows as documents: the text column checked, ids from `id_field` or `file#row`."""
+        field_name = self.source.text_field
+        if field_name not in rows.columns:
+            raise StepError(
+                f"{file.path} has no column '{field_name}' (it has: {', '.join(c for c in rows.columns if c != '_line') or 'none'}); "
+                "set text_field on the source to the column that holds the text"
+            )
+        text = rows[field_name]
+        if text.dtype not in (pl.String, pl.Null):
+            first = rows["_line"][0] + 1
+            self.bad("text_not_string", file, f":{first}", f"column '{field_name}' holds {text.dtype}, not text")
+            return
+        missing = rows.filter(pl.col(field_name).is_null())
+        for line in missing["_line"].head(BAD_SAMPLES).to_list():
+            self.bad("missing_text", file, f":{line + 1}", "")
+        if len(missing) > BAD_SAMPLES:
+            self.log.bad_records["missing_text"] += len(missing) - BAD_SAMPLES
+        rows = rows.filter(pl.col(field_name).is_not_null())
+        ids = (pl.col(self.source.id_field).cast(pl.String) if self.source.id_field in rows.columns
+               else pl.lit(f"{file.name}#") + pl.col("_line").cast(pl.String))
+        keep = [name for name in self.metadata if name in rows.columns]
+        yield rows.select(id=ids, text=pl.col(field_name).str.replace_all("\x00", "", literal=True), *keep)
+
+    def _table(self, content: bytes, fmt: str, file: ExternalFile) -> Iterator[pl.DataFrame]:
+        try:
+            if fmt == "parquet":
+                table = pl.read_parquet(io.BytesIO(content))
+            else:
+                table = pl.read_csv(io.BytesIO(content), infer_schema_length=0)  # every column as text
+        except pl.exceptions.PolarsError as error:
+            self.bad(f"malformed_{fmt}", file, "", str(error))
+            return
+        yield from self._rows_to_documents(table.with_columns(_line=pl.int_range(pl.len())), file)
 
 
-def verified_bytes(file: ExternalFile) -> bytes:
-    """The file's bytes, checked against the digest the plan fingerprinted, so what is read is what was planned."""
+def corrupt_stream_errors() -> tuple[type[Exception], ...]:
+    """What a decompressor raises on damaged data (gzip: OSError/EOFError; zstandard its own error)."""
     try:
-        content = Path(file.path).read_bytes()
-    except OSError as error:
-        raise StepError(f"cannot read source file {file.path}: {error.strerror}; restore it or re-plan") from error
-    if hashlib.sha256(content).hexdigest() != file.sha256:
-        raise StepError(
-            f"source file {file.path} changed after the plan was made; run again to re-plan with its new content"
-        )
-    return content
+        import zstandard
+    except ImportError:
+        return (OSError, EOFError)
+    return (OSError, EOFError, zstandard.ZstdError)
 
 
-def decode_text(content: bytes) -> str:
-    # utf-8-sig drops a leading byte-order mark, which would otherwise start the first document.
-    return content.decode("utf-8-sig", errors="replace")
+def split_compression(name: str) -> tuple[str, str | None]:
+    suffix = Path(name).suffix.lower()
+    if suffix in COMPRESSIONS:
+        return name[: -len(suffix)], COMPRESSIONS[suffix]
+    return name, None
 
 
-def text_documents(texts: list[tuple[int, str, str]], unit: str) -> pl.DataFrame:
-    """Text files (position, name, text) cut into documents by `unit`; units in a file are numbered `#k` from 0."""
-    columns = dict(zip(FILE_SCHEMA, zip(*texts))) if texts else {}
-    files = pl.DataFrame(columns, schema=FILE_SCHEMA)
-    if unit == "file":
-        return files
-    if unit == "paragraph":
-        units = files.with_columns(pl.col("text").str.extract_all(PARAGRAPH)).explode("text")
-        units = units.with_columns(pl.col("text").str.strip_chars())
-    else:
-        units = files.with_columns(pl.col("text").str.split("\n")).explode("text")
-        units = units.with_columns(pl.col("text").str.strip_suffix("\r"))
-    units = units.filter(pl.col("text").is_not_null() & (pl.col("text").str.strip_chars() != ""))
-    unit_number = pl.int_range(pl.len()).over("file").cast(pl.String)
-    return units.with_columns(id=pl.col("id") + "#" + unit_number)
+class HashingReader(io.RawIOBase):
+    """A file wrapper that digests every byte read through it, so one pass both reads and verifies."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.raw.readinto(buffer)
+        self.digest.update(memoryview(buffer)[:n])
+        return n
+
+    def drain(self) -> None:
+        """Digest whatever the parser left unread (e.g. after a corrupt archive)."""
+        while chunk := self.raw.read(1 << 20):
+            self.digest.update(chunk)
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
 
 
-def read_table(content: bytes, fmt: str, file: ExternalFile, text_field: str) -> pl.DataFrame:
-    """The `text_field` column of a JSONL or Parquet file, one document per row, numbered `#row`."""
-    text = text_column(content, fmt, file, text_field)
-    if text.dtype not in (pl.String, pl.Null):
-        raise StepError(
-            f"{file.path}: column '{text_field}' holds {text.dtype}, not text; point text_field at a text column"
-        )
-    row_number = pl.int_range(pl.len()).cast(pl.String)
-    return (
-        pl.DataFrame({"text": text.cast(pl.String)})
-        .select(id=pl.lit(f"{file.name}#") + row_number, text="text")
-        # A row without text is no document; the row numbers of the others stay as in the file.
-        .filter(pl.col("text").is_not_null())
-    )
+def decompressed(stream: io.RawIOBase, compression: str | None) -> BinaryIO:
+    buffered = io.BufferedReader(stream, 1 << 20)
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=buffered)
+    if compression == "zstd":
+        import zstandard  # imported here: only .zst sources need it
+
+        return zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+    return buffered
 
 
-def text_column(content: bytes, fmt: str, file: ExternalFile, text_field: str) -> pl.Series:
-    if fmt == "jsonl" and not content.strip():  # polars cannot infer a schema from no lines at all
-        return pl.Series(text_field, [], dtype=pl.String)
-    try:
-        if fmt == "jsonl":
-            # Infer from every line: a field that first appears after line 100 must not look missing.
-            table = pl.read_ndjson(io.BytesIO(content), infer_schema_length=None)
-            columns = table.columns
-        else:  # Parquet knows its columns up front: read only the one that holds the text.
-            columns = list(pl.read_parquet_schema(io.BytesIO(content)))
-            table = pl.read_parquet(io.BytesIO(content), columns=[text_field]) if text_field in columns else None
-    except pl.exceptions.PolarsError as error:
-        expected = "one JSON object per line" if fmt == "jsonl" else "a Parquet file"
-        raise StepError(f"cannot read {file.path} as {fmt} (expected {expected}): {error}") from error
-    if text_field not in columns:
-        raise StepError(
-            f"{file.path} has no column '{text_field}' (it has: {', '.join(columns) or 'none'}); "
-            "set text_field on the source to the column that holds the text"
-        )
-    return table[text_field]
+def blocks(stream: BinaryIO, separator: bytes, size: int) -> Iterator[bytes]:
+    """The stream in pieces of about `size` bytes, each ending just after a `separator` (the last one may not)."""
+    rest = b""
+    while chunk := stream.read(size):
+        data = rest + chunk
+        cut = data.rfind(separator)
+        if cut < 0:
+            rest = data  # no boundary yet (one huge record): keep reading
+            continue
+        yield data[: cut + len(separator)]
+        rest = data[cut + len(separator) :]
+    if rest:
+        yield rest

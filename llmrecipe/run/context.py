@@ -50,6 +50,8 @@ class StepContext:
     """Files from outside the store that this step reads, with their digests."""
     event: Callable[[dict[str, Any]], None] = lambda record: None
     """Append a record (a metrics line, a warning) to the run's event log."""
+    downloads_dir: Path | None = None
+    """`<workdir>/downloads`: files fetched from URLs, named by their pinned sha256 and shared by every run."""
 
     def log(self, message: str) -> None:
         self.reporter.log(self.name, message)

@@ -77,6 +77,7 @@ class Scheduler:
             reporter=self.reporter,
             external=step.external,
             event=lambda rec: record.event({"step": step.name, **rec}),
+            downloads_dir=self.store.workdir / "downloads",
         )
         self.reporter.step_started(step.name, step.kind, resumed)
         record.event({"event": "step_started", "step": step.name, "fingerprint": step.fingerprint, "resumed": resumed})

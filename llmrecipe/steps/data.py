@@ -1,109 +1,80 @@
 """The `data` step: read every source, apply the ops in order, split, write train/val/test Parquet files.
 
-Outputs in ctx.out_dir: train.parquet, val.parquet, test.parquet (always all three, columns id, text,
-source) and stats.json (documents and characters per source, per op and per split).
+Outputs in ctx.out_dir:
+- train.parquet, val.parquet, test.parquet: always all three, columns id, text, source, then the sources'
+  metadata columns (as strings);
+- stats.json: per source (files, documents, bad records, repairs), per stage (documents and characters in
+  and out, dropped by reason, counters), totals that reconcile (in = kept + dropped), per split, the
+  split-mismatch report, and a sample of dropped documents per reason;
+- dropped.parquet: every dropped document's id, stage, reason, and for duplicates the id kept instead.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
-import polars as pl
-
-from llmrecipe.data.ops import OPS
-from llmrecipe.data.read import empty_documents, read_source
-from llmrecipe.data.split import assign_splits
+from llmrecipe.data.pipeline import Outcome, Pipeline
 from llmrecipe.errors import StepError
-from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.plan.specs import DataSpec
-from llmrecipe.recipe.data import DataOp, Split
+from llmrecipe.recipe.data import Split
 from llmrecipe.run.context import StepContext
 
 
 def run(spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     spec = DataSpec.model_validate(spec)
-    documents, source_stats = read_all(spec, ctx)
-    kept, op_stats = apply_ops(documents, spec.ops, ctx)
-    splits = assign_splits(kept, spec.split)
-    check_splits(splits, spec.split, len(kept))
-    for name, frame in splits.items():
-        frame.write_parquet(ctx.out_dir / f"{name}.parquet")
-    split_stats = {name: size(frame) for name, frame in splits.items()}
-    stats = {"sources": source_stats, "ops": op_stats, "splits": split_stats}
-    (ctx.out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    pipeline = Pipeline(spec, ctx.external, ctx.scratch_dir / "work", ctx.downloads_dir, ctx.log)
+    outcome = pipeline.run(ctx.out_dir)
+    stats = statistics(outcome)
+    (ctx.out_dir / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    for stage in stats["stages"]:
+        ctx.log(f"{stage['stage']}: {stage['docs_in']} -> {stage['docs_out']} documents"
+                + "".join(f", {n} {reason}" for reason, n in stage["dropped"].items()))
+    for name in ("val", "test"):
+        for warning in stats["mismatch"][name]["warnings"]:
+            ctx.log(f"warning: {name} does not look like train: {warning}")
+            ctx.event({"event": "warning", "message": f"{name} split: {warning}"})
+    check_splits(outcome.split_docs, spec.split, stats["totals"]["kept"])
+    return metrics(stats)
+
+
+def statistics(outcome: Outcome) -> dict[str, Any]:
+    stages = [stage.as_dict() for stage in outcome.ledger.stages]
+    docs_in = sum(source.docs for source in outcome.sources)
+    dropped: Counter = Counter()
+    for stage in stages:
+        dropped.update({f"{stage['stage']}: {reason}": n for reason, n in stage["dropped"].items()})
+    kept = sum(outcome.split_docs.values())
+    if docs_in != kept + sum(dropped.values()):  # a bug in the accounting, never a user mistake
+        raise RuntimeError(f"accounting does not reconcile: {docs_in} in, {kept} kept, {sum(dropped.values())} dropped")
     return {
-        "documents": len(documents),
-        "kept": len(kept),
-        **{f"{name}_docs": len(frame) for name, frame in splits.items()},
-        "train_chars": split_stats["train"]["chars"],
+        "sources": [source.as_dict() for source in outcome.sources],
+        "stages": stages,
+        "totals": {"docs_in": docs_in, "kept": kept, "dropped": sum(dropped.values()), "dropped_by_reason": dict(dropped)},
+        "splits": {name: {"docs": outcome.split_docs[name], "chars": outcome.split_chars[name]} for name in outcome.split_docs},
+        "mismatch": outcome.mismatch,
+        "dropped_samples": outcome.ledger.samples,
     }
 
 
-def size(frame: pl.DataFrame) -> dict[str, int]:
-    return {"docs": len(frame), "chars": int(frame["text"].str.len_chars().sum())}
+def metrics(stats: dict[str, Any]) -> dict[str, Any]:
+    """Scalars for the run report: documents in and kept, per split, and what each stage dropped."""
+    found: dict[str, Any] = {"documents": stats["totals"]["docs_in"], "kept": stats["totals"]["kept"]}
+    found.update({f"{name}_docs": split["docs"] for name, split in stats["splits"].items()})
+    found["train_chars"] = stats["splits"]["train"]["chars"]
+    found["bad_records"] = sum(sum(s["bad_records"].values()) for s in stats["sources"])
+    for stage in stats["stages"]:
+        found[f"dropped {stage['stage']}"] = sum(stage["dropped"].values())
+    found["mismatch_warnings"] = sum(len(stats["mismatch"][name]["warnings"]) for name in ("val", "test"))
+    return found
 
 
-def read_all(spec: DataSpec, ctx: StepContext) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """All sources concatenated in order, and how many documents and characters each one gave."""
-    files = files_by_source(ctx.external, len(spec.sources))
-    frames, stats = [], []
-    for index, source in enumerate(spec.sources):
-        frame = read_source(source, index, files[index])
-        frames.append(frame)
-        stats.append({"source": index, "files": len(files[index]), **size(frame)})
-        ctx.log(f"sources[{index}]: {len(frame)} documents from {len(files[index])} files")
-    documents = pl.concat([empty_documents(), *frames], how="vertical")
-    if documents.is_empty():
-        raise StepError(
-            f"the sources gave no documents ({sum(len(f) for f in files)} files read); check that the files "
-            "hold text and that `unit` and `text_field` fit them"
-        )
-    return documents, stats
-
-
-def files_by_source(external: list[ExternalFile], n_sources: int) -> list[list[ExternalFile]]:
-    """The step's external files grouped by source index, each group in the order the plan listed it."""
-    groups: list[list[ExternalFile]] = [[] for _ in range(n_sources)]
-    for file in external:
-        if not 0 <= file.source < n_sources:
-            raise StepError(f"file {file.path} belongs to source {file.source}, but the step has {n_sources}; re-plan")
-        groups[file.source].append(file)
-    return groups
-
-
-def apply_ops(
-    documents: pl.DataFrame, ops: list[DataOp], ctx: StepContext
-) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """The documents after every op in order, and for each op what went in, what came out, what was dropped."""
-    stats = []
-    for index, op in enumerate(ops):
-        before = size(documents)
-        documents = OPS[op.op](documents, op)
-        after = size(documents)
-        dropped = before["docs"] - after["docs"]
-        stats.append(
-            {"op": op.op, "index": index, "docs_in": before["docs"], "docs_out": after["docs"],
-             "chars_in": before["chars"], "chars_out": after["chars"], "dropped": dropped}
-        )
-        ctx.log(f"ops[{index}] {op.op}: {before['docs']} -> {after['docs']} documents ({dropped} dropped), "
-                f"{before['chars']} -> {after['chars']} characters")
-        if documents.is_empty():
-            raise StepError(f"ops[{index}] {op.op} removed the last {before['docs']} documents; {loosen_hint(op.op)}")
-    return documents, stats
-
-
-def loosen_hint(op_name: str) -> str:
-    if op_name == "filter_length":
-        return "loosen its thresholds (min_chars, max_chars, min_words)"
-    return "check the documents it receives (are they all empty?) or remove the op"
-
-
-def check_splits(splits: dict[str, pl.DataFrame], split: Split, kept: int) -> None:
+def check_splits(split_docs: dict[str, int], split: Split, kept: int) -> None:
     """Every split that was asked for (fraction > 0; train always is) must get at least one document."""
     fractions = {"train": 1.0 - split.val - split.test, "val": split.val, "test": split.test}
     for name, fraction in fractions.items():
-        if fraction > 0 and splits[name].is_empty():
+        if fraction > 0 and not split_docs[name]:
             larger = "smaller split.val and split.test" if name == "train" else f"a larger split.{name}"
             raise StepError(
                 f"split '{name}' (fraction {fraction:g}) got none of the {kept} documents: each document's text "

@@ -1,0 +1,153 @@
+"""Deduplication over the whole corpus, batch by batch: each op observes every batch (keeping only compact
+keys in memory, signatures on disk) and then decides, once, which documents stay.
+
+Both ops keep a set of texts that does not depend on document order: each group of duplicates keeps the
+member with the smallest digest of its text (for identical texts, the first occurrence).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import polars as pl
+
+from llmrecipe.data.minhash import band_keys, signatures
+from llmrecipe.recipe.data import DedupExact, DedupNear
+
+VERIFY_CHUNK = 1 << 16
+"""Candidate pairs whose signatures are compared at once (bounds the gathered rows in memory)."""
+
+
+@dataclass
+class Decision:
+    keep: np.ndarray
+    """bool per observed document, in observation order."""
+    duplicate_of: np.ndarray
+    """For each dropped document the index of the document kept in its place (-1 for kept ones)."""
+    reason: str
+
+
+def content_key(text: pl.Series, normalized: bool) -> np.ndarray:
+    """[docs, 2] uint64: a 128-bit digest of each text (two seeded 64-bit hashes), lower-cased with whitespace
+    runs collapsed when `normalized`. 128 bits make an accidental collision in any corpus vanishingly rare."""
+    if normalized:
+        # only runs and non-space whitespace need replacing: far fewer matches than every single space
+        text = text.str.to_lowercase().str.replace_all(r"\s{2,}|[\t\n\r\f\v]", " ").str.strip_chars()
+    return np.stack([text.hash(seed=101).to_numpy(), text.hash(seed=202).to_numpy()], axis=1)
+
+
+class ExactDedup:
+    """Documents with equal content keys form a group; the group keeps the member with the smallest digest of
+    its raw text (the first of identical texts), so the kept text does not depend on document order even when
+    `normalized` groups texts that differ in case or spacing."""
+
+    def __init__(self, op: DedupExact, work: Path):
+        self.op = op
+        self.keys: list[np.ndarray] = []
+        self.digests: list[np.ndarray] = []
+
+    def observe(self, text: pl.Series) -> None:
+        self.keys.append(content_key(text, self.op.compare == "normalized"))
+        self.digests.append(text.hash(seed=303).to_numpy())
+
+    def decide(self) -> Decision:
+        keys = np.concatenate(self.keys) if self.keys else np.zeros((0, 2), dtype=np.uint64)
+        digests = np.concatenate(self.digests) if self.digests else np.zeros(0, dtype=np.uint64)
+        table = pl.DataFrame({"a": keys[:, 0], "b": keys[:, 1], "digest": digests}).with_row_index("row")
+        keeper = table.select(
+            pl.col("row").sort_by("digest", "row").first().over("a", "b")
+        ).to_series().to_numpy().astype(np.int64)
+        keep = keeper == np.arange(len(keeper))
+        return Decision(keep, np.where(keep, -1, keeper), "duplicate")
+
+
+class NearDedup:
+    """MinHash + LSH, sharded by band: each band's keys (8 bytes per document) and the signatures go to files
+    in `work`; deciding reads one band at a time, and signatures only for candidate pairs. Memory holds one
+    band and one content digest per document."""
+
+    def __init__(self, op: DedupNear, work: Path):
+        self.op = op
+        self.folder = work / f"near-{id(self)}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.signature_file = open(self.folder / "signatures.u32", "wb")
+        self.band_files = [open(self.folder / f"band-{band}.u64", "wb") for band in range(op.bands)]
+        self.digests: list[np.ndarray] = []
+
+    def observe(self, text: pl.Series) -> None:
+        signature = signatures(text, self.op.shingle_size, self.op.num_perm)  # [docs, num_perm]
+        self.signature_file.write(signature.tobytes())
+        keys = band_keys(signature, self.op.bands)  # [docs, bands]
+        for band, file in enumerate(self.band_files):
+            file.write(np.ascontiguousarray(keys[:, band]).tobytes())
+        self.digests.append(text.hash(seed=303).to_numpy())
+
+    def decide(self) -> Decision:
+        for file in [self.signature_file, *self.band_files]:
+            file.close()
+        n = sum(len(d) for d in self.digests)
+        if n == 0:
+            shutil.rmtree(self.folder)
+            return Decision(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64), "near_duplicate")
+        bands = (np.fromfile(self.folder / f"band-{band}.u64", dtype=np.uint64) for band in range(self.op.bands))
+        left, right = candidate_pairs(bands, n)
+        signature = np.memmap(self.folder / "signatures.u32", dtype=np.uint32, mode="r", shape=(n, self.op.num_perm))
+        similar = verified(signature, left, right, self.op.threshold)
+        del signature
+        label = components(n, left[similar], right[similar])
+        keeper = cluster_keepers(label, np.concatenate(self.digests))
+        shutil.rmtree(self.folder)
+        keep = keeper[label] == np.arange(n)
+        return Decision(keep, np.where(keep, -1, keeper[label]), "near_duplicate")
+
+
+def candidate_pairs(bands: Iterable[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of documents sharing a band key: in each band, neighbours in key order with equal keys (a chain
+    through each bucket, so a bucket of k documents gives k - 1 pairs, not k^2). Unique, smaller index first."""
+    pairs = []
+    for keys in bands:
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        same = np.flatnonzero(ordered[1:] == ordered[:-1])
+        left, right = order[same], order[same + 1]
+        pairs.append(np.minimum(left, right).astype(np.int64) * (n + 1) + np.maximum(left, right))
+    unique = np.unique(np.concatenate(pairs))
+    return unique // (n + 1), unique % (n + 1)
+
+
+def verified(signature: np.ndarray, left: np.ndarray, right: np.ndarray, threshold: float) -> np.ndarray:
+    """bool per pair: estimated Jaccard similarity (share of equal signature values) >= threshold."""
+    similar = np.zeros(len(left), dtype=bool)
+    for start in range(0, len(left), VERIFY_CHUNK):
+        a, b = left[start : start + VERIFY_CHUNK], right[start : start + VERIFY_CHUNK]
+        similar[start : start + VERIFY_CHUNK] = (signature[a] == signature[b]).mean(axis=1) >= threshold
+    return similar
+
+
+def components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Connected components of the graph of verified pairs: each document's label is the smallest index in its
+    component. Union-find, vectorized: hook roots onto the smaller root, then compress paths, until stable."""
+    label = np.arange(n)
+    while True:
+        a, b = label[left], label[right]
+        if np.array_equal(a, b):
+            return label
+        low = np.minimum(a, b)
+        np.minimum.at(label, a, low)
+        np.minimum.at(label, b, low)
+        while not np.array_equal(label[label], label):
+            label = label[label]
+
+
+def cluster_keepers(label: np.ndarray, digest: np.ndarray) -> np.ndarray:
+    """For each component label, the member with the smallest (digest, index): a choice made by content, so it
+    does not depend on the order the documents came in."""
+    table = pl.DataFrame({"label": label, "digest": digest, "index": np.arange(len(label))})
+    best = table.sort("digest", "index").group_by("label").first()
+    keeper = np.full(len(label), -1, dtype=np.int64)
+    keeper[best["label"].to_numpy()] = best["index"].to_numpy()
+    return keeper

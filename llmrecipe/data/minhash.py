@@ -1,0 +1,93 @@
+"""MinHash signatures and LSH band keys for a batch of documents, vectorized in numpy.
+
+Signatures use one-permutation hashing (Li, Owen & Zhang 2012) with rotation densification (Shrivastava &
+Li 2014): each word shingle is hashed once; the hash's high bits choose one of `num_perm` bins and its low
+bits are the value; a bin keeps its smallest value; an empty bin borrows from the next non-empty bin to its
+right, mixed with the distance. Two documents' signatures agree in a bin with probability equal to their
+shingle Jaccard similarity, exactly as with `num_perm` independent permutations, but hashing costs one pass
+over the shingles instead of `num_perm`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from llmrecipe.data.quality import Words
+
+SHINGLE_MIX = np.uint64(0x9E3779B97F4A7C15)
+EMPTY = np.uint64(1 << 32)
+"""Marks a bin no shingle fell into (bin values are below 2**32)."""
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """A bijective 64-bit mixer: every output bit depends on every input bit (vectorized, wraps mod 2**64)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def shingles(text: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of each document's word shingles (lower-cased whitespace-separated words, `size` per shingle) and each
+    shingle's document. A document with fewer words than `size` gets one shingle of all its words."""
+    words = Words.of(text.str.to_lowercase())
+    doc, hashes = words.doc, words.hashes
+    n = len(hashes)
+    starts = np.searchsorted(doc, np.arange(len(text)))  # first word of each document
+    lengths = np.bincount(doc, minlength=len(text))
+    count = max(n - size + 1, 0)
+    gram = hashes[:count].copy()
+    for k in range(1, size):
+        gram = gram * SHINGLE_MIX + hashes[k : k + count]
+    short = np.flatnonzero((lengths > 0) & (lengths < size))
+    short_gram = _short_grams(hashes, starts[short], lengths[short])
+    valid = np.flatnonzero(doc[:count] == doc[size - 1 : size - 1 + count]) if count else np.zeros(0, dtype=np.int64)
+    values = np.concatenate([gram[valid], short_gram])
+    owners = np.concatenate([doc[valid], short])
+    return splitmix64(values), owners
+
+
+def _short_grams(hashes: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    gram = hashes[starts].copy() if len(starts) else np.zeros(0, dtype=np.uint64)
+    for k in range(1, int(lengths.max()) if len(lengths) else 0):
+        more = lengths > k
+        gram[more] = gram[more] * SHINGLE_MIX + hashes[starts[more] + k]
+    return gram
+
+
+def signatures(text: pl.Series, size: int, num_perm: int) -> np.ndarray:
+    """[docs, num_perm] uint32 signatures (densified one-permutation MinHash)."""
+    values, owners = shingles(text, size)
+    n_docs = len(text)
+    bins = ((values >> np.uint64(32)) * np.uint64(num_perm)) >> np.uint64(32)
+    table = np.full(n_docs * num_perm, EMPTY, dtype=np.uint64)
+    np.minimum.at(table, owners.astype(np.uint64) * np.uint64(num_perm) + bins, values & np.uint64(0xFFFFFFFF))
+    return densify(table.reshape(n_docs, num_perm))
+
+
+def densify(table: np.ndarray) -> np.ndarray:
+    """Fill each empty bin from the next non-empty bin to its right (cyclically), mixed with the distance so
+    borrowed values differ from the originals. A document without shingles gets a constant signature."""
+    n_docs, num_perm = table.shape
+    filled = table != EMPTY
+    position = np.where(filled, np.arange(num_perm), 2 * num_perm)
+    doubled = np.concatenate([position, position + num_perm], axis=1)
+    nearest = np.minimum.accumulate(doubled[:, ::-1], axis=1)[:, ::-1][:, :num_perm]  # [docs, num_perm]
+    nearest = np.minimum(nearest, 2 * num_perm - 1)
+    distance = (nearest - np.arange(num_perm)).astype(np.uint64)
+    borrowed = np.take_along_axis(table, nearest % num_perm, axis=1)
+    mixed = np.where(filled, table, splitmix64(borrowed + distance * SHINGLE_MIX) & np.uint64(0xFFFFFFFF))
+    return mixed.astype(np.uint32)
+
+
+def band_keys(signature: np.ndarray, bands: int) -> np.ndarray:
+    """[docs, bands] uint64: one hash per band of `num_perm / bands` signature values."""
+    n_docs, num_perm = signature.shape
+    rows = num_perm // bands
+    per_band = signature.reshape(n_docs, bands, rows).astype(np.uint64)
+    key = np.zeros((n_docs, bands), dtype=np.uint64)
+    for r in range(rows):
+        key = key * SHINGLE_MIX + per_band[:, :, r]
+    return splitmix64(key + np.arange(bands, dtype=np.uint64))
