@@ -94,8 +94,8 @@ def test_resumed_run_ends_byte_identical_to_an_uninterrupted_one(tmp_path):
 
 
 def without_speed(records: list[dict]) -> list[dict]:
-    """Metrics records minus wall-clock throughput, which differs run to run."""
-    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
+    """Metrics records minus wall-clock throughput and memory, which differ run to run."""
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu", "memory_bytes")} for r in records]
 
 
 def test_micro_batches_do_not_change_the_loss(tmp_path):
@@ -114,3 +114,74 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lrs[-1] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "wsd", "constant"])
+def test_every_schedule_warms_up_and_ends_at_its_floor(schedule):
+    optim = OptimConfig(lr=1.0, warmup=10, min_lr_ratio=0.1, schedule=schedule, decay_fraction=0.25)
+    lrs = [learning_rate(optim, step, 110) for step in range(110)]
+    assert lrs[9] == pytest.approx(1.0)
+    assert all(a >= b - 1e-12 for a, b in zip(lrs[9:], lrs[10:]))  # never rises after warmup
+    assert lrs[-1] == pytest.approx(1.0 if schedule == "constant" else 0.1)
+    if schedule == "wsd":  # stable at the peak until the last quarter, then a straight line down
+        assert lrs[81] == 1.0 and lrs[82] < 1.0
+
+
+def test_sgd_and_activation_checkpointing_train(tmp_path):
+    sgd = make_spec(total_steps=40, optim=OptimConfig(name="sgd", lr=0.3, warmup=5, weight_decay=0.0))
+    _, summary = train_once(tmp_path, "sgd", sgd)
+    assert summary["best_val_loss"] < math.log(64) - 0.5
+    plain = make_spec(total_steps=6, model=SHAPE.model_copy(update={"dropout": 0.0}))
+    checkpointed = plain.model_copy(update={"activation_checkpointing": True})
+    a, _ = train_once(tmp_path, "plain", plain)
+    b, _ = train_once(tmp_path, "checkpointed", checkpointed)
+    for (name, x), y in zip(model_tensors(a).items(), model_tensors(b).values()):
+        assert torch.allclose(x, y, atol=1e-6), name  # recomputation gives the same gradients
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    # A learning rate this high makes the validation loss bounce, so patience 1 stops the run early.
+    spec = make_spec(total_steps=200, eval_every=2, early_stopping_patience=1, optim=OptimConfig(lr=0.3, warmup=1))
+    model, summary = train_once(tmp_path, "early", spec)
+    assert summary["stopped_early"] and summary["steps"] < 200
+    vals = [r["val_loss"] for r in summary["metrics_records"] if "val_loss" in r]
+    assert summary["best_val_loss"] == min(vals) and vals[-1] > min(vals)
+    assert (tmp_path / "early" / "scratch" / "best" / "model.safetensors").is_file()
+
+
+class NaNAt(torch.nn.Module):
+    """A model whose training forward pass number `bad_call` returns NaN logits, like one bad batch."""
+
+    def __init__(self, model, bad_call: int):
+        super().__init__()
+        self.inner, self.bad_call, self.calls = model, bad_call, 0
+        self.shape = model.shape
+
+    def forward(self, idx):
+        logits = self.inner(idx)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.bad_call:
+                return logits * float("nan")
+        return logits
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip", "rollback"])
+def test_non_finite_loss_is_handled_by_policy(tmp_path, policy):
+    from llmrecipe.errors import StepError
+
+    spec = make_spec(total_steps=12, on_nonfinite=policy, micro_batch_size=4, grad_accum=1)
+    torch.manual_seed(spec.seed)
+    model = NaNAt(build_model(spec.model), bad_call=8)  # step 7 (0-based) gives NaN once
+    ctx = StepContext(name=policy, inputs={}, out_dir=tmp_path / "out", scratch_dir=tmp_path / policy,
+                      device="cpu", reporter=LineReporter())
+    ctx.scratch_dir.mkdir()
+    if policy == "stop":
+        with pytest.raises(StepError, match="loss became nan at step 7"):
+            train(spec, model, token_files(tmp_path), ctx)
+        return
+    summary = train(spec, model, token_files(tmp_path), ctx)
+    assert summary["steps"] == 12 and summary["skipped_steps"] == [7]
+    assert all(math.isfinite(p.sum().item()) for p in model.parameters())
+    if policy == "rollback":  # restarted from the step-5 checkpoint, then trained through without step 7
+        assert model.calls == 8 + (12 - 5 - 1)

@@ -8,10 +8,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from llmrecipe.models.bert import Bert
+from llmrecipe.models.gpt2 import GPT2
 from llmrecipe.models.llama import Llama
+from llmrecipe.models.lstm import LSTM
 from llmrecipe.plan.specs import ModelShape
 
-ARCHITECTURES = {"llama": Llama}
+ARCHITECTURES = {"llama": Llama, "gpt2": GPT2, "bert": Bert, "lstm": LSTM}
 """`model.arch` in a recipe -> the nn.Module class that implements it."""
 
 
@@ -30,6 +33,7 @@ def load_trained(model_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module,
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Load a state dict saved without aliases: only a tied output weight may be missing."""
     missing, unexpected = model.load_state_dict(tensors, strict=False)
-    tied = {"lm_head.weight"} if getattr(model, "shape", None) is not None and model.shape.tie_embeddings else set()
+    tie = getattr(model, "shape", None) is not None and model.shape.tie_embeddings
+    tied = {name for name in missing if tie and name.rsplit(".", 2)[-2:] == ["lm_head", "weight"]}
     if set(missing) - tied or unexpected:
         raise ValueError(f"weights do not fit the model: missing {sorted(set(missing) - tied)}, unexpected {unexpected}")

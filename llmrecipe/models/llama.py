@@ -9,12 +9,17 @@ weights need no permutation.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from llmrecipe.plan.specs import ModelShape
+
+if TYPE_CHECKING:
+    from llmrecipe.generate.cache import DecodeState
 
 
 class RMSNorm(nn.Module):
@@ -55,17 +60,24 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(shape.d_model, shape.d_model, bias=False)
         self.dropout = shape.dropout
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: DecodeState | None = None, layer: int = 0
+    ) -> torch.Tensor:
         B, T, D = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, E)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, E)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, E)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:  # decoding: this step's keys and values join the cached ones of earlier positions
+            k, v = cache.extend(layer, k, v)  # (B, K, P + T, E)
         if self.n_kv_head != self.n_head:  # grouped-query attention: each K/V head serves H/K query heads
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, H, T, E)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (B, H, T, E)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (B, H, T, E)
+        else:  # is_causal aligns to the top left, wrong with a past (PITFALLS.md): an explicit mask instead
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask)  # (B, H, T, E)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -93,8 +105,10 @@ class Block(nn.Module):
         self.mlp = MLP(shape)
         self.dropout = nn.Dropout(shape.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin))
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: DecodeState | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache, layer))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -102,6 +116,8 @@ class Llama(nn.Module):
     def __init__(self, shape: ModelShape):
         super().__init__()
         self.shape = shape
+        self.activation_checkpointing = False
+        """Set by the trainer: recompute each block in the backward pass instead of keeping its activations."""
         self.embed = nn.Embedding(shape.vocab_size, shape.d_model)
         self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layer))
         self.norm = RMSNorm(shape.d_model, shape.norm_eps)
@@ -127,11 +143,21 @@ class Llama(nn.Module):
             for proj in (block.attn.o_proj, block.mlp.down_proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.shape.n_layer))
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> next-token logits (B, T, V)."""
+    def forward(self, idx: torch.Tensor, cache: DecodeState | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> next-token logits (B, T, V).
+
+        With a `cache` (decoding), `idx` continues the cached positions: rows may be left-padded, so each
+        token's rotary position comes from `cache.positions` (B, T) and attention from `cache.mask`.
+        """
         T = idx.size(1)
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        if cache is None:
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, E)
+        else:
+            cos, sin = self.rope_cos[cache.positions][:, None], self.rope_sin[cache.positions][:, None]  # (B, 1, T, E)
         x = self.embed(idx)  # (B, T, D)
-        for block in self.blocks:
-            x = block(x, cos, sin)
+        for layer, block in enumerate(self.blocks):
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, cache, layer)
         return self.lm_head(self.norm(x))  # (B, T, V)

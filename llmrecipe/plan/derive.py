@@ -27,13 +27,20 @@ def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 2**16 else "uint32"
 
 
+FFN_MULT = {"llama": 8 / 3, "gpt2": 4.0, "bert": 4.0, "lstm": 0.0}
+"""MLP width per architecture when `model.ffn_mult` is unset: SwiGLU's 8/3 has the parameters of a 4x GELU MLP."""
+
+
 def model_shape(step: PretrainStep, tokenizer: TokenizerStep) -> ModelShape:
     m = step.model
-    if m.d_model % m.n_head:
+    attention = m.arch != "lstm"
+    if attention and m.d_model % m.n_head:
         raise DerivationError(
             f"model.d_model = {m.d_model} is not a multiple of model.n_head = {m.n_head}; "
             f"pick d_model = {round_up(m.d_model, m.n_head)} or an n_head that divides it"
         )
+    if m.n_kv_head is not None and m.arch != "llama":
+        raise DerivationError(f"model.n_kv_head: grouped-query attention is part of `llama`, not `{m.arch}`; remove it")
     n_kv_head = m.n_kv_head or m.n_head
     if m.n_head % n_kv_head:
         raise DerivationError(
@@ -41,8 +48,11 @@ def model_shape(step: PretrainStep, tokenizer: TokenizerStep) -> ModelShape:
             "each key/value head must serve the same number of query heads"
         )
     head_dim = m.d_model // m.n_head
-    if head_dim % 2:
+    if m.arch == "llama" and head_dim % 2:
         raise DerivationError(f"head size d_model / n_head = {head_dim} is odd; rotary embeddings need an even head size")
+    ffn_mult = m.ffn_mult if m.ffn_mult is not None else FFN_MULT[m.arch]
+    # A masked-language model needs one extra id, the mask token, right after the tokenizer's vocabulary.
+    rows = tokenizer.vocab_size + (1 if m.arch == "bert" else 0)
     return ModelShape(
         arch=m.arch,
         n_layer=m.n_layer,
@@ -50,22 +60,37 @@ def model_shape(step: PretrainStep, tokenizer: TokenizerStep) -> ModelShape:
         n_kv_head=n_kv_head,
         d_model=m.d_model,
         head_dim=head_dim,
-        ffn_hidden=round_up(m.ffn_mult * m.d_model, 64),
-        vocab_size=round_up(tokenizer.vocab_size, 64),
+        ffn_hidden=round_up(ffn_mult * m.d_model, 64) if attention else 0,
+        vocab_size=round_up(rows, 64),
         seq_len=m.seq_len,
         dropout=m.dropout,
         rope_theta=m.rope_theta,
         tie_embeddings=m.tie_embeddings,
+        mask_token_id=tokenizer.vocab_size if m.arch == "bert" else None,
+        mask_fraction=m.mask_fraction,
     )
 
 
 def parameter_count(shape: ModelShape) -> int:
-    d, kv = shape.d_model, shape.n_kv_head * shape.head_dim
-    attention = d * d + 2 * d * kv + d * d  # q, k, v, o projections, no biases
-    mlp = 3 * d * shape.ffn_hidden  # SwiGLU: gate, up, down
-    per_layer = attention + mlp + 2 * d  # two RMSNorm gains
+    """Exactly the parameters of the built model (tests/test_models.py checks every architecture)."""
+    d, L = shape.d_model, shape.n_layer
     embeddings = shape.vocab_size * d * (1 if shape.tie_embeddings else 2)
-    return shape.n_layer * per_layer + embeddings + d  # + final norm
+    if shape.arch == "lstm":
+        # Per layer: input-to-hidden and hidden-to-hidden matrices for 4 gates, each with a bias (PyTorch keeps two).
+        return embeddings + L * (4 * d * d + 4 * d * d + 8 * d)
+    if shape.arch == "llama":
+        kv = shape.n_kv_head * shape.head_dim
+        attention = d * d + 2 * d * kv + d * d  # q, k, v, o projections, no biases
+        mlp = 3 * d * shape.ffn_hidden  # SwiGLU: gate, up, down
+        per_layer = attention + mlp + 2 * d  # two RMSNorm gains
+        return L * per_layer + embeddings + d  # + final norm
+    # gpt2 and bert: biases everywhere, LayerNorms with gain and bias.
+    attention = 4 * d * d + 4 * d  # q, k, v, o with biases
+    mlp = 2 * d * shape.ffn_hidden + shape.ffn_hidden + d
+    per_layer = attention + mlp + 4 * d  # two LayerNorms
+    positions = shape.seq_len * d
+    output_bias = shape.vocab_size if shape.arch == "bert" else 0
+    return L * per_layer + embeddings + positions + 2 * d + output_bias  # + final LayerNorm
 
 
 def flops_per_token(shape: ModelShape, n_params: int) -> int:
@@ -73,63 +98,107 @@ def flops_per_token(shape: ModelShape, n_params: int) -> int:
     embedding_lookup = shape.vocab_size * shape.d_model if shape.tie_embeddings else 0
     # With tied weights the embedding matrix is counted once, as the output projection (a real matmul).
     matmul_params = n_params - (0 if shape.tie_embeddings else embedding_lookup)
-    return 6 * matmul_params + 12 * shape.n_layer * shape.d_model * shape.seq_len
+    if shape.arch in ("gpt2", "bert"):
+        matmul_params -= shape.seq_len * shape.d_model  # learned positions are a lookup, not a matmul
+    attention = 0 if shape.arch == "lstm" else 12 * shape.n_layer * shape.d_model * shape.seq_len
+    return 6 * matmul_params + attention
 
 
-def pretrain_spec(step: PretrainStep, tokenizer: TokenizerStep, device: str, host: Host, seed: int) -> PretrainSpec:
+def pretrain_spec(step: PretrainStep, tokenizer: TokenizerStep, device: str, host: Host, seed: int, nproc: int = 1) -> PretrainSpec:
     shape = model_shape(step, tokenizer)
-    micro = step.micro_batch_size or step.batch_size
-    if step.batch_size % micro:
+    batch_size = _batch_size(step, shape)
+    if batch_size % nproc:
         raise DerivationError(
-            f"batch_size = {step.batch_size} is not a multiple of micro_batch_size = {micro}; "
-            "gradient accumulation needs whole micro-batches"
+            f"batch_size = {batch_size} sequences do not split evenly over run.nproc = {nproc} processes; "
+            f"pick a batch size that is a multiple of {nproc}"
         )
-    tokens_per_step = step.batch_size * shape.seq_len
-    total_steps = step.budget.steps or math.ceil(step.budget.tokens / tokens_per_step)
-    if step.optim.warmup >= total_steps:
+    share = batch_size // nproc
+    micro = step.micro_batch_size or share
+    if share % micro:
+        who = f"batch_size = {batch_size}" if nproc == 1 else f"each process's share of {share} sequences"
         raise DerivationError(
-            f"optim.warmup = {step.optim.warmup} steps is not shorter than the whole run ({total_steps} steps); "
+            f"{who} is not a multiple of micro_batch_size = {micro}; gradient accumulation needs whole micro-batches"
+        )
+    tokens_per_step = batch_size * shape.seq_len
+    total_steps = step.budget.steps or (math.ceil(step.budget.tokens / tokens_per_step) if step.budget.tokens else None)
+    optim = _resolved_warmup(step, total_steps)
+    if total_steps is not None and optim.warmup >= total_steps:
+        raise DerivationError(
+            f"optim.warmup = {optim.warmup} steps is not shorter than the whole run ({total_steps} steps); "
             "lower the warmup or raise the budget"
         )
     return PretrainSpec(
         model=shape,
-        optim=step.optim,
-        batch_size=step.batch_size,
+        optim=optim,
+        batch_size=batch_size,
         micro_batch_size=micro,
-        grad_accum=step.batch_size // micro,
+        grad_accum=share // micro,
         tokens_per_step=tokens_per_step,
         total_steps=total_steps,
+        epochs=step.budget.epochs,
         eval_every=step.eval_every,
         eval_batches=step.eval_batches,
+        early_stopping_patience=step.early_stopping_patience,
+        on_nonfinite=step.on_nonfinite,
+        activation_checkpointing=step.activation_checkpointing,
         checkpoint_every=step.checkpoint_every,
         log_every=step.log_every,
         device=device,
         precision=_precision(step.precision, device, host),
         compile=_compile(step.compile, device),
+        nproc=nproc,
+        sharding=step.sharding,
         seed=seed,
     )
+
+
+def _batch_size(step: PretrainStep, shape: ModelShape) -> int:
+    if step.batch_tokens is None:
+        return step.batch_size
+    if step.batch_tokens % shape.seq_len:
+        raise DerivationError(
+            f"batch_tokens = {step.batch_tokens} is not a multiple of model.seq_len = {shape.seq_len}; "
+            f"pick {round_up(step.batch_tokens, shape.seq_len)}"
+        )
+    return step.batch_tokens // shape.seq_len
+
+
+def _resolved_warmup(step: PretrainStep, total_steps: int | None):
+    """`warmup_fraction` turned into steps, so the spec (and the fingerprint) hold the number that is used."""
+    optim = step.optim
+    if optim.warmup_fraction is None:
+        return optim
+    if total_steps is None:
+        raise DerivationError(
+            "optim.warmup_fraction needs a budget in steps or tokens (an epoch budget's length is known only "
+            "when training starts); give optim.warmup in steps instead"
+        )
+    return optim.model_copy(update={"warmup": int(optim.warmup_fraction * total_steps), "warmup_fraction": None})
 
 
 def pretrain_summary(spec: PretrainSpec) -> dict[str, Any]:
     """The derived numbers a user wants to see before committing hours of compute."""
     n_params = parameter_count(spec.model)
     flops = flops_per_token(spec.model, n_params)
+    steps = spec.total_steps
     return {
         "head_dim": spec.model.head_dim,
         "ffn_hidden": spec.model.ffn_hidden,
         "vocab_size": spec.model.vocab_size,
         "n_params": n_params,
         "flops_per_token": flops,
-        "train_flops": flops * spec.tokens_per_step * spec.total_steps,
+        "train_flops": flops * spec.tokens_per_step * steps if steps else "follows from the epoch budget",
         "tokens_per_step": spec.tokens_per_step,
         "grad_accum": spec.grad_accum,
-        "total_steps": spec.total_steps,
-        "total_tokens": spec.tokens_per_step * spec.total_steps,
-        # fp32 weights + gradients + two AdamW moments; activations come on top.
-        "train_state_bytes": 16 * n_params,
+        "warmup_steps": spec.optim.warmup,
+        "total_steps": steps if steps else f"{spec.epochs} epochs of the train split",
+        "total_tokens": spec.tokens_per_step * steps if steps else f"{spec.epochs} epochs of the train split",
+        # fp32 weights + gradients + two AdamW moments (one for SGD); activations come on top.
+        "train_state_bytes": (16 if spec.optim.name == "adamw" else 12) * n_params,
         "device": spec.device,
         "precision": spec.precision,
         "compile": spec.compile,
+        "processes": spec.nproc,
     }
 
 

@@ -1,4 +1,4 @@
-"""The `pretrain` step: a decoder-only transformer trained from scratch on packed tokens."""
+"""The `pretrain` step: a language model trained from scratch on packed tokens."""
 
 from __future__ import annotations
 
@@ -12,54 +12,82 @@ from llmrecipe.recipe.base import Section, StepName
 class ModelConfig(Section):
     """Shape of the network. Head size, parameter count and FLOPs are derived by `llmrecipe plan`."""
 
-    arch: Literal["llama"] = "llama"
-    """Architecture: `llama` (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases)."""
+    arch: Literal["llama", "gpt2", "bert", "lstm"] = "llama"
+    """Architecture: `llama` (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases), `gpt2` (learned
+    positions, LayerNorm, GELU MLP, biases), `bert` (bidirectional encoder trained by masked-language modelling)
+    or `lstm` (a recurrent baseline: `n_layer` LSTM layers of width `d_model`)."""
     n_layer: int = Field(default=4, ge=1)
     n_head: int = Field(default=4, ge=1)
+    """Attention heads (not used by `lstm`)."""
     n_kv_head: int | None = Field(default=None, ge=1)
-    """Key/value heads for grouped-query attention; defaults to `n_head` (plain multi-head attention)."""
+    """Key/value heads for grouped-query attention (`llama` only); defaults to `n_head` (plain multi-head attention)."""
     d_model: int = Field(default=256, ge=8)
-    """Width of the residual stream; must be a multiple of `n_head`."""
+    """Width of the residual stream (the hidden size for `lstm`); a multiple of `n_head` for attention models."""
     seq_len: int = Field(default=256, ge=2)
     """Context length in tokens."""
-    ffn_mult: float = Field(default=8 / 3, gt=0)
-    """SwiGLU hidden width as a multiple of `d_model` (rounded up to a multiple of 64)."""
+    ffn_mult: float | None = Field(default=None, gt=0)
+    """MLP hidden width as a multiple of `d_model`, rounded up to a multiple of 64. Unset: 8/3 for `llama`'s
+    SwiGLU (the parameters of a 4x MLP), 4 for `gpt2` and `bert`."""
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     rope_theta: float = Field(default=10000.0, gt=0)
+    """Base of the rotary position angles (`llama` only)."""
     tie_embeddings: bool = True
     """Share the input embedding and the output projection (saves vocab x d_model parameters)."""
+    mask_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
+    """`bert`: fraction of positions chosen as masked-language-modelling targets (of which 80% become the mask
+    token, 10% a random token, 10% stay), as in Devlin et al. (2019)."""
 
 
 class OptimConfig(Section):
-    """AdamW with linear warmup and a cosine (or constant) schedule."""
+    """Optimizer and learning-rate schedule: linear warmup, then constant, linear, cosine or warmup-stable-decay."""
 
+    name: Literal["adamw", "sgd"] = "adamw"
+    """`adamw` (decoupled weight decay on matrices only) or `sgd` with momentum."""
     lr: float = Field(default=1e-3, gt=0)
     """Peak learning rate, reached at the end of warmup."""
     min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
-    """The cosine schedule ends at `lr * min_lr_ratio`."""
+    """Decaying schedules end at `lr * min_lr_ratio`."""
     warmup: int = Field(default=100, ge=0)
     """Warmup length in optimizer steps."""
-    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_fraction: float | None = Field(default=None, ge=0.0, lt=1.0)
+    """Warmup as a fraction of all steps; when set it replaces `warmup` (the plan shows the resulting steps)."""
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    """After warmup: `cosine` or `linear` decay to the floor, `constant`, or `wsd` (warmup-stable-decay: constant,
+    then a linear decay to the floor over the last `decay_fraction` of the steps)."""
+    decay_fraction: float = Field(default=0.2, gt=0.0, le=1.0)
+    """`wsd` only: the share of all steps spent in the final decay."""
     weight_decay: float = Field(default=0.1, ge=0.0)
-    """Decoupled weight decay on matrices; norms and embeddings are not decayed."""
+    """Decoupled weight decay on matrices; norms, biases and embeddings are not decayed."""
     beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    """AdamW's first-moment decay."""
     beta2: float = Field(default=0.95, ge=0.0, lt=1.0)
+    """AdamW's second-moment decay."""
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    """SGD's momentum."""
     grad_clip: float | None = Field(default=1.0, gt=0)
     """Clip the global gradient norm to this value; unset to turn clipping off."""
 
+    @model_validator(mode="after")
+    def _one_warmup(self) -> "OptimConfig":
+        if self.warmup_fraction is not None and "warmup" in self.model_fields_set:
+            raise ValueError("give `warmup` (steps) or `warmup_fraction`, not both")
+        return self
+
 
 class Budget(Section):
-    """How long to train: give exactly one of `tokens` or `steps`."""
+    """How long to train: give exactly one of `tokens`, `steps` or `epochs`."""
 
     tokens: int | None = Field(default=None, ge=1)
     """Total training tokens; the number of steps is derived from the tokens per step."""
     steps: int | None = Field(default=None, ge=1)
     """Total optimizer steps."""
+    epochs: float | None = Field(default=None, gt=0)
+    """Passes over the train split's tokens; the steps follow from its size, counted when training starts."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Budget":
-        if (self.tokens is None) == (self.steps is None):
-            raise ValueError("give exactly one of `tokens` or `steps`")
+        if sum(value is not None for value in (self.tokens, self.steps, self.epochs)) != 1:
+            raise ValueError("give exactly one of `tokens`, `steps` or `epochs`")
         return self
 
 
@@ -75,13 +103,23 @@ class PretrainStep(Section):
     optim: OptimConfig = OptimConfig()
     budget: Budget
     batch_size: int = Field(default=16, ge=1)
-    """Sequences per optimizer step."""
+    """Sequences per optimizer step (over all processes)."""
+    batch_tokens: int | None = Field(default=None, ge=1)
+    """Tokens per optimizer step; when set it replaces `batch_size` and must be a multiple of `model.seq_len`."""
     micro_batch_size: int | None = Field(default=None, ge=1)
-    """Sequences per forward pass; smaller than `batch_size` means gradient accumulation. Defaults to `batch_size`."""
+    """Sequences per forward pass and process; fewer than a process's share of the batch means gradient
+    accumulation. Defaults to the whole share."""
     eval_every: int = Field(default=100, ge=1)
     """Measure validation loss every this many steps (and at the end)."""
     eval_batches: int = Field(default=20, ge=1)
     """Batches of validation data per measurement."""
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    """Stop when this many validations in a row bring no new best validation loss; unset to train to the end."""
+    on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
+    """When a step's loss is NaN or infinite: `stop` with a message, `skip` that batch, or `rollback` to the last
+    checkpoint and continue without that batch."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: less memory, about a third more compute."""
     checkpoint_every: int = Field(default=100, ge=1)
     """Save a resumable checkpoint every this many steps."""
     log_every: int = Field(default=10, ge=1)
@@ -90,6 +128,15 @@ class PretrainStep(Section):
     """torch.compile: `auto` turns it on where it pays back (CUDA); cold compiles cost ~40 s on a CPU."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`bf16` autocast where the device supports it (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
+    sharding: Literal["ddp", "fsdp"] = "ddp"
+    """With `run.nproc` > 1: `ddp` replicates the model in every process, `fsdp` shards weights, gradients and
+    optimizer state across them (FSDP2)."""
+
+    @model_validator(mode="after")
+    def _one_batch_size(self) -> "PretrainStep":
+        if self.batch_tokens is not None and "batch_size" in self.model_fields_set:
+            raise ValueError("give `batch_size` (sequences) or `batch_tokens`, not both")
+        return self
 
     # Fields that cannot change the trained weights or metrics, so a change to them must not re-train.
     NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(

@@ -39,6 +39,9 @@ class RunConfig(Section):
     """Where the artifact store and run records live (relative to the recipe file); default `./.llmrecipe`."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto` picks CUDA when present, else the CPU."""
+    nproc: int = Field(default=1, ge=1)
+    """Processes that train together through torch.distributed (gloo on CPU, NCCL on GPU); each takes its share of
+    every step's batch. The pretrain step starts the processes itself on this machine."""
 
 
 class Recipe(Section):

@@ -1,8 +1,14 @@
-"""Executor of `pretrain`: a model trained from scratch on the packed tokens of the train split."""
+"""Executor of `pretrain`: a model trained from scratch on the packed tokens of the train split.
+
+With `nproc` > 1 it starts that many processes (torch.distributed, gloo on CPU, NCCL on GPU); inside an
+existing torchrun launch it joins that group instead. Outputs: model.safetensors + config.json (the last
+weights), best/ (the weights with the best validation loss), metrics.jsonl and loss.png.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from typing import Any
 
@@ -15,23 +21,60 @@ from llmrecipe.run.context import StepContext
 from llmrecipe.training.batches import TokenFile
 from llmrecipe.training.checkpoint import save_weights
 from llmrecipe.training.device import prepare_device
+from llmrecipe.training.distributed import World, init_process_group, launched_by_torchrun
+from llmrecipe.training.launch import launch
 from llmrecipe.training.loop import TrainData, train
+from llmrecipe.training.plots import plot_losses
 
 
 def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     spec = PretrainSpec.model_validate(raw_spec)
+    if launched_by_torchrun():
+        train_and_save(raw_spec, ctx, init_process_group(spec.device))
+    elif spec.nproc > 1:
+        ctx.log(f"training in {spec.nproc} processes ({spec.sharding})")
+        launch(train_and_save, raw_spec, ctx, spec.nproc, spec.device)
+    else:
+        train_and_save(raw_spec, ctx, World())
+    return json.loads((ctx.scratch_dir / "summary.json").read_text())
+
+
+def train_and_save(raw_spec: dict[str, Any], ctx: StepContext, world: World) -> None:
+    """Train in this process (one of `world`); the main process writes the outputs and the summary."""
+    spec = PretrainSpec.model_validate(raw_spec)
     prepare_device(spec.device)
     data = _load_data(spec, ctx)
+    spec = _with_total_steps(spec, len(data.train))
     torch.manual_seed(spec.seed)
     model = build_model(spec.model)
-    summary = train(spec, model, data, ctx)
+    summary = train(spec, model, data, ctx, world)
     records = summary.pop("metrics_records")
-
-    save_weights(model, ctx.out_dir / "model.safetensors")
-    (ctx.out_dir / "config.json").write_text(spec.model.model_dump_json(indent=2))
+    save_weights(model, ctx.out_dir / "model.safetensors", world)  # collective under FSDP
+    if not world.is_main:
+        return
+    config = spec.model.model_dump_json(indent=2)
+    (ctx.out_dir / "config.json").write_text(config)
+    if (ctx.scratch_dir / "best" / "model.safetensors").is_file():
+        (ctx.out_dir / "best").mkdir(exist_ok=True)
+        shutil.copy(ctx.scratch_dir / "best" / "model.safetensors", ctx.out_dir / "best" / "model.safetensors")
+        (ctx.out_dir / "best" / "config.json").write_text(config)
     shutil.copy(ctx.inputs["tokenizer"] / "tokenizer.json", ctx.out_dir / "tokenizer.json")
     (ctx.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return summary
+    plot_losses(records, ctx.out_dir / "loss.png", f"{ctx.name}: {spec.model.arch}, {summary['steps']} steps")
+    (ctx.scratch_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def _with_total_steps(spec: PretrainSpec, train_tokens: int) -> PretrainSpec:
+    """An epoch budget becomes steps here, the first moment the train split's size is known."""
+    if spec.total_steps is not None:
+        return spec
+    total = max(1, math.ceil(spec.epochs * train_tokens / spec.tokens_per_step))
+    if spec.optim.warmup >= total:
+        raise StepError(
+            f"{spec.epochs} epochs of {train_tokens} train tokens are {total} steps, not more than optim.warmup = "
+            f"{spec.optim.warmup}; lower the warmup or raise budget.epochs"
+        )
+    return spec.model_copy(update={"total_steps": total})
 
 
 def _load_data(spec: PretrainSpec, ctx: StepContext) -> TrainData:

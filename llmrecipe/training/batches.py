@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llmrecipe.plan.specs import ModelShape
+
 
 class TokenFile:
     def __init__(self, path: Path, dtype: str):
@@ -36,3 +38,32 @@ def validation_offsets(seed: int, count: int, n_tokens: int, seq_len: int) -> to
     """The same validation windows at every evaluation, so the curve compares like with like."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 - 1)
     return torch.randint(0, n_tokens - seq_len, (count,), generator=generator)
+
+
+IGNORE = -100
+"""Target id that the loss skips (`F.cross_entropy(ignore_index=...)`): positions that are not predicted."""
+
+
+def step_batch(tokens: TokenFile, offsets: torch.Tensor, shape: ModelShape, mask_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets (B, T) for the windows at `offsets`: next tokens for decoders, masked tokens for `bert`."""
+    x, y = tokens.windows(offsets, shape.seq_len)  # (B, T) each
+    if shape.arch != "bert":
+        return x, y
+    return mask_tokens(x, shape, torch.Generator().manual_seed(mask_seed))
+
+
+def mask_tokens(x: torch.Tensor, shape: ModelShape, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's corruption (Devlin et al., 2019): of the chosen positions 80% become the mask token, 10% a random
+    token, 10% stay; the targets are the original tokens there and IGNORE elsewhere. x: (B, T)."""
+    chosen = torch.rand(x.shape, generator=generator) < shape.mask_fraction  # (B, T)
+    roll = torch.rand(x.shape, generator=generator)  # (B, T)
+    random_ids = torch.randint(1, shape.mask_token_id, x.shape, generator=generator)  # real tokens only
+    targets = torch.where(chosen, x, IGNORE)
+    inputs = torch.where(chosen & (roll < 0.8), shape.mask_token_id, x)
+    inputs = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_ids, inputs)
+    return inputs, targets
+
+
+def mask_seed(seed: int, step: int) -> int:
+    """Seed of step `step`'s masks, apart from the stream that draws window offsets."""
+    return (seed * 1_000_003 + step) * 2 + 1

@@ -1,4 +1,4 @@
-"""AdamW with decay only where it regularizes: weight matrices, not norms, biases or embeddings."""
+"""Optimizers with decay only where it regularizes: weight matrices, not norms, biases or embeddings."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ from torch import nn
 from llmrecipe.recipe.pretrain import OptimConfig
 
 
-def build_adamw(model: nn.Module, optim: OptimConfig, device: str) -> torch.optim.AdamW:
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay, no_decay = [], []
     for param in model.parameters():  # tied weights appear once
         if not param.requires_grad:
             continue
         (decay if param.dim() >= 2 and id(param) not in embeddings else no_decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, device: str) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, optim.weight_decay)
+    if optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
     return torch.optim.AdamW(
         groups,
         lr=optim.lr,

@@ -1,0 +1,156 @@
+"""Training throughput of our GPT-2 and LLaMA style decoders against Hugging Face transformers' GPT2LMHeadModel
+and LlamaForCausalLM built with the same dimensions, batch and dtype, on this machine.
+
+One training step = forward, loss, backward, gradient clipping, AdamW step. Each model runs a few warm-up
+steps, then several timed rounds interleaved with its peer (so load from other processes hits both alike);
+the best round counts. MFU = model FLOPs per token (6N + attention, as `llmrecipe plan` derives them) x tokens/s
+over the measured matmul peak of the same precision.
+
+    python benchmarks/train_throughput.py [--compile] [--steps 6] [--rounds 3]
+
+The last line is one JSON object; its headline keys are for the default settings (first size, bf16 autocast
+where the CPU supports it, eager).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from llmrecipe.host import probe_host
+from llmrecipe.models import build_model
+from llmrecipe.plan.derive import flops_per_token, parameter_count, round_up
+from llmrecipe.plan.specs import ModelShape
+from llmrecipe.training.peak import matmul_peak_flops
+
+SIZES = {
+    # PEERS.md's reference size for transformers on this machine, and a smaller one.
+    "6x384": dict(n_layer=6, n_head=6, d_model=384, seq_len=256, vocab_size=8192, batch=8),
+    "4x256": dict(n_layer=4, n_head=4, d_model=256, seq_len=256, vocab_size=8192, batch=8),
+}
+
+
+def our_shape(arch: str, size: dict) -> ModelShape:
+    d = size["d_model"]
+    return ModelShape(
+        arch=arch, n_layer=size["n_layer"], n_head=size["n_head"], n_kv_head=size["n_head"], d_model=d,
+        head_dim=d // size["n_head"], ffn_hidden=4 * d if arch == "gpt2" else round_up(8 / 3 * d, 64),
+        vocab_size=size["vocab_size"], seq_len=size["seq_len"], dropout=0.0, rope_theta=10000.0, tie_embeddings=True,
+    )
+
+
+def hf_model(shape: ModelShape) -> torch.nn.Module:
+    import transformers
+
+    common = dict(vocab_size=shape.vocab_size, bos_token_id=0, eos_token_id=0, tie_word_embeddings=True)
+    if shape.arch == "gpt2":
+        config = transformers.GPT2Config(
+            n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.d_model, n_positions=shape.seq_len,
+            n_inner=shape.ffn_hidden, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common,
+        )
+        return transformers.GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+    config = transformers.LlamaConfig(
+        hidden_size=shape.d_model, intermediate_size=shape.ffn_hidden, num_hidden_layers=shape.n_layer,
+        num_attention_heads=shape.n_head, num_key_value_heads=shape.n_kv_head,
+        max_position_embeddings=shape.seq_len, rms_norm_eps=shape.norm_eps, **common,
+    )
+    return transformers.LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
+
+
+class Trainer:
+    """A model, its optimizer and one fixed batch; `rate(steps)` times that many training steps."""
+
+    def __init__(self, model: torch.nn.Module, shape: ModelShape, batch: int, precision: str, hf: bool, compiled: bool):
+        torch.manual_seed(0)
+        self.model = model.train()
+        self.forward = torch.compile(model) if compiled else model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+        self.x = torch.randint(0, shape.vocab_size, (batch, shape.seq_len))  # (B, T)
+        self.y = torch.randint(0, shape.vocab_size, (batch, shape.seq_len))
+        self.precision, self.hf, self.vocab = precision, hf, shape.vocab_size
+
+    def step(self) -> None:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
+        with autocast:
+            if self.hf:  # transformers computes its shifted loss inside the model
+                loss = self.forward(input_ids=self.x, labels=self.x).loss
+            else:
+                logits = self.forward(self.x)  # (B, T, V)
+        if not self.hf:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), self.y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def rate(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return steps * self.x.numel() / (time.perf_counter() - start)
+
+
+def compare(arch: str, size_name: str, precision: str, compiled: bool, args) -> dict:
+    size = SIZES[size_name]
+    shape = our_shape(arch, size)
+    ours = Trainer(build_model(shape), shape, size["batch"], precision, hf=False, compiled=compiled)
+    theirs = Trainer(hf_model(shape), shape, size["batch"], precision, hf=True, compiled=False)
+    for trainer in (ours, theirs):
+        for _ in range(args.warmup):
+            trainer.step()
+    best_ours = best_theirs = 0.0
+    for _ in range(args.rounds):  # interleaved, so a burst of load from elsewhere hits both
+        best_ours = max(best_ours, ours.rate(args.steps))
+        best_theirs = max(best_theirs, theirs.rate(args.steps))
+    flops = flops_per_token(shape, parameter_count(shape))
+    peak = matmul_peak_flops("cpu", precision)
+    row = {"arch": arch, "size": size_name, "precision": precision, "compiled": compiled,
+           "tokens_per_s": round(best_ours, 1), "hf_tokens_per_s": round(best_theirs, 1),
+           "ratio": round(best_ours / best_theirs, 3), "mfu": round(best_ours * flops / peak, 3),
+           "hf_mfu": round(best_theirs * flops / peak, 3), "peak_gflops": round(peak / 1e9, 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6, help="training steps per timed round")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per model (the best counts)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time our models under torch.compile (cold compiles take ~40 s each)")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    args = parser.parse_args()
+    default_precision = "bf16" if probe_host().cpu_bf16 else "fp32"
+    precisions = [default_precision] + (["fp32"] if default_precision != "fp32" else [])
+    rows = []
+    for size_name in args.sizes:
+        for precision in precisions:
+            for arch in ("gpt2", "llama"):
+                rows.append(compare(arch, size_name, precision, False, args))
+                if args.compile:
+                    rows.append(compare(arch, size_name, precision, True, args))
+    headline = {r["arch"]: r for r in rows
+                if r["size"] == args.sizes[0] and r["precision"] == default_precision and not r["compiled"]}
+    print(json.dumps({
+        "gpt2_tokens_per_s": headline["gpt2"]["tokens_per_s"],
+        "llama_tokens_per_s": headline["llama"]["tokens_per_s"],
+        "hf_gpt2_tokens_per_s": headline["gpt2"]["hf_tokens_per_s"],
+        "hf_llama_tokens_per_s": headline["llama"]["hf_tokens_per_s"],
+        "ratio_gpt2": headline["gpt2"]["ratio"],
+        "ratio_llama": headline["llama"]["ratio"],
+        "mfu_gpt2": headline["gpt2"]["mfu"],
+        "mfu_llama": headline["llama"]["mfu"],
+        "precision": default_precision,
+        "size": args.sizes[0],
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The device's measured matmul throughput, the denominator of model FLOPs utilization (MFU).
+
+Measured rather than looked up: CPU peaks depend on cores, clocks and instruction sets (AMX, AVX512-BF16) that
+no table knows, and a measured peak tells what the hardware really gives a large matmul on this machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import resource
+import time
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@functools.cache
+def matmul_peak_flops(device: str, precision: str, seconds: float = 0.3) -> float:
+    """FLOP/s of repeated square matmuls in `precision` (best of a few timed batches), cached per process."""
+    n = 4096 if device == "cuda" else 1024
+    a = torch.randn(n, n, device=device).to(DTYPES[precision])  # (n, n)
+    b = torch.randn(n, n, device=device).to(DTYPES[precision])
+    a @ b  # warm-up: kernel selection, page faults
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        _synchronize(device)
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        _synchronize(device)
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def peak_memory_bytes(device: str) -> int:
+    """Peak memory of this process: allocated tensors on CUDA, resident set size on a CPU."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()

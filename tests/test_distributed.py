@@ -1,0 +1,75 @@
+"""torch.distributed on CPU (gloo): two processes follow the one-process loss curve, and a checkpoint written
+by N processes resumes in M."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmrecipe.models import build_model
+from llmrecipe.plan.specs import PretrainSpec
+from llmrecipe.run.context import StepContext
+from llmrecipe.run.reporter import LineReporter
+from llmrecipe.training.batches import TokenFile
+from llmrecipe.training.checkpoint import save_weights
+from llmrecipe.training.distributed import World
+from llmrecipe.training.launch import launch
+from llmrecipe.training.loop import TrainData, train
+from tests.test_training import SHAPE, make_spec, token_files
+
+
+def train_target(raw_spec: dict, ctx: StepContext, world: World) -> None:
+    """One process of a run: trains on the token files next to its scratch folder; rank 0 saves the results."""
+    spec = PretrainSpec.model_validate(raw_spec)
+    folder = ctx.scratch_dir.parent.parent
+    data = TrainData(TokenFile(folder / "train.bin", "uint16"), TokenFile(folder / "val.bin", "uint16"))
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model)
+    summary = train(spec, model, data, ctx, world)
+    save_weights(model, ctx.scratch_dir / "final.safetensors", world)  # collective under FSDP
+    if world.is_main:
+        (ctx.scratch_dir / "records.json").write_text(json.dumps(summary["metrics_records"]))
+
+
+def run_with(tmp_path: Path, name: str, spec: PretrainSpec, nproc: int, checkpoint_from: Path | None = None):
+    """Train in `nproc` processes (in this one when 1), optionally resuming from a copied checkpoint."""
+    scratch = tmp_path / "runs" / name
+    scratch.mkdir(parents=True)
+    if checkpoint_from is not None:
+        shutil.copytree(checkpoint_from, scratch / "checkpoints" / checkpoint_from.name)
+    ctx = StepContext(name=name, inputs={}, out_dir=scratch / "out", scratch_dir=scratch, device="cpu",
+                      reporter=LineReporter())
+    if nproc == 1:
+        train_target(spec.model_dump(mode="json"), ctx, World())
+    else:
+        launch(train_target, spec.model_dump(mode="json"), ctx, nproc, "cpu")
+    losses = [r["loss"] for r in json.loads((scratch / "records.json").read_text()) if "loss" in r]
+    return load_file(scratch / "final.safetensors"), losses
+
+
+def assert_close(a: dict, b: dict) -> None:
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.parametrize("sharding", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_processes_follow_one_and_checkpoints_move_between_process_counts(tmp_path, sharding):
+    token_files(tmp_path)
+    # Batch 4: one process takes it as 2 micro-batches of 2, two processes one micro-batch of 2 each.
+    spec = make_spec(total_steps=12, log_every=1, checkpoint_every=5, micro_batch_size=2, sharding=sharding,
+                     model=SHAPE.model_copy(update={"dropout": 0.0}))
+    one, one_losses = run_with(tmp_path, "one", spec, nproc=1)
+    two, two_losses = run_with(tmp_path, "two", spec, nproc=2)
+    assert two_losses == pytest.approx(one_losses, rel=1e-4)
+    assert_close(two, one)
+
+    # A checkpoint written by 2 processes resumes in 1, and one written by 1 resumes in 2.
+    resumed_in_one, _ = run_with(tmp_path, "2to1", spec, 1, tmp_path / "runs" / "two" / "checkpoints" / "step-00000010")
+    assert_close(resumed_in_one, one)
+    resumed_in_two, _ = run_with(tmp_path, "1to2", spec, 2, tmp_path / "runs" / "one" / "checkpoints" / "step-00000005")
+    assert_close(resumed_in_two, one)
