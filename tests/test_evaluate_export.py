@@ -210,15 +210,19 @@ def step_context(inputs: dict[str, Path], out_dir: Path) -> StepContext:
     )
 
 
-EVALUATE_SPEC = {
-    "suites": ["perplexity", "samples"],
-    "splits": ["val", "test"],
-    "max_tokens": None,
-    "batch_size": 3,
-    "samples": {"count": 2, "prompt_tokens": 4, "max_new_tokens": 8, "temperature": 0.8, "top_k": 10},
-    "device": "cpu",
-    "seed": 7,
-}
+def evaluate_spec(**changes) -> dict:
+    """A resolved spec as the compiler writes it, from the list form `suites = ["perplexity", "samples"]`."""
+    from llmrecipe.recipe.evaluate import EvaluateStep
+
+    step = EvaluateStep.model_validate(
+        {"kind": "evaluate", "model": "m", "batch_size": 3, "samples": {"count": 2, "prompt_tokens": 4,
+         "max_new_tokens": 8, "temperature": 0.8, "top_k": 10}, "bootstrap": 200, **changes}
+    )
+    suites = {name: suite.model_dump(mode="json") for name, suite in step.named_suites().items()}
+    return {"suites": suites, "batch_size": 3, "worst": 2, "bootstrap": 200, "device": "cpu", "seed": 7}
+
+
+EVALUATE_SPEC = evaluate_spec()
 
 
 def test_model_folder_round_trips(artifacts):
@@ -236,29 +240,37 @@ def test_evaluate_step_end_to_end(artifacts, tmp_path):
     assert metrics["val_ppl"] == pytest.approx(math.exp(metrics["val_loss"]))
     assert 0 < metrics["val_bpb"] and 0 < metrics["val_unigram_loss"] < math.log(300)
     assert metrics["val_loss"] == pytest.approx(math.log(320), rel=0.05)  # a random model is near uniform
-    assert "test_loss" not in metrics and metrics["samples"] == 2
+    assert "test_loss" not in metrics and metrics["samples_count"] == 2
+    low, high = json.loads((tmp_path / "a" / "results.json").read_text())["suites"]["val"]["intervals"]["loss"]
+    assert low < metrics["val_loss"] < high
 
-    results = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert results["splits"]["test"] == {"empty": True, "tokens": 0}
-    assert all(any(doc.startswith(s["prompt"]) for doc in DOCUMENTS) for s in results["samples"])  # document starts
+    results = json.loads((tmp_path / "a" / "results.json").read_text())["suites"]
+    assert results["test"]["metrics"] == {} and results["test"]["extra"] == {"tokens": 0} and results["test"]["note"]
+    samples = [json.loads(line) for line in (tmp_path / "a" / "examples" / "samples.jsonl").read_text().splitlines()]
+    assert all(any(doc.startswith(s["prompt"]) for doc in DOCUMENTS) for s in samples)  # document starts
     markdown = (tmp_path / "a" / "samples.md").read_text(encoding="utf-8")
-    assert all(s["prompt"] in markdown and s["continuation"] in markdown for s in results["samples"])
+    assert all(s["prompt"] in markdown and s["continuation"] in markdown for s in samples)
 
     again = evaluate.run(EVALUATE_SPEC, step_context(artifacts, tmp_path / "b"))
-    assert again == metrics and (tmp_path / "b" / "results.json").read_text() == json.dumps(results, indent=2) + "\n"
+    assert again == metrics
+    assert (tmp_path / "b" / "results.json").read_text() == (tmp_path / "a" / "results.json").read_text()
 
 
 def test_evaluate_step_caps_tokens_and_runs_suites_alone(artifacts, tmp_path):
     from llmrecipe.steps import evaluate
 
-    spec = {**EVALUATE_SPEC, "suites": ["perplexity"], "splits": ["val"], "max_tokens": 20}
+    spec = evaluate_spec(suites=["perplexity"], splits=["val"], max_tokens=20)
     metrics = evaluate.run(spec, step_context(artifacts, tmp_path / "capped"))
-    assert metrics["val_tokens"] == 20 and "samples" not in metrics
+    assert metrics["val_tokens"] == 20 and "samples_count" not in metrics
     assert not (tmp_path / "capped" / "samples.md").exists()
 
-    spec = {**EVALUATE_SPEC, "suites": ["samples"], "splits": ["test"]}  # no held-out tokens to prompt with
-    metrics = evaluate.run(spec, step_context(artifacts, tmp_path / "no_prompts"))
-    assert metrics == {"samples": 0}
+    no_val = dict(artifacts, tokens=tmp_path / "tokens")  # no held-out tokens to prompt with
+    no_val["tokens"].mkdir()
+    (no_val["tokens"] / "meta.json").write_text((artifacts["tokens"] / "meta.json").read_text())
+    for split in ("train", "val", "test"):
+        (no_val["tokens"] / f"{split}.bin").write_bytes(b"")
+    metrics = evaluate.run(evaluate_spec(suites=["samples"]), step_context(no_val, tmp_path / "no_prompts"))
+    assert metrics == {"samples_count": 0}
 
 
 def test_export_step_end_to_end(artifacts, tmp_path):

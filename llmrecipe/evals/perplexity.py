@@ -58,7 +58,26 @@ def score_stream(
     device: str = "cpu",
     on_batch: Callable[[int], None] = lambda scored: None,
 ) -> StreamScore:
-    """Score every token of `tokens` (after the first) once, in fp32. `byte_lengths[id]` = bytes id stands for.
+    """Score every token of `tokens` (after the first) once, in fp32. `byte_lengths[id]` = bytes id stands for."""
+    nats = target_nats(model, tokens, seq_len, batch_size, device, on_batch)  # (N - 1,)
+    target_bytes = np.asarray(byte_lengths, dtype=np.int64)[np.asarray(tokens[1:], dtype=np.int64)]  # (N - 1,)
+    return StreamScore(
+        nats=float(nats.sum()),
+        tokens=len(nats),
+        byte_nats=float(nats[target_bytes > 0].sum()),
+        bytes=int(target_bytes.sum()),
+    )
+
+
+def target_nats(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+    device: str = "cpu",
+    on_batch: Callable[[int], None] = lambda scored: None,
+) -> np.ndarray:
+    """Negative log-likelihood of each token after the first, (N - 1,) float64, scored in fp32.
 
     Full windows go in batches of `batch_size`; the shorter last window goes alone, so no padding is
     ever scored. `on_batch` receives the number of tokens each batch scored (for a progress bar).
@@ -67,25 +86,56 @@ def score_stream(
     full = [span for span in spans if span[1] - span[0] == seq_len + 1]
     batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
     batches += [[span] for span in spans[len(full) :]]
-    byte_table = torch.as_tensor(np.asarray(byte_lengths, dtype=np.int64), device=device)
-    totals = np.zeros(4, dtype=np.float64)  # nats, tokens, byte_nats, bytes; float64 so long streams add exactly enough
+    nats = np.zeros(max(len(tokens) - 1, 0), dtype=np.float64)
     for batch in batches:
         window_ids = np.stack([np.asarray(tokens[start:stop], dtype=np.int64) for start, stop in batch])
-        sums = score_windows(model, torch.from_numpy(window_ids).to(device), byte_table)
-        totals += sums
-        on_batch(int(sums[1]))
-    return StreamScore(nats=float(totals[0]), tokens=int(totals[1]), byte_nats=float(totals[2]), bytes=int(totals[3]))
+        scored = score_windows(model, torch.from_numpy(window_ids).to(device))  # (B, T)
+        for (start, stop), row in zip(batch, scored):
+            nats[start : stop - 1] = row  # window [start, stop) predicts targets start + 1 .. stop - 1
+        on_batch(scored.size)
+    return nats
 
 
 @torch.no_grad()
-def score_windows(model: torch.nn.Module, window_ids: torch.Tensor, byte_table: torch.Tensor) -> np.ndarray:
-    """Windows (B, T+1) -> [nats, tokens, nats of byte-bearing tokens, bytes] summed over all targets."""
+def score_windows(model: torch.nn.Module, window_ids: torch.Tensor) -> np.ndarray:
+    """Windows (B, T+1) -> nats of each target, (B, T) float64."""
     inputs, targets = window_ids[:, :-1], window_ids[:, 1:]  # (B, T) each
     logits = model(inputs).float()  # (B, T, V); fp32 even if the model was trained in bf16
-    nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").double()  # (B*T,)
-    target_bytes = byte_table[targets.flatten()]  # (B*T,)
-    byte_nats = nats[target_bytes > 0].sum()
-    return np.array([nats.sum().item(), nats.numel(), byte_nats.item(), target_bytes.sum().item()], dtype=np.float64)
+    nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")  # (B*T,)
+    return nats.view(targets.shape).double().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class DocumentScores:
+    """Per document (the text up to and including its end-of-text token): sums a paired bootstrap resamples."""
+
+    nats: np.ndarray
+    tokens: np.ndarray
+    byte_nats: np.ndarray
+    bytes: np.ndarray
+    first_token: np.ndarray
+    """Offset of each document's first token in the stream."""
+
+
+def document_scores(tokens: np.ndarray, nats: np.ndarray, byte_lengths: np.ndarray, eot_id: int) -> DocumentScores:
+    """Attribute each target's nats to its document; a document's end-of-text token counts as its own.
+
+    The first token of the stream is never a target, so its document is one token short of the others.
+    """
+    ids = np.asarray(tokens, dtype=np.int64)
+    is_eot = ids == eot_id
+    document_of = np.concatenate([[0], np.cumsum(is_eot)[:-1]])  # (N,): eots seen before each position
+    targets = document_of[1:]  # (N - 1,)
+    count = int(document_of[-1]) + 1 if len(ids) else 0
+    target_bytes = np.asarray(byte_lengths, dtype=np.int64)[ids[1:]].astype(np.float64)
+    starts = np.concatenate([[0], np.flatnonzero(is_eot) + 1])[:count]
+    return DocumentScores(
+        nats=np.bincount(targets, weights=nats, minlength=count),
+        tokens=np.bincount(targets, minlength=count).astype(np.float64),
+        byte_nats=np.bincount(targets, weights=np.where(target_bytes > 0, nats, 0.0), minlength=count),
+        bytes=np.bincount(targets, weights=target_bytes, minlength=count),
+        first_token=starts,
+    )
 
 
 def unigram_baseline(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int) -> float:

@@ -1,38 +1,156 @@
-"""The run's report.md: the plan, what each step did, and its headline numbers."""
+"""The run's report.md and report.json: the plan, timings, data accounting, loss curves, metric tables with
+confidence intervals, the worst examples, and plots (PNG). Read from the store; nothing here runs a model.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Any
+
 from llmrecipe.plan.plan import Plan
 from llmrecipe.run.scheduler import StepOutcome
+from llmrecipe.run.store import Store
+
+WORST_TEXT = 160
+"""Characters of an example's text shown in the worst-examples tables."""
 
 
-def render_report(plan: Plan, outcomes: list[StepOutcome], run_id: str, failure: str | None) -> str:
-    lines = [f"# Run {run_id}", "", f"Recipe `{plan.name}`, seed {plan.seed}, device {plan.device}.", ""]
-    if failure:
-        lines += [f"**Failed:** {failure}", ""]
-    lines += ["| step | kind | state | seconds | fingerprint |", "|---|---|---|---|---|"]
+def write_report(record_dir: Path, plan: Plan, outcomes: list[StepOutcome], run_id: str, failure: str | None) -> None:
+    """report.json (every number) and report.md (the same, for people, with the plots) into the run record."""
+    store = Store(Path(plan.workdir))
+    data = report_data(plan, outcomes, run_id, failure, store)
+    for step in data["steps"]:  # links relative to the report, so the record folder can be moved with the store
+        plots = [*step.get("plots", []), *draw_curves(record_dir, step)]
+        step["plots"] = [os.path.relpath(plot, record_dir) for plot in plots]
+    (record_dir / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    (record_dir / "report.md").write_text(render_markdown(data, plan), encoding="utf-8")
+
+
+def report_data(plan: Plan, outcomes: list[StepOutcome], run_id: str, failure: str | None, store: Store) -> dict[str, Any]:
     by_name = {o.name: o for o in outcomes}
+    steps = []
     for step in plan.steps:
         outcome = by_name.get(step.name)
-        state = outcome.state if outcome else "not reached"
-        seconds = f"{outcome.seconds:.1f}" if outcome and outcome.state == "done" else ""
-        lines.append(f"| {step.name} | {step.kind} | {state} | {seconds} | `{step.fingerprint[:12]}` |")
-    for outcome in outcomes:
-        scalars = {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float, str))}
-        if not scalars:
-            continue
-        lines += ["", f"## {outcome.name} ({outcome.kind})", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in scalars.items()]
-    derived = [s for s in plan.steps if s.derived]
-    for step in derived:
-        lines += ["", f"## {step.name}: derived values", "", "| value | |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in step.derived.items()]
+        folder = store.path(step.fingerprint)
+        entry: dict[str, Any] = {
+            "step": step.name, "kind": step.kind, "state": outcome.state if outcome else "not reached",
+            "seconds": round(outcome.seconds, 3) if outcome and outcome.state == "done" else None,
+            "fingerprint": step.fingerprint, "artifact": str(folder), "derived": step.derived,
+            "metrics": {k: v for k, v in (outcome.metrics if outcome else {}).items() if isinstance(v, (int, float, str))},
+        }
+        if store.is_done(step.fingerprint):
+            entry.update(_artifact_details(step.kind, folder))
+        steps.append(entry)
+    return {"run_id": run_id, "recipe": plan.name, "seed": plan.seed, "device": plan.device, "failure": failure,
+            "steps": steps}
+
+
+def _artifact_details(kind: str, folder: Path) -> dict[str, Any]:
+    """What a finished step's folder tells beyond its metrics: data accounting, curves, suite results."""
+    if kind == "data" and (folder / "stats.json").is_file():
+        return {"accounting": json.loads((folder / "stats.json").read_text())}
+    if kind == "pretrain" and (folder / "loss.png").is_file():  # the pretrain step draws its own curve
+        return {"plots": [str(folder / "loss.png")]}
+    if kind == "pretrain" and (folder / "metrics.jsonl").is_file():
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        return {"curves": {
+            "train": [[r["step"], r["loss"]] for r in records if "loss" in r],
+            "val": [[r["step"], r["val_loss"]] for r in records if "val_loss" in r],
+        }}
+    if kind == "evaluate" and (folder / "results.json").is_file():
+        suites = json.loads((folder / "results.json").read_text())["suites"]
+        plots = [str(folder / name) for summary in suites.values() for name in summary.get("plots", [])]
+        return {"suites": suites, "plots": plots}
+    return {}
+
+
+def draw_curves(record_dir: Path, step: dict[str, Any]) -> list[str]:
+    curves = step.get("curves")
+    if not curves or not any(curves.values()):
+        return []
+    from llmrecipe.evals.plots import loss_curves
+
+    series = {name: ([p[0] for p in points], [p[1] for p in points]) for name, points in curves.items() if points}
+    path = record_dir / f"{step['step']}_loss.png"
+    loss_curves(series, path, f"{step['step']}: loss")
+    return [str(path)]
+
+
+def render_markdown(data: dict[str, Any], plan: Plan) -> str:
+    lines = [f"# Run {data['run_id']}", "", f"Recipe `{data['recipe']}`, seed {data['seed']}, device {data['device']}.", ""]
+    if data["failure"]:
+        lines += [f"**Failed:** {data['failure']}", ""]
+    lines += ["| step | kind | state | seconds | fingerprint |", "|---|---|---|---|---|"]
+    for step in data["steps"]:
+        seconds = f"{step['seconds']:.1f}" if step["seconds"] is not None else ""
+        lines.append(f"| {step['step']} | {step['kind']} | {step['state']} | {seconds} | `{step['fingerprint'][:12]}` |")
+    for step in data["steps"]:
+        lines += _step_section(step)
+    for step in plan.steps:
+        if step.derived:
+            lines += ["", f"## {step.name}: derived values", "", "| value | |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(v)} |" for k, v in step.derived.items()]
     return "\n".join(lines) + "\n"
+
+
+def _step_section(step: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if step["metrics"] and "suites" not in step:
+        lines += ["", f"## {step['step']} ({step['kind']})", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in step["metrics"].items()]
+    if "accounting" in step:
+        lines += _accounting(step["step"], step["accounting"])
+    if "suites" in step:
+        lines += ["", f"## {step['step']} (evaluate)"]
+        for name, summary in step["suites"].items():
+            lines += _suite_section(name, summary)
+    for plot in step.get("plots", []):
+        lines += ["", f"![{Path(plot).stem}]({plot})"]
+    return lines
+
+
+def _accounting(name: str, stats: dict[str, Any]) -> list[str]:
+    lines = ["", f"### {name}: data accounting", "", "| stage | documents | characters |", "|---|---|---|"]
+    for source in stats.get("sources", []):
+        lines.append(f"| source {source.get('source')} ({source.get('files')} files) | {_fmt(source.get('docs'))} | "
+                     f"{_fmt(source.get('chars'))} |")
+    for op in stats.get("ops", []):
+        lines.append(f"| after {op.get('op')} | {_fmt(op.get('docs_out'))} | {_fmt(op.get('chars_out'))} |")
+    for split, size in stats.get("splits", {}).items():
+        lines.append(f"| split {split} | {_fmt(size.get('docs'))} | {_fmt(size.get('chars'))} |")
+    return lines
+
+
+def _suite_section(name: str, summary: dict[str, Any]) -> list[str]:
+    lines = ["", f"### {name} ({summary['type']}, {summary['examples']} examples)", ""]
+    if summary.get("note"):
+        lines += [f"_{summary['note']}_", ""]
+    if summary["metrics"]:
+        lines += ["| metric | value | 95% CI |", "|---|---|---|"]
+        for metric, number in summary["metrics"].items():
+            low, high = summary["intervals"].get(metric, [None, None])
+            interval = f"[{_fmt(low)}, {_fmt(high)}]" if low is not None else ""
+            lines.append(f"| {metric} | {_fmt(number)} | {interval} |")
+    if summary.get("extra"):
+        lines += ["", " · ".join(f"{k} {_fmt(v)}" for k, v in summary["extra"].items())]
+    if summary.get("worst"):
+        keys = list(summary["worst"][0])
+        lines += ["", "Worst examples:", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_cell(row.get(k)) for k in keys) + " |" for row in summary["worst"]]
+    return lines
+
+
+def _cell(value: Any) -> str:
+    text = _fmt(value) if not isinstance(value, str) else value
+    text = text if len(text) <= WORST_TEXT else text[: WORST_TEXT - 1] + "…"
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, int) and abs(value) >= 10_000:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
         return f"{value:,}"
     return str(value)

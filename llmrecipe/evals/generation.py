@@ -1,0 +1,109 @@
+"""Generated answers against references: exact match, token F1, ROUGE-L, and sacrebleu's corpus BLEU and chrF."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmrecipe.evals.jsonl import read_jsonl
+from llmrecipe.evals.sampling import pick_token
+from llmrecipe.evals.stats import Metric
+from llmrecipe.evals.suite import SuiteEnv, SuiteResult, progress_bar
+from llmrecipe.evals.text_metrics import (
+    bleu_from_statistics,
+    bleu_statistics,
+    chrf_from_statistics,
+    chrf_statistics,
+    exact_match,
+    rouge_l,
+    token_f1,
+)
+from llmrecipe.recipe.evaluate import DecodingConfig, GenerationSuite
+
+BLEU_COLUMNS = [f"bleu_{i}" for i in range(10)]
+CHRF_COLUMNS = [f"chrf_{i}" for i in range(18)]
+
+
+def _mean(column: str) -> Metric:
+    return Metric(lambda sums: sums[column] / sums["count"], higher_is_better=True)
+
+
+METRICS = {
+    "exact_match": _mean("exact_match"),
+    "f1": _mean("f1"),
+    "rouge_l": _mean("rouge_l"),
+    "bleu": Metric(lambda sums: bleu_from_statistics([sums[c] for c in BLEU_COLUMNS]), higher_is_better=True),
+    "chrf": Metric(lambda sums: chrf_from_statistics([sums[c] for c in CHRF_COLUMNS]), higher_is_better=True),
+}
+
+
+def run(config: GenerationSuite, env: SuiteEnv) -> SuiteResult:
+    rows = read_jsonl(env.data_path, {config.prompt_field: str, config.reference_field: str}, config.limit)
+    prompts = [config.template.replace("{prompt}", row[config.prompt_field]) for row in rows]
+    references = [row[config.reference_field] for row in rows]
+    predictions = generate_all(env, prompts, config.decoding)
+    columns = text_columns(predictions, references)
+    examples = [
+        {"prompt": row[config.prompt_field], "reference": reference, "prediction": prediction}
+        for row, reference, prediction in zip(rows, references, predictions)
+    ]
+    order = np.lexsort((columns["rouge_l"], columns["f1"]))[: env.worst]  # lowest F1 first, then lowest ROUGE-L
+    worst = [{**examples[i], "f1": round(float(columns["f1"][i]), 4)} for i in order]
+    return SuiteResult(columns=columns, examples=examples, worst=worst)
+
+
+def text_columns(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
+    """Per-example scores and sacrebleu statistics; their sums give every metric in METRICS."""
+    columns = {
+        "exact_match": np.array([exact_match(p, r) for p, r in zip(predictions, references)]),
+        "f1": np.array([token_f1(p, r) for p, r in zip(predictions, references)]),
+        "rouge_l": np.array([rouge_l(p, r) for p, r in zip(predictions, references)]),
+        "count": np.ones(len(predictions)),
+    }
+    bleu, chrf = bleu_statistics(predictions, references), chrf_statistics(predictions, references)
+    columns.update({name: bleu[:, i] for i, name in enumerate(BLEU_COLUMNS)})
+    columns.update({name: chrf[:, i] for i, name in enumerate(CHRF_COLUMNS)})
+    return columns
+
+
+def generate_all(env: SuiteEnv, prompts: list[str], decoding: DecodingConfig) -> list[str]:
+    generator = torch.Generator(device=env.device).manual_seed(env.seed)
+    progress = progress_bar(env, len(prompts), "prompts")
+    answers = []
+    for prompt in prompts:
+        answers.append(generate_until(env, env.tokenizer.encode(prompt).ids or [env.eot_id], decoding, generator))
+        progress.advance(1)
+    progress.close()
+    return answers
+
+
+@torch.no_grad()
+def generate_until(env: SuiteEnv, prompt_ids: list[int], decoding: DecodingConfig, generator: torch.Generator) -> str:
+    """Decode until the end-of-text token, a stop string or `max_new_tokens`; the text before the stop string."""
+    seq_len = env.model.shape.seq_len
+    context = torch.tensor([prompt_ids[-seq_len:]], dtype=torch.long, device=env.device)  # (1, T)
+    new_ids: list[int] = []
+    for _ in range(decoding.max_new_tokens):
+        logits = env.model(context[:, -seq_len:])[0, -1, : env.vocab_size].float()  # (V,)
+        next_id = pick_token(logits, decoding.temperature, decoding.top_k, generator)
+        if next_id == env.eot_id:
+            break
+        new_ids.append(next_id)
+        if cut_at_stop(decode(env.tokenizer, new_ids), decoding.stop) is not None:
+            break
+        context = torch.cat([context, context.new_tensor([[next_id]])], dim=1)  # (1, T + 1)
+    text = decode(env.tokenizer, new_ids)
+    cut = cut_at_stop(text, decoding.stop)
+    return (text if cut is None else cut).strip()
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str | None:
+    """The text before the earliest stop string, or None when there is none (an empty stop never matches)."""
+    positions = [text.find(stop) for stop in stops if stop and stop in text]
+    return text[: min(positions)] if positions else None
+
+
+def decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False)
