@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from llmrecipe.data.locate import external_files
 from llmrecipe.errors import RecipeError
+from llmrecipe.evals.locate import evaluate_files
 from llmrecipe.host import probe_host
 from llmrecipe.plan.compile import compile_plan
 from llmrecipe.plan.plan import Plan
@@ -21,7 +22,7 @@ from llmrecipe.recipe.explain import did_you_mean
 from llmrecipe.recipe.load import LoadedRecipe, load_recipe
 from llmrecipe.run.context import Reporter
 from llmrecipe.run.record import RunRecord, WorkdirLock, environment
-from llmrecipe.run.report import render_report
+from llmrecipe.run.report import write_report
 from llmrecipe.run.reporter import LineReporter
 from llmrecipe.run.scheduler import RunReport, Scheduler
 from llmrecipe.run.status import step_states, step_status
@@ -49,7 +50,7 @@ def compile(loaded: LoadedRecipe, workdir: str | Path | None = None) -> Plan:
         loaded.recipe,
         workdir=str(workdir_of(loaded, workdir)),
         host=probe_host(),
-        external=external_files(loaded.recipe, loaded.base_dir),
+        external={**external_files(loaded.recipe, loaded.base_dir), **evaluate_files(loaded.recipe, loaded.base_dir)},
         executor_versions=EXECUTOR_VERSIONS,
     )
 
@@ -57,6 +58,41 @@ def compile(loaded: LoadedRecipe, workdir: str | Path | None = None) -> Plan:
 def artifact(plan: Plan, step: str) -> Path:
     """The store folder that holds (or will hold) a step's outputs."""
     return Store(Path(plan.workdir)).path(plan.step(step).fingerprint)
+
+
+MODEL_KINDS = ("pretrain", "export")
+"""Step kinds whose artifact holds a model that `generate` and `serve` can run."""
+
+
+def model_folder(
+    target: str | Path, step: str | None = None, overrides: Iterable[str] = (), workdir: str | Path | None = None
+) -> Path:
+    """`RECIPE STEP` (the step's artifact in the store) or a folder path -> the folder holding a model."""
+    target = Path(target)
+    if target.is_dir():
+        if step is not None:
+            raise RecipeError(f"{target} is a folder, not a recipe: give either RECIPE STEP or an artifact FOLDER")
+        return target
+    if target.suffix != ".toml":
+        raise RecipeError(f"{target}: neither a recipe (.toml) nor an artifact folder")
+    plan = compile(load(target, overrides), workdir)
+    if step is None:
+        names = [s.name for s in plan.steps if s.kind in MODEL_KINDS]
+        raise RecipeError(f"{target}: name the step whose model to use, one of {names}")
+    _check_step_names(plan, {step}, "STEP")
+    kind = plan.step(step).kind
+    if kind not in MODEL_KINDS:
+        raise RecipeError(f"STEP {step}: a {kind} step holds no model; name a {' or '.join(MODEL_KINDS)} step")
+    if states(plan)[step] != "cached":
+        raise RecipeError(f"STEP {step} has not run with these settings yet: `llmrecipe run {target} --only {step}`")
+    return artifact(plan, step)
+
+
+def open_model(folder: str | Path, backend: str = "auto", threads: int | None = None):
+    """A model folder -> a `generate.artifact.LoadedModel` (an engine, its tokenizer and chat template)."""
+    from llmrecipe.generate.artifact import load_model
+
+    return load_model(Path(folder), backend, threads)
 
 
 def states(plan: Plan) -> dict[str, str]:
@@ -100,9 +136,30 @@ def run(
             failure = str(error) or type(error).__name__
             raise
         finally:
-            record.write_text("report.md", render_report(plan, scheduler.outcomes, record.run_id, failure))
+            write_report(record.dir, plan, scheduler.outcomes, record.run_id, failure)
             record.write_json("status.json", step_status(plan, Store(workdir_path)))
             record.close()
+
+
+def latest_report(plan: Plan) -> Path | None:
+    """report.md of the newest run record of this recipe (by its run name), if any run wrote one."""
+    from llmrecipe.run.record import latest_runs
+
+    for record in latest_runs(Path(plan.workdir)):
+        if record.name.split("-", 2)[-1].rsplit("-", 1)[0] == plan.name and (record / "report.md").is_file():
+            return record / "report.md"
+    return None
+
+
+def compare(
+    run_a: str, run_b: str, *, workdir: str | Path | None = None, step: str | None = None, resamples: int = 1000
+) -> dict[str, Any]:
+    """Paired bootstrap comparison of two evaluations: each side is a run record, a run id or an evaluate artifact."""
+    from llmrecipe.compare import compare_folders, evaluation_folder
+
+    root = Path(workdir or DEFAULT_WORKDIR).resolve()
+    a, b = evaluation_folder(run_a, root, step), evaluation_folder(run_b, root, step)
+    return {"a": str(a), "b": str(b), "rows": compare_folders(a, b, resamples)}
 
 
 def _check_step_names(plan: Plan, names: set[str], flag: str) -> None:

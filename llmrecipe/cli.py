@@ -35,9 +35,62 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", default=[], metavar="STEP", help="run this step again even if cached")
     status = with_recipe("status", "each step's state, timings and final metrics")
     status.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_generate_parser(commands)
+    add_serve_parser(commands)
+    compare = commands.add_parser(
+        "compare", help="A/B: per-metric difference of two evaluations with a paired bootstrap interval and a verdict",
+        description="Compare the evaluate results of two runs (run record folders, run ids or evaluate artifact "
+        "folders), suite by suite, on the same examples.",
+    )
+    compare.add_argument("run_a", metavar="RUN_A")
+    compare.add_argument("run_b", metavar="RUN_B")
+    compare.add_argument("--workdir", help="where run ids are looked up (default: ./.llmrecipe)")
+    compare.add_argument("--step", help="the evaluate step to compare when a run has several")
+    compare.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    compare.add_argument("--json", action="store_true", help="print machine-readable JSON")
     schema = commands.add_parser("schema", help="print the recipe JSON schema (editors use it for completion)")
     schema.add_argument("-o", "--output", help="write it to this file instead of printing it")
     return parser
+
+
+def add_model_target(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("target", metavar="RECIPE_OR_FOLDER", help="a recipe (then name STEP) or an artifact folder")
+    sub.add_argument("step", nargs="?", metavar="STEP", help="the pretrain or export step of the recipe")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    sub.add_argument("--workdir", help="the recipe's artifact store (default: [run] workdir, else ./.llmrecipe)")
+    sub.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                     help="auto: torch for a pretrain artifact, onnxruntime for an export artifact")
+
+
+def add_generate_parser(commands) -> None:
+    help = "continue prompts with a trained model (KV-cache decoding)"
+    sub = commands.add_parser("generate", help=help, description=help)
+    add_model_target(sub)
+    sub.add_argument("--prompt", action="append", required=True, help="text to continue (repeat for a batch)")
+    sub.add_argument("--chat", action="store_true",
+                     help="each --prompt is a user message, formatted with the model's chat template")
+    sub.add_argument("--system", help="with --chat: a system message first")
+    sub.add_argument("--max-tokens", type=int, default=64)
+    sub.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    sub.add_argument("--top-k", type=int, default=None)
+    sub.add_argument("--top-p", type=float, default=1.0)
+    sub.add_argument("--repetition-penalty", type=float, default=1.0)
+    sub.add_argument("--stop", action="append", default=[], help="text that ends the output (repeatable)")
+    sub.add_argument("--seed", type=int, default=None, help="same seed, same output")
+
+
+def add_serve_parser(commands) -> None:
+    help = "serve a trained model over an OpenAI-compatible HTTP API"
+    sub = commands.add_parser("serve", help=help, description=help)
+    add_model_target(sub)
+    sub.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default: $LLMRECIPE_API_KEY, else none)")
+    sub.add_argument("--capacity", type=int, default=256, help="requests waiting or decoding at once; more get 429")
+    sub.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    sub.add_argument("--log", default="serve-log.jsonl",
+                     help="JSONL log of completions and feedback, readable as a recipe data source ('' for none)")
+    sub.add_argument("--model-name", help="the model id clients send (default: the step or folder name)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,8 +169,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     plan = api.compile(api.load(args.recipe, args.set), args.workdir)
     rows = api.status(plan)
+    report = api.latest_report(plan)
     if args.json:
-        print(json.dumps({"recipe": plan.name, "workdir": plan.workdir, "steps": rows}, indent=2))
+        print(json.dumps({"recipe": plan.name, "workdir": plan.workdir, "steps": rows,
+                          "report": str(report) if report else None}, indent=2))
         return 0
     from rich.console import Console
 
@@ -128,7 +183,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(status_table(rows))
     runs = latest_runs(Path(plan.workdir))
     if runs:
-        console.print(f"latest run record: {runs[0]}  (report: {runs[0] / 'report.md'})")
+        console.print(f"latest run record: {runs[0]}")
+    if report:
+        console.print(f"report of this recipe's latest run: {report}  (numbers: {report.with_suffix('.json')})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from llmrecipe import api
+
+    result = api.compare(args.run_a, args.run_b, workdir=args.workdir, step=args.step, resamples=args.resamples)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"A: {result['a']}\nB: {result['b']}")
+    for row in result["rows"]:
+        if row["metric"] == "*":
+            print(f"{row['suite']}: {row['verdict']}")
+            continue
+        better = "higher" if row["higher_is_better"] else "lower"
+        print(
+            f"{row['suite']} {row['metric']} ({better} is better): A {row['a']:.4g}  B {row['b']:.4g}  "
+            f"A-B {row['difference']:+.4g} [95% CI {row['low']:+.4g}, {row['high']:+.4g}]  -> {row['verdict']}"
+        )
     return 0
 
 
@@ -144,6 +221,39 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from llmrecipe import api
+
+    folder = api.model_folder(args.target, args.step, args.set, args.workdir)
+    try:
+        from llmrecipe.generate.cli import generate_to
+
+        return generate_to(sys.stdout, api.open_model(folder, args.backend), args)
+    except ValueError as error:  # a bad folder, prompt or setting, or a model without a chat template
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from llmrecipe import api
+
+    folder = api.model_folder(args.target, args.step, args.set, args.workdir)
+    if args.capacity < 1 or args.max_batch < 1:
+        print("error: --capacity and --max-batch must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        model = api.open_model(folder, args.backend)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from llmrecipe.serve.server import serve
+
+    serve(model, host=args.host, port=args.port, api_key=args.api_key, capacity=args.capacity,
+          max_batch=args.max_batch, log_path=Path(args.log) if args.log else None,
+          model_name=args.model_name or args.step or Path(args.target).name)
+    return 0
+
+
 def _reporter():
     if sys.stderr.isatty():
         from rich.console import Console
@@ -156,4 +266,5 @@ def _reporter():
     return LineReporter(sys.stderr)
 
 
-COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "run": cmd_run, "status": cmd_status, "schema": cmd_schema}
+COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "run": cmd_run, "status": cmd_status, "compare": cmd_compare, "schema": cmd_schema,
+            "generate": cmd_generate, "serve": cmd_serve}

@@ -6,6 +6,7 @@ versions) is handed in by the caller.
 
 from __future__ import annotations
 
+import posixpath
 from typing import Mapping
 
 from llmrecipe.errors import RecipeError
@@ -15,6 +16,7 @@ from llmrecipe.plan.graph import run_order
 from llmrecipe.plan.plan import ExternalFile, Host, Plan, PlanStep
 from llmrecipe.plan.specs import DataSpec, EvaluateSpec, ExportSpec, Spec, TokenizerSpec, TokenizeSpec
 from llmrecipe.recipe.explain import did_you_mean
+from llmrecipe.recipe.evaluate import SUITES_WITH_DATA, EvaluateStep, SuiteConfig
 from llmrecipe.recipe.recipe import Recipe
 
 REFERENCES: dict[str, dict[str, str]] = {
@@ -79,7 +81,11 @@ def compile_plan(
         step = recipe.steps[name]
         where = f"steps.{name}"
         if step.kind == "data":
-            spec = DataSpec(sources=step.sources, ops=step.ops, split=step.split)
+            weighted = any(source.weight is not None for source in step.sources)
+            spec = DataSpec(
+                sources=step.sources, ops=step.ops, split=step.split, on_bad_record=step.on_bad_record,
+                batch_mb=step.batch_mb, mix_seed=seed if weighted else None,
+            )
             builder.add(name, "data", spec, {}, external=external.get(name, []))
         elif step.kind == "tokenizer":
             spec = TokenizerSpec(
@@ -90,7 +96,7 @@ def compile_plan(
             tokenizer = recipe.steps[step.tokenizer]
             tokens = builder.tokenized(step.data, step.tokenizer, tokenizer)
             try:
-                spec = derive.pretrain_spec(step, tokenizer, device, host, seed)
+                spec = derive.pretrain_spec(step, tokenizer, device, host, seed, recipe.run.nproc)
             except derive.DerivationError as problem:
                 raise RecipeError(f"{where}: {problem}") from None
             builder.add(
@@ -101,14 +107,28 @@ def compile_plan(
             trained = recipe.steps[step.model]
             tokens = builder.tokenized(trained.data, trained.tokenizer, recipe.steps[trained.tokenizer])
             spec = EvaluateSpec(
-                suites=step.suites, splits=step.splits, max_tokens=step.max_tokens, batch_size=step.batch_size,
-                samples=step.samples, device=device, seed=seed,
+                suites=evaluate_suites(step), batch_size=step.batch_size, worst=step.worst,
+                bootstrap=step.bootstrap, device=device, seed=seed,
             )
-            builder.add(name, "evaluate", spec, {"model": step.model, "tokens": tokens, "tokenizer": trained.tokenizer})
+            builder.add(
+                name, "evaluate", spec, {"model": step.model, "tokens": tokens, "tokenizer": trained.tokenizer},
+                external=external.get(name, []),
+            )
         elif step.kind == "export":
-            spec = ExportSpec(format=step.format, opset=step.opset, tolerance=step.tolerance)
+            spec = ExportSpec(format=step.format, opset=step.opset, tolerance=step.tolerance, quantize=step.quantize)
             builder.add(name, "export", spec, {"model": step.model})
     return Plan(name=recipe.run.name, seed=seed, workdir=workdir, device=device, steps=builder.steps)
+
+
+def evaluate_suites(step: EvaluateStep) -> dict[str, SuiteConfig]:
+    """The step's named suites with each data path cut to its file name: the file's content digest, not
+    where it lies on this machine, is what enters the fingerprint (see llmrecipe/evals/locate.py)."""
+    suites = {}
+    for name, suite in step.named_suites().items():
+        field = SUITES_WITH_DATA.get(suite.type)
+        value = getattr(suite, field) if field else None
+        suites[name] = suite if value is None else suite.model_copy(update={field: posixpath.basename(value)})
+    return suites
 
 
 class _PlanBuilder:

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from llmrecipe.plan.plan import Frozen
 from llmrecipe.recipe.data import DataOp, Source, Split
-from llmrecipe.recipe.evaluate import SamplesConfig
+from llmrecipe.recipe.evaluate import SuiteConfig
 from llmrecipe.recipe.pretrain import OptimConfig
 
 
@@ -20,11 +20,22 @@ class Spec(Frozen):
 
 
 class DataSpec(Spec):
-    """No seed: a document's split is a function of its text alone, so changing the seed re-runs no data step."""
+    """A document's split is a function of its text alone; the seed enters only through `mix_seed`, so changing
+    it re-runs no data step that does not mix sources by weight."""
 
     sources: list[Source]
     ops: list[DataOp]
     split: Split
+    on_bad_record: Literal["skip", "fail"]
+    batch_mb: int
+    mix_seed: int | None
+    """The run's seed when a source has a mixing weight (it chooses the sampled documents), else None."""
+
+    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(
+        {
+            "batch_mb",  # every op decides per document or over the whole corpus, so batch edges change nothing
+        }
+    )
 
 
 class TokenizerSpec(Spec):
@@ -43,7 +54,7 @@ class TokenizeSpec(Spec):
 class ModelShape(Frozen):
     """Everything needed to build the network; saved next to the weights as config.json."""
 
-    arch: Literal["llama"]
+    arch: Literal["llama", "gpt2", "bert", "lstm"]
     n_layer: int
     n_head: int
     n_kv_head: int
@@ -57,6 +68,10 @@ class ModelShape(Frozen):
     rope_theta: float
     norm_eps: float = 1e-5
     tie_embeddings: bool
+    mask_token_id: int | None = None
+    """`bert` only: the id of the mask token, the first row past the tokenizer's vocabulary."""
+    mask_fraction: float = 0.15
+    """`bert` only: fraction of positions that are masked-language-modelling targets."""
 
 
 class PretrainSpec(Spec):
@@ -66,35 +81,51 @@ class PretrainSpec(Spec):
     micro_batch_size: int
     grad_accum: int
     tokens_per_step: int
-    total_steps: int
+    total_steps: int | None
+    """None when the budget is in epochs: the executor derives it from the train split's size."""
+    epochs: float | None = None
     eval_every: int
     eval_batches: int
+    early_stopping_patience: int | None = None
+    on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
+    activation_checkpointing: bool = False
     checkpoint_every: int
     log_every: int
     device: Literal["cpu", "cuda"]
     precision: Literal["fp32", "bf16"]
     compile: bool
+    nproc: int = 1
+    """Processes that train together (torch.distributed); each takes its slice of every step's batch."""
+    sharding: Literal["ddp", "fsdp"] = "ddp"
     seed: int
 
     NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(
         {
             "checkpoint_every",  # resume is exact, so where checkpoints fall does not change the weights
             "log_every",  # only how often a metrics line is written
+            # Each process takes its slice of the same global batch, so the process count and the sharding change
+            # only the float summation order, not what is trained (tests/test_distributed.py).
+            "nproc",
+            "sharding",
         }
     )
 
 
 class EvaluateSpec(Spec):
-    suites: list[Literal["perplexity", "samples"]]
-    splits: list[Literal["val", "test"]]
-    max_tokens: int | None
+    """Suites by name. A suite's data file is named here by its file name only; its content digest is in the
+    step's external files (the path is machine-specific, the content is what the results depend on)."""
+
+    suites: dict[str, SuiteConfig]
     batch_size: int
-    samples: SamplesConfig
+    worst: int
+    bootstrap: int
     device: Literal["cpu", "cuda"]
     seed: int
 
 
 class ExportSpec(Spec):
-    format: Literal["onnx"]
+    format: Literal["onnx", "hf"]
     opset: int
     tolerance: float
+    quantize: Literal["int8"] | None = None
+    """None in specs written before int8 export existed; the recipe's `quantize` gives the value."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from llmrecipe.recipe.base import Section, StepName
 
@@ -15,8 +15,20 @@ class ExportStep(Section):
     kind: Literal["export"]
     model: StepName
     """The `pretrain` step whose weights are exported."""
-    format: Literal["onnx"] = "onnx"
+    format: Literal["onnx", "hf"] = "onnx"
+    """`onnx`: model.onnx with past key/values as inputs and outputs (onnxruntime decodes token by token), checked
+    for logits and greedy tokens. `hf`: the Hugging Face layout (config.json, model.safetensors, tokenizer files,
+    generation_config.json) that `transformers.AutoModelForCausalLM.from_pretrained` loads, checked for logits."""
     opset: int = Field(default=18, ge=17)
-    """ONNX opset version."""
+    """ONNX opset version (format `onnx`)."""
+    quantize: Literal["int8"] | None = None
+    """Format `onnx`: also write model.int8.onnx with int8 dynamic quantization (onnxruntime), reporting its size
+    and the perplexity change on text the fp32 model writes."""
     tolerance: float = Field(default=1e-4, gt=0)
     """Largest allowed |logit difference| between onnxruntime and torch; a bigger one fails the step."""
+
+    @model_validator(mode="after")
+    def _quantize_only_onnx(self) -> "ExportStep":
+        if self.quantize is not None and self.format != "onnx":
+            raise ValueError(f"quantize = '{self.quantize}' applies to format = 'onnx' only; remove it or export ONNX")
+        return self

@@ -24,12 +24,12 @@ class Executor:
 
 
 EXECUTORS: dict[str, Executor] = {
-    "data": Executor("llmrecipe.steps.data", version=1),
+    "data": Executor("llmrecipe.steps.data", version=2),
     "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
-    "pretrain": Executor("llmrecipe.steps.pretrain", version=1),
-    "evaluate": Executor("llmrecipe.steps.evaluate", version=1),
-    "export": Executor("llmrecipe.steps.export", version=1),
+    "pretrain": Executor("llmrecipe.steps.pretrain", version=2),  # 2: best/, loss.png, per-token loss normalization
+    "evaluate": Executor("llmrecipe.steps.evaluate", version=2),
+    "export": Executor("llmrecipe.steps.export", version=2),  # 2: ONNX with past key/values; hf format
 }
 
 EXECUTOR_VERSIONS: dict[str, int] = {kind: executor.version for kind, executor in EXECUTORS.items()}

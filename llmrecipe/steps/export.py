@@ -1,15 +1,34 @@
-"""Executor of `export`: the trained model as `model.onnx`, checked against torch, beside its tokenizer and config."""
+"""Executor of `export`: the trained model for other runtimes, checked against torch before it is stored.
+
+format "onnx": `model.onnx`, the decoder with past key/values as inputs and outputs (onnxruntime decodes
+token by token), checked for logits and for greedy tokens. format "hf": the Hugging Face layout that
+`transformers.AutoModelForCausalLM.from_pretrained` loads. Both keep the tokenizer and config beside.
+"""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from llmrecipe.errors import StepError
-from llmrecipe.export.onnx import export_onnx, max_logit_difference
+from llmrecipe.export.onnx import export_decoder
+from llmrecipe.export.parity import greedy_tokens, past_logit_difference
 from llmrecipe.models import load_trained
 from llmrecipe.plan.specs import ExportSpec
 from llmrecipe.run.context import StepContext
+
+
+def export_onnx(model: torch.nn.Module, path: Path, opset: int) -> list[Path]:
+    """The decoder with past key/values; returns every file written."""
+    return export_decoder(model, path, opset)
+
+
+def max_logit_difference(model: torch.nn.Module, path: Path) -> float:
+    """Largest |onnxruntime - torch| over logits and caches, with and without a past."""
+    return past_logit_difference(model, path)
 
 
 def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -17,6 +36,14 @@ def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     model_dir = ctx.inputs["model"]
     # Exported on CPU whatever the training device: the graph is the same and CPU logits are the reference.
     model, _ = load_trained(model_dir, "cpu")
+    if spec.format == "hf":
+        from llmrecipe.export.hf import export_hf
+
+        return export_hf(model, model_dir, ctx.out_dir, spec.tolerance, ctx.log)
+    return _onnx(model, model_dir, spec, ctx)
+
+
+def _onnx(model: torch.nn.Module, model_dir: Path, spec: ExportSpec, ctx: StepContext) -> dict[str, Any]:
     written = export_onnx(model, ctx.out_dir / "model.onnx", spec.opset)
     difference = max_logit_difference(model, ctx.out_dir / "model.onnx")
     ctx.log(f"onnxruntime vs torch: max |logit difference| = {difference:.3g} (tolerance {spec.tolerance:g})")
@@ -25,6 +52,18 @@ def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
             f"the ONNX model's logits differ from torch's by up to {difference:.3g}, more than tolerance = "
             f"{spec.tolerance:g}; try another opset (e.g. 18 or 23), or raise tolerance if the difference is rounding"
         )
+    expected, actual = greedy_tokens(model, ctx.out_dir / "model.onnx")
+    if expected != actual:
+        raise StepError(
+            f"greedy decoding in onnxruntime gives other tokens than torch ({actual[0][:8]}... vs {expected[0][:8]}...) "
+            "although the logits agree within tolerance; lower tolerance or try another opset"
+        )
     for name in ("tokenizer.json", "config.json"):
         shutil.copy(model_dir / name, ctx.out_dir / name)
-    return {"max_abs_diff": difference, "onnx_bytes": sum(path.stat().st_size for path in written), "opset": spec.opset}
+    metrics = {"max_abs_diff": difference, "onnx_bytes": sum(path.stat().st_size for path in written),
+               "opset": spec.opset, "greedy_tokens_match": True}
+    if spec.quantize == "int8":
+        from llmrecipe.export.quantize import quantize_int8
+
+        metrics |= quantize_int8(model, ctx.out_dir / "model.onnx", ctx.out_dir / "model.int8.onnx", ctx.log)
+    return metrics

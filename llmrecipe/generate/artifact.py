@@ -1,0 +1,112 @@
+"""An artifact folder (a `pretrain` step's safetensors, or an `export` step's ONNX graph) -> a ready engine."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from llmrecipe.generate.chat import NoChatTemplate, find_chat_template, render_chat
+from llmrecipe.generate.engine import Engine
+
+Backend = Literal["auto", "torch", "onnx"]
+CAUSAL_ARCHITECTURES = ("llama", "gpt2")
+"""Architectures with a KV-cache path (`model(idx, cache=...)`)."""
+
+
+class ArtifactError(ValueError):
+    """The folder is not something we can generate with; the message says what to point at instead."""
+
+
+@dataclass
+class LoadedModel:
+    engine: Engine
+    folder: Path
+    backend: str
+    chat_template: str | None
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        if self.chat_template is None:
+            raise NoChatTemplate(self.folder)
+        tokenizer = self.engine.tokenizer
+        eot = tokenizer.id_to_token(self.engine.eot_id) if self.engine.eot_id is not None else ""
+        return render_chat(self.chat_template, messages, eos_token=eot, bos_token="")
+
+
+def load_model(folder: Path, backend: Backend = "auto", threads: int | None = None) -> LoadedModel:
+    """A pretrain artifact runs on torch; an export artifact on onnxruntime (or torch if it kept the weights)."""
+    from tokenizers import Tokenizer
+
+    from llmrecipe.plan.specs import ModelShape
+
+    folder = Path(folder)
+    for needed in ("config.json", "tokenizer.json"):
+        if not (folder / needed).is_file():
+            raise ArtifactError(
+                f"{folder} has no {needed}: point at the folder of a pretrain or export step "
+                "(`llmrecipe status RECIPE` lists them), or give RECIPE STEP"
+            )
+    config = json.loads((folder / "config.json").read_text())
+    if "architectures" in config:
+        raise ArtifactError(
+            f"{folder} is a Hugging Face export ({config['architectures'][0]}): load it with transformers, "
+            "or generate from the pretrain step or an ONNX export"
+        )
+    shape = ModelShape.model_validate(config)
+    if shape.arch not in CAUSAL_ARCHITECTURES:
+        raise ArtifactError(
+            f"{folder} holds a `{shape.arch}` model; generation runs decoders that predict left to right "
+            f"({', '.join(CAUSAL_ARCHITECTURES)})"
+        )
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    chosen = _choose_backend(folder, backend)
+    decoder = _onnx_decoder(folder, shape, threads) if chosen == "onnx" else _torch_decoder(folder)
+    engine = Engine(decoder, tokenizer, end_of_text_id(tokenizer), tokenizer.get_vocab_size())
+    return LoadedModel(engine, folder, chosen, find_chat_template(folder))
+
+
+def _choose_backend(folder: Path, backend: Backend) -> str:
+    has_weights = (folder / "model.safetensors").is_file()
+    has_graph = (folder / "model.onnx").is_file()
+    if backend == "torch" and not has_weights:
+        raise ArtifactError(f"{folder} has no model.safetensors for the torch backend; use --backend onnx")
+    if backend == "onnx" and not has_graph:
+        raise ArtifactError(f"{folder} has no model.onnx; export it with an `export` step, or use --backend torch")
+    if backend == "auto":
+        if not (has_weights or has_graph):
+            raise ArtifactError(f"{folder} holds neither model.safetensors nor model.onnx")
+        return "torch" if has_weights else "onnx"
+    return backend
+
+
+def _torch_decoder(folder: Path):
+    from llmrecipe.generate.decoders import TorchDecoder
+    from llmrecipe.models import load_trained
+
+    model, _ = load_trained(folder, "cpu")
+    return TorchDecoder(model)
+
+
+def _onnx_decoder(folder: Path, shape, threads: int | None):
+    from llmrecipe.generate.decoders import OnnxDecoder
+
+    decoder = OnnxDecoder(folder / "model.onnx", shape, threads)
+    inputs = {i.name for i in decoder.session.get_inputs()}
+    if "past_keys" not in inputs:
+        raise ArtifactError(
+            f"{folder / 'model.onnx'} has no KV-cache inputs (an export from an older llmrecipe): "
+            "run the export step again (`llmrecipe run RECIPE --force STEP`), or generate from the pretrain step"
+        )
+    return decoder
+
+
+def end_of_text_id(tokenizer) -> int | None:
+    """The special token that ends a document: the one named like `endoftext`, else the first special token."""
+    specials = {i: t.content for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    candidates = [i for i, content in specials.items() if "endoftext" in content.lower()] or list(specials)
+    return min(candidates) if candidates else None

@@ -1,0 +1,53 @@
+"""`llmrecipe generate`: settings from the command line, prompts in, text out (streamed for one prompt)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TextIO
+
+from llmrecipe.generate.artifact import LoadedModel
+from llmrecipe.generate.sampling import SamplingParams
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
+    problems = [
+        f"--{name} {value}: {rule}"
+        for name, value, ok, rule in (
+            ("max-tokens", args.max_tokens, args.max_tokens >= 1, "give at least 1"),
+            ("temperature", args.temperature, args.temperature >= 0, "give 0 (greedy) or more"),
+            ("top-k", args.top_k, args.top_k is None or args.top_k >= 1, "give 1 or more"),
+            ("top-p", args.top_p, 0 < args.top_p <= 1, "give a value in (0, 1]"),
+            ("repetition-penalty", args.repetition_penalty, args.repetition_penalty >= 0.01, "give 0.01 or more"),
+        )
+        if not ok
+    ]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, stop=tuple(args.stop), seed=args.seed,
+    )
+
+
+def prompt_texts(model: LoadedModel, args: argparse.Namespace) -> list[str]:
+    if not args.chat:
+        return list(args.prompt)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    return [model.chat_prompt([*system, {"role": "user", "content": prompt}]) for prompt in args.prompt]
+
+
+def generate_to(out: TextIO, model: LoadedModel, args: argparse.Namespace) -> int:
+    params = sampling_from_args(args)
+    engine = model.engine
+    prompts = [engine.encode(text) for text in prompt_texts(model, args)]
+    for prompt in prompts:
+        engine.check_prompt(prompt)
+    if len(prompts) == 1:  # one prompt: show the text as it comes
+        for delta in engine.stream(prompts, params):
+            out.write(delta.text)
+            out.flush()
+        out.write("\n")
+        return 0
+    for number, (text, completion) in enumerate(zip(args.prompt, engine.generate(prompts, params)), start=1):
+        out.write(f"--- {number}: {text!r} ({completion.finish_reason})\n{completion.text}\n")
+    return 0

@@ -1,0 +1,135 @@
+"""Batched autoregressive decoding with a KV cache: each new token costs one forward pass of one position.
+
+Prompts of different lengths share a batch (left-padded, see cache.py); each row has its own sampling
+settings, seed and stop rules, and leaves the batch the moment it finishes or its caller gives up, so
+the rest decode at the smaller batch size.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from llmrecipe.generate.cache import left_pad
+from llmrecipe.generate.sampling import SamplingParams, next_token
+from llmrecipe.generate.text import TextStream
+
+
+@dataclass
+class Delta:
+    """What one decoding step added to one prompt's output."""
+
+    index: int
+    """Position of the prompt in the list given to `stream`."""
+    token_id: int
+    text: str
+    """New text safe to show (possibly empty while a character or a stop sequence is incomplete)."""
+    finish_reason: str | None = None
+    """None while going on; `stop` (end-of-text token or stop sequence) or `length` on the last delta."""
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+
+
+@dataclass
+class _Row:
+    index: int
+    prompt: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+    text: TextStream | None
+    output: list[int] = field(default_factory=list)
+
+
+class Engine:
+    """Decodes token ids with a decoder from decoders.py; with a tokenizer it also yields text and honours stops."""
+
+    def __init__(self, decoder: Any, tokenizer: Any = None, eot_id: int | None = None, vocab_size: int | None = None):
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.eot_id = eot_id
+        self.vocab_size = vocab_size or decoder.vocab_size
+        """Ids past the tokenizer's vocabulary are padding rows of the model: never sampled."""
+        self.context = decoder.seq_len
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def check_prompt(self, prompt: Sequence[int]) -> None:
+        if not prompt:
+            raise ValueError("the prompt is empty: give at least one token")
+        if len(prompt) > self.context:
+            raise ValueError(f"the prompt has {len(prompt)} tokens, more than the model's context of {self.context}")
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[Completion]:
+        ids: list[list[int]] = [[] for _ in prompts]
+        texts, reasons = [""] * len(prompts), [""] * len(prompts)
+        for delta in self.stream(prompts, params):
+            ids[delta.index].append(delta.token_id)
+            texts[delta.index] += delta.text
+            reasons[delta.index] = delta.finish_reason or ""
+        return [Completion(i, t, r, len(p)) for i, t, r, p in zip(ids, texts, reasons, prompts)]
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams],
+        cancelled: Callable[[int], bool] | None = None,
+    ) -> Iterator[Delta]:
+        """Yield one Delta per row per step, each row's last with its finish_reason.
+
+        `cancelled(index)` is asked once per step; a row whose caller has gone is dropped without a last delta.
+        """
+        settings = params if isinstance(params, list) else [params] * len(prompts)
+        for prompt in prompts:
+            self.check_prompt(prompt)
+        rows = [self._row(i, list(p), s) for i, (p, s) in enumerate(zip(prompts, settings))]
+        ids, valid, positions = left_pad(prompts)  # (B, T) each
+        logits, past = self.decoder.forward(ids, positions, valid, self.decoder.empty(len(rows)))  # (B, V)
+        while rows:
+            keep = []
+            for slot, row in enumerate(rows):
+                delta = self._advance(row, logits[slot, : self.vocab_size])
+                yield delta
+                if delta.finish_reason is None and not (cancelled and cancelled(row.index)):
+                    keep.append(slot)
+            if not keep:
+                return
+            if len(keep) < len(rows):
+                kept = torch.tensor(keep)
+                rows, valid, past = [rows[i] for i in keep], valid[kept], self.decoder.select(past, kept)
+            ids = torch.tensor([[row.output[-1]] for row in rows])  # (B, 1)
+            positions = torch.tensor([[len(row.prompt) + len(row.output) - 1] for row in rows])  # (B, 1)
+            valid = torch.cat([valid, torch.ones(len(rows), 1, dtype=torch.bool)], dim=1)  # (B, S + 1)
+            logits, past = self.decoder.forward(ids, positions, valid, past)
+
+    def _row(self, index: int, prompt: list[int], params: SamplingParams) -> _Row:
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        text = TextStream(self.decode, params.stop) if self.tokenizer is not None else None
+        return _Row(index, prompt, params, torch.Generator().manual_seed(seed), text)
+
+    def _advance(self, row: _Row, logits: torch.Tensor) -> Delta:
+        """Pick the row's next token and say what it adds and whether the row is done."""
+        seen = torch.tensor(row.prompt + row.output) if row.params.repetition_penalty != 1.0 else torch.empty(0)
+        token = next_token(logits.float(), row.params, seen.long(), row.generator)
+        row.output.append(token)
+        if token == self.eot_id:
+            return Delta(row.index, token, row.text.flush() if row.text else "", "stop")
+        text, stopped = row.text.push(token) if row.text else ("", False)
+        if stopped:
+            return Delta(row.index, token, text, "stop")
+        if len(row.output) >= row.params.max_tokens or len(row.prompt) + len(row.output) >= self.context:
+            return Delta(row.index, token, text + (row.text.flush() if row.text else ""), "length")
+        return Delta(row.index, token, text)

@@ -1,0 +1,132 @@
+"""Exports of both decoder styles: ONNX with a KV cache (parity in onnxruntime) and the Hugging Face layout."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from llmrecipe.export.onnx import export_decoder
+from llmrecipe.export.parity import greedy_tokens, past_logit_difference
+from llmrecipe.generate.decoders import OnnxDecoder, TorchDecoder
+from llmrecipe.generate.engine import Engine
+from llmrecipe.generate.sampling import SamplingParams
+from llmrecipe.run.context import StepContext
+from llmrecipe.run.reporter import LineReporter
+from tests.generate_helpers import STYLES, lively_model, save_artifact, style_shape
+
+ONNX_STYLES = ["llama-gqa", "gpt2"]
+"""One ONNX export per decoder style keeps the suite fast; the MHA path is the GQA path without the repeat."""
+
+
+@pytest.fixture(scope="module", params=ONNX_STYLES)
+def exported(request, tmp_path_factory):
+    model = lively_model(style_shape(request.param))
+    path = tmp_path_factory.mktemp(request.param) / "model.onnx"
+    written = export_decoder(model, path, opset=18)
+    return model, path, written
+
+
+def test_onnx_graph_has_named_dynamic_axes_and_a_stacked_cache(exported):
+    import onnx
+
+    model, path, written = exported
+    assert written == [path]
+    graph = onnx.load(str(path)).graph
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*graph.input, *graph.output]}
+    layers, heads, size = model.shape.n_layer, model.shape.n_kv_head, model.shape.head_dim
+    assert dims == {
+        "input_ids": ["batch", "seq"], "position_ids": ["batch", "seq"], "attention_mask": ["batch", "past + seq"],
+        "past_keys": [layers, "batch", heads, "past", size], "past_values": [layers, "batch", heads, "past", size],
+        "logits": ["batch", "seq", model.shape.vocab_size],
+        "present_keys": [layers, "batch", heads, "past + seq", size],
+        "present_values": [layers, "batch", heads, "past + seq", size],
+    }
+
+
+def test_onnx_logits_and_caches_match_torch_with_and_without_a_past(exported):
+    model, path, _ = exported
+    assert past_logit_difference(model, path) < 1e-4
+
+
+def test_onnx_greedy_decoding_gives_torch_tokens(exported):
+    model, path, _ = exported
+    expected, actual = greedy_tokens(model, path)
+    assert actual == expected and len({tuple(t) for t in expected}) == 3
+
+
+def test_onnx_engine_decodes_one_token_at_a_time_like_full_recomputation(exported):
+    model, path, _ = exported
+    engine = Engine(OnnxDecoder(path, model.shape))
+    (completion,) = engine.generate([[3, 1, 4]], SamplingParams(max_tokens=10, temperature=0.0))
+    ids = [3, 1, 4]
+    with torch.no_grad():
+        for _ in range(10):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert completion.token_ids == ids[3:]
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_hugging_face_folder_loads_offline_and_matches_our_logits(style, tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from llmrecipe.export.hf import hf_logit_difference, write_hf_folder
+
+    model = lively_model(style_shape(style, vocab_size=320, seq_len=24, tie=style != "llama-gqa"))
+    source = save_artifact(model, tmp_path / "model", chat_template="{{ messages[0]['content'] }}")
+    out = tmp_path / "hf"
+    out.mkdir()
+    write_hf_folder(model, source, out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == [{"gpt2": "GPT2LMHeadModel"}.get(style.split("-")[0], "LlamaForCausalLM")]
+    assert hf_logit_difference(model, out) < 1e-4
+
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    from tokenizers import Tokenizer
+
+    ours = Tokenizer.from_file(str(source / "tokenizer.json"))
+    assert tokenizer("To be, or not").input_ids == ours.encode("To be, or not").ids
+    assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.chat_template == "{{ messages[0]['content'] }}"
+    prompt = torch.tensor([[5, 9, 2]])
+    generated = theirs.generate(prompt, max_new_tokens=8, do_sample=False, attention_mask=torch.ones_like(prompt),
+                                eos_token_id=None, pad_token_id=0)
+    mine = Engine(TorchDecoder(model))
+    assert generated[0, 3:].tolist() == mine.generate([[5, 9, 2]], SamplingParams(max_tokens=8, temperature=0))[0].token_ids
+
+
+def step_context(inputs, out_dir):
+    out_dir.mkdir(parents=True)
+    return StepContext(name="under_test", inputs=inputs, out_dir=out_dir, scratch_dir=out_dir.parent / "scratch",
+                       device="cpu", reporter=LineReporter())
+
+
+def test_export_step_writes_the_hugging_face_layout(tmp_path):
+    pytest.importorskip("transformers")
+    from llmrecipe.steps import export
+
+    source = save_artifact(lively_model(style_shape("gpt2", vocab_size=320, seq_len=24)), tmp_path / "model")
+    metrics = export.run({"format": "hf", "opset": 18, "tolerance": 1e-4},
+                         step_context({"model": source}, tmp_path / "hf"))
+    assert metrics["max_abs_diff"] < 1e-4 and metrics["format"] == "hf"
+    assert (tmp_path / "hf" / "generation_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_export_step_quantizes_to_int8_and_reports_size_and_perplexity(tmp_path):
+    from llmrecipe.steps import export
+
+    source = save_artifact(lively_model(style_shape("gpt2", vocab_size=320, seq_len=24)), tmp_path / "model")
+    out = tmp_path / "onnx"
+    metrics = export.run({"format": "onnx", "opset": 18, "tolerance": 1e-4, "quantize": "int8"},
+                         step_context({"model": source}, out))
+    assert metrics["greedy_tokens_match"] and metrics["int8_onnx_bytes"] == (out / "model.int8.onnx").stat().st_size
+    assert metrics["int8_onnx_bytes"] < metrics["onnx_bytes"]
+    assert np.isfinite(metrics["int8_sample_ppl"]) and abs(metrics["int8_ppl_change"]) < 0.05
