@@ -7,14 +7,10 @@ from typing import Any
 from llmrecipe.plan.plan import Plan
 from llmrecipe.run.store import Store
 
-STATES = {
-    "cached": "its output is in the store; it will be skipped",
-    "stale": "it ran before with other settings or inputs; it will run again",
-    "ready": "it has never run with these settings; it will run",
-}
-
 
 def step_states(plan: Plan, store: Store) -> dict[str, str]:
+    """Per step: `cached` (output in the store; skipped), `stale` (ran before with other settings or inputs;
+    runs again) or `ready` (never ran with these settings; runs)."""
     previous = store.last_fingerprints(plan.name)
     states = {}
     for step in plan.steps:
