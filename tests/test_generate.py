@@ -75,6 +75,27 @@ def test_rows_finish_at_their_own_limits_and_at_the_context_length():
         engine.generate([[]], GREEDY)
 
 
+def test_a_short_prompt_outliving_a_long_one_uses_more_cache_slots_than_the_context():
+    model = lively_model(tiny_shape(seq_len=16))
+    engine = Engine(TorchDecoder(model))
+    prompts = [list(range(1, 13)), [7]]  # 12 slots of padding-aligned cache, then 15 more tokens for the short row
+    batched = engine.generate(prompts, SamplingParams(max_tokens=40, temperature=0.0))
+    assert [len(c.token_ids) for c in batched] == [4, 15]
+    for prompt, completion in zip(prompts, batched):
+        assert completion.token_ids == greedy_without_cache(model, prompt, len(completion.token_ids))
+
+
+def test_the_decoding_step_gives_the_model_logits_in_place_in_the_cache():
+    model = lively_model(style_shape("llama-gqa"))
+    decoder = TorchDecoder(model)
+    cache = decoder.empty(1, 8)
+    ids = torch.tensor([[3, 1, 4]])
+    logits, present = decoder.forward(ids, torch.arange(3)[None], torch.ones(1, 3, dtype=torch.bool), cache)
+    assert present is cache and cache.length == 3 and cache.keys.shape[3] == 8  # written in place, no growth
+    with torch.no_grad():
+        torch.testing.assert_close(logits[0], model(ids)[0, -1], atol=1e-5, rtol=1e-5)
+
+
 def test_end_of_text_token_stops_a_row():
     model = lively_model(tiny_shape())
     first = greedy_without_cache(model, PROMPTS[1], 3)

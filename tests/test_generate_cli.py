@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from llmrecipe import api
-from llmrecipe.cli import main
+from llmrecipe.cli import build_parser, main
+from llmrecipe.generate.cli import generate_to
+from llmrecipe.generate.sampling import SamplingParams
 from tests.conftest import write_tiny_recipe
 from tests.generate_helpers import lively_model, save_artifact, tiny_shape
 
@@ -30,8 +34,6 @@ def test_generate_from_a_folder_is_seeded_and_greedy_matches_the_engine(folder, 
                  "--max-tokens", "6"]) == 0
     out = capsys.readouterr().out
     model = api.open_model(folder)
-    from llmrecipe.generate.sampling import SamplingParams
-
     expected = model.engine.generate([model.engine.encode("A stitch")], SamplingParams(max_tokens=6, temperature=0))
     assert f"--- 2: 'A stitch' (length)\n{expected[0].text}\n" in out
 
@@ -78,3 +80,18 @@ def test_generate_from_a_recipe_step(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", str(recipe), "base", "--prompt", "The king", "--max-tokens", "5"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_a_continuation_of_only_the_end_of_text_token_is_explained_not_a_blank_line(folder):
+    model = api.open_model(folder)
+    first = model.engine.generate([model.engine.encode("The quick")], SamplingParams(max_tokens=1, temperature=0))
+    model.engine.eot_id = first[0].token_ids[0]  # the model's first greedy token now ends the text
+    note = "(no text: the model ended the continuation with its end-of-text token"
+    for prompts, where in ((["The quick"], "err"), (["The quick", "To be"], "out")):
+        args = build_parser().parse_args(["generate", str(folder), "--temperature", "0",
+                                          *[part for p in prompts for part in ("--prompt", p)]])
+        streams = {"out": io.StringIO(), "err": io.StringIO()}
+        assert generate_to(streams["out"], model, args, streams["err"]) == 0
+        assert note in streams[where].getvalue()
+        assert "\n\n" not in streams["out"].getvalue() and streams["out"].getvalue() != "\n"
+    assert streams["out"].getvalue().startswith("--- 1: 'The quick' (stop)\n(no text")

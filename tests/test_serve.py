@@ -141,8 +141,8 @@ class SlowDecoder:
         self.decoder = decoder
         self.seq_len, self.vocab_size = decoder.seq_len, decoder.vocab_size
 
-    def empty(self, batch):
-        return self.decoder.empty(batch)
+    def empty(self, batch, slots):
+        return self.decoder.empty(batch, slots)
 
     def forward(self, *args):
         time.sleep(0.02)

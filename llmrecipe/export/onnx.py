@@ -110,10 +110,10 @@ class DecoderWithPast(torch.nn.Module):
         self.shape = model.shape
 
     def forward(self, input_ids, position_ids, attention_mask, past_keys, past_values):
-        from llmrecipe.generate.cache import DecodeState
+        from llmrecipe.generate.cache import GrowingState
 
         past = list(zip(past_keys.unbind(0), past_values.unbind(0)))
-        state = DecodeState(past, position_ids, attention_mask.bool())
+        state = GrowingState(past, position_ids, attention_mask.bool())
         logits = self.model(input_ids, cache=state)  # (B, T, V)
         keys = torch.stack([k for k, _ in state.present])  # (L, B, K, P + T, E)
         values = torch.stack([v for _, v in state.present])

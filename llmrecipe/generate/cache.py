@@ -3,9 +3,18 @@
 Prompts of different lengths are left-padded to one batch. The cache holds one slot per token (padding
 included); `valid` marks the slots that hold real tokens, and each token's rotary position counts only
 the real tokens before it, so a padded row computes what it would alone.
+
+Two ways to keep keys and values, behind the one `extend` the attention layers call:
+- KVCache + InPlaceState (torch decoding): buffers for the whole context allocated once, each step writing
+  its new slots in place; attention reads a view of the filled slots. Nothing is copied or reallocated per
+  token, which matters at batch 1, where a step's matmuls are small.
+- GrowingState (the exported ONNX graph): past tensors in, past + new concatenated out, as a graph with
+  plain inputs and outputs needs.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 
@@ -13,12 +22,25 @@ LayerCache = tuple[torch.Tensor, torch.Tensor]
 """Keys and values of one layer, each (B, K, P, E): batch, key/value heads, past slots, head size."""
 
 
-class DecodeState:
-    """Handed to `model(idx, cache=...)`: each attention layer appends its new keys/values via `extend`."""
+class DecodeState(Protocol):
+    """Handed to `model(idx, cache=...)`: each attention layer passes its new keys/values through `extend`."""
+
+    positions: torch.Tensor
+    """(B, T) rotary position of each new token."""
+    mask: torch.Tensor | None
+    """(B, 1, T, P + T) bool, True = attend; None when every query may see every filled slot."""
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> LayerCache:
+        """This step's (B, K, T, E) keys/values -> all of the layer's keys/values so far, (B, K, P + T, E)."""
+        ...
+
+
+class GrowingState:
+    """Past tensors given per layer; `present` collects past + new (a copy), as the ONNX graph returns it."""
 
     def __init__(self, past: list[LayerCache], positions: torch.Tensor, valid: torch.Tensor):
         self.past = past
-        self.positions = positions  # (B, T) rotary position of each new token
+        self.positions = positions  # (B, T)
         self.mask = attention_mask(valid, positions.size(1))  # (B, 1, T, P + T)
         self.present: list[LayerCache] = []
 
@@ -27,6 +49,66 @@ class DecodeState:
         k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, K, P + T, E)
         self.present.append((k, v))
         return k, v
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for the whole context: (L, B, K, S, E) each.
+
+    Slots [0, length) hold the past. Allocated uninitialised: the pages of slots never reached are never
+    touched, and attention only reads slots that a step has written.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int = 0):
+        self.keys, self.values = keys, values  # (L, B, K, S, E) each
+        self.length = length
+
+    @classmethod
+    def allocate(
+        cls, layers: int, batch: int, heads: int, slots: int, head_dim: int, device, dtype=torch.float32
+    ) -> KVCache:
+        shape = (layers, batch, heads, slots, head_dim)
+        return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
+
+    @property
+    def slots(self) -> int:
+        return self.keys.size(3)
+
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """A cache of only these batch rows (a copy: rows leave a batch rarely, once each)."""
+        return KVCache(self.keys[:, rows], self.values[:, rows], self.length)
+
+
+class InPlaceState:
+    """Writes a step's keys/values into a KVCache at [length, length + T) and attends over a view of [0, length + T)."""
+
+    def __init__(self, cache: KVCache, positions: torch.Tensor, valid: torch.Tensor):
+        new = positions.size(1)
+        if valid.size(1) != cache.length + new or cache.length + new > cache.slots:
+            raise ValueError(
+                f"valid covers {valid.size(1)} slots, but the cache holds {cache.length} of {cache.slots} "
+                f"and {new} are new"
+            )
+        self.cache, self.start, self.end = cache, cache.length, cache.length + new
+        self.positions = positions  # (B, T)
+        self.mask = decode_mask(valid, new)
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> LayerCache:
+        keys, values = self.cache.keys[layer], self.cache.values[layer]  # (B, K, S, E) views
+        keys[:, :, self.start : self.end] = k
+        values[:, :, self.start : self.end] = v
+        return keys[:, :, : self.end], values[:, :, : self.end]  # (B, K, P + T, E) views, no copy
+
+    def commit(self) -> None:
+        """Called once every layer has written: the new slots become past."""
+        self.cache.length = self.end
+
+
+def decode_mask(valid: torch.Tensor, new: int) -> torch.Tensor | None:
+    """The mask for InPlaceState: none at all for one new token with no padding (the usual batch-1 step)."""
+    if new == 1:
+        # A single real query at the last slot sees every real slot: no causal part, and it is never padding.
+        return None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, S)
+    return attention_mask(valid, new)
 
 
 def attention_mask(valid: torch.Tensor, new: int) -> torch.Tensor:

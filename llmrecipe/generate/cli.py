@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TextIO
 
 from llmrecipe.generate.artifact import LoadedModel
@@ -36,18 +37,37 @@ def prompt_texts(model: LoadedModel, args: argparse.Namespace) -> list[str]:
     return [model.chat_prompt([*system, {"role": "user", "content": prompt}]) for prompt in args.prompt]
 
 
-def generate_to(out: TextIO, model: LoadedModel, args: argparse.Namespace) -> int:
+def generate_to(out: TextIO, model: LoadedModel, args: argparse.Namespace, err: TextIO | None = None) -> int:
+    """Continuations on `out`; with one prompt streamed as they come, and an empty one explained on `err`."""
     params = sampling_from_args(args)
     engine = model.engine
     prompts = [engine.encode(text) for text in prompt_texts(model, args)]
     for prompt in prompts:
         engine.check_prompt(prompt)
     if len(prompts) == 1:  # one prompt: show the text as it comes
+        ids, text, reason = [], "", ""
         for delta in engine.stream(prompts, params):
             out.write(delta.text)
             out.flush()
-        out.write("\n")
+            ids.append(delta.token_id)
+            text, reason = text + delta.text, delta.finish_reason or ""
+        if text:
+            out.write("\n")
+        else:  # a blank line would look like a failure: say why there is nothing
+            print(why_empty(engine, ids, reason), file=err or sys.stderr)
         return 0
     for number, (text, completion) in enumerate(zip(args.prompt, engine.generate(prompts, params)), start=1):
-        out.write(f"--- {number}: {text!r} ({completion.finish_reason})\n{completion.text}\n")
+        shown = completion.text or why_empty(engine, completion.token_ids, completion.finish_reason)
+        out.write(f"--- {number}: {text!r} ({completion.finish_reason})\n{shown}\n")
     return 0
+
+
+def why_empty(engine, token_ids: list[int], finish_reason: str) -> str:
+    """The note shown instead of an empty continuation (the engine always generates at least one token)."""
+    if token_ids[-1] == engine.eot_id and engine.tokenizer is not None:
+        eot = engine.tokenizer.id_to_token(engine.eot_id)
+        before = "" if len(token_ids) == 1 else f" after {len(token_ids) - 1} token(s) without visible text"
+        return f"(no text: the model ended the continuation with its end-of-text token {eot}{before})"
+    if finish_reason == "stop":
+        return "(no text: the output began with a stop sequence, which is not shown)"
+    return f"(no text: the {len(token_ids)} generated token(s) decode to no visible text)"

@@ -1,7 +1,8 @@
 """One cached forward pass, on torch or onnxruntime, behind the same three methods.
 
 `forward(ids (B, T), positions (B, T), valid (B, P + T), past) -> (last logits (B, V), present)`,
-`empty(batch)` for a cache with no past, and `select(past, rows)` to drop finished rows from a batch.
+`empty(batch, slots)` for a cache with no past and room for `slots` tokens, and `select(past, rows)` to drop
+finished rows from a batch.
 """
 
 from __future__ import annotations
@@ -12,51 +13,58 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmrecipe.generate.cache import DecodeState, LayerCache
+from llmrecipe.generate.cache import InPlaceState, KVCache
+from llmrecipe.generate.step import decode_step
 
 
 class TorchDecoder:
+    """The model's decoding step (step.py) with a KVCache written in place: `present` is `past` itself, grown."""
+
     def __init__(self, model: torch.nn.Module):
         self.model = model.eval()
+        self.step = decode_step(model)
         shape = model.shape
         self.seq_len, self.vocab_size = shape.seq_len, shape.vocab_size
-        self.cache_shape = (shape.n_kv_head, shape.head_dim)
-        self.n_layer = shape.n_layer
-        self.device = next(model.parameters()).device
+        self.cache_shape = (shape.n_layer, shape.n_kv_head, shape.head_dim)
+        weight = next(model.parameters())
+        self.device, self.dtype = weight.device, weight.dtype
 
-    def empty(self, batch: int) -> list[LayerCache]:
-        nothing = torch.zeros(batch, *self.cache_shape[:1], 0, self.cache_shape[1], device=self.device)  # (B, K, 0, E)
-        return [(nothing, nothing)] * self.n_layer
+    def empty(self, batch: int, slots: int | None = None) -> KVCache:
+        """A cache with room for `slots` tokens per row (default: the model's context)."""
+        layers, heads, size = self.cache_shape
+        return KVCache.allocate(layers, batch, heads, slots or self.seq_len, size, self.device, self.dtype)
 
     @torch.inference_mode()
     def forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, past: list[LayerCache]
-    ) -> tuple[torch.Tensor, list[LayerCache]]:
-        state = DecodeState(past, positions.to(self.device), valid.to(self.device))
-        logits = self.model(ids.to(self.device), cache=state)  # (B, T, V)
-        return logits[:, -1].float().cpu(), state.present
+        self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, past: KVCache
+    ) -> tuple[torch.Tensor, KVCache]:
+        state = InPlaceState(past, positions.to(self.device), valid.to(self.device))
+        logits = self.step(ids.to(self.device), state)  # (B, V)
+        state.commit()
+        return logits.float().cpu(), past
 
-    def select(self, past: list[LayerCache], rows: torch.Tensor) -> list[LayerCache]:
-        rows = rows.to(self.device)
-        return [(k[rows], v[rows]) for k, v in past]
+    def select(self, past: KVCache, rows: torch.Tensor) -> KVCache:
+        return past.select(rows.to(self.device))
 
 
 class OnnxDecoder:
-    """A graph written by `export.onnx.export_decoder`: stacked caches (layers, B, K, P, E) in and out."""
+    """A graph written by `export.onnx.export_decoder`: stacked caches (layers, B, K, P, E) in and out.
+
+    Plain `session.run` with numpy caches: measured here against IOBinding with the caches kept as OrtValues,
+    it was as fast or faster (a batch-1 cache is a few hundred KB; binding costs Python calls every step).
+    """
 
     def __init__(self, path: Path, shape: Any, threads: int | None = None):
         import onnxruntime  # heavy: only ONNX artifacts need it
 
         from llmrecipe.export.onnx import onnx_providers
 
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=onnx_providers())
+        self.session = onnxruntime.InferenceSession(str(path), session_options(threads), providers=onnx_providers())
         self.seq_len, self.vocab_size = shape.seq_len, shape.vocab_size
         self.cache_shape = (shape.n_layer, shape.n_kv_head, shape.head_dim)
 
-    def empty(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    def empty(self, batch: int, slots: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's caches grow by concatenation: `slots` (the most a batch will use) needs no room set aside."""
         layers, heads, size = self.cache_shape
         nothing = np.zeros((layers, batch, heads, 0, size), dtype=np.float32)
         return nothing, nothing
@@ -67,7 +75,7 @@ class OnnxDecoder:
         feeds = {
             "input_ids": ids.numpy(),
             "position_ids": positions.numpy(),
-            "attention_mask": valid.long().numpy(),
+            "attention_mask": np.ascontiguousarray(valid.numpy(), dtype=np.int64),  # valid may be a column slice
             "past_keys": past[0],
             "past_values": past[1],
         }
@@ -77,3 +85,16 @@ class OnnxDecoder:
     def select(self, past: tuple[np.ndarray, np.ndarray], rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         index = rows.numpy()
         return np.ascontiguousarray(past[0][:, index]), np.ascontiguousarray(past[1][:, index])
+
+
+def session_options(threads: int | None):
+    """Settings for batch-1 decoding: all graph optimisations (fused attention and norms where the opset has
+    them), operators run one after another (a decoder's graph is a chain), `threads` for each operator."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
