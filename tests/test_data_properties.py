@@ -102,7 +102,7 @@ def test_accounting_always_reconciles(texts, ops):
         ctx = StepContext(name="c", inputs={}, out_dir=root / "out", scratch_dir=root / "scratch", device="cpu",
                           reporter=LineReporter(), external=files)
         spec = {"sources": [{"path": str(root)}], "ops": ops, "split": {"val": 0.0, "test": 0.0},
-                "on_bad_record": "skip", "batch_mb": 1, "mix_seed": None}
+                "on_bad_record": "skip", "batch_mb": 1, "workers": 1, "mix_seed": None}
         try:
             run(spec, ctx)
         except StepError as error:  # everything filtered away: the message names the op that did it

@@ -45,7 +45,7 @@ def run_step(tmp_path: Path, sources: list[Source], files: list[ExternalFile], o
     ctx = StepContext(name="corpus", inputs={}, out_dir=out, scratch_dir=tmp_path / "scratch", device="cpu",
                       reporter=LineReporter(), external=files, downloads_dir=downloads)
     spec = {"sources": [s.model_dump() for s in sources], "ops": list(ops), "split": {"val": 0.0, "test": 0.0},
-            "on_bad_record": policy, "batch_mb": 1, "mix_seed": seed}
+            "on_bad_record": policy, "batch_mb": 1, "workers": 1, "mix_seed": seed}
     metrics = run(spec, ctx)
     return metrics, json.loads((out / "stats.json").read_text())
 

@@ -43,15 +43,18 @@ def normalize(frame: pl.DataFrame, op: Normalize) -> OpResult:
     text = frame["text"]
     if op.strip_markup:
         text, counters["markup_stripped"] = strip_markup(text)
-    text = canonical(text, op)
+    text = spaced(canonical(text, op), op)
     if op.fix_encoding:
+        # ftfy judges mojibake by its neighbours (`Ã©` then a no-break space reads differently from `Ã©` at the
+        # end), so it sees the text as a second run would: canonical and with whitespace cleaned
         text, counters["encoding_fixed"] = fix_mojibake(text)
         if counters["encoding_fixed"]:
-            text = canonical(text, op)
-    frame = frame.with_columns(text=text)
-    if op.whitespace:
-        frame = frame.with_columns(text=clean_whitespace(TEXT))
-    return OpResult(frame, counters=counters)
+            text = spaced(canonical(text, op), op)
+    return OpResult(frame.with_columns(text=text), counters=counters)
+
+
+def spaced(text: pl.Series, op: Normalize) -> pl.Series:
+    return pl.select(clean_whitespace(pl.lit(text))).to_series().alias(text.name) if op.whitespace else text
 
 
 def canonical(text: pl.Series, op: Normalize) -> pl.Series:

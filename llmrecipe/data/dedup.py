@@ -7,6 +7,7 @@ member with the smallest digest of its text (for identical texts, the first occu
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ import polars as pl
 from llmrecipe.data.minhash import band_keys, signatures
 from llmrecipe.recipe.data import DedupExact, DedupNear
 
-VERIFY_CHUNK = 1 << 16
-"""Candidate pairs whose signatures are compared at once (bounds the gathered rows in memory)."""
+VERIFY_CHUNK = 1 << 14
+"""Candidate pairs whose signatures are compared at once (bounds the rows read into memory)."""
 
 
 @dataclass
@@ -51,16 +52,29 @@ class ExactDedup:
         self.digests: list[np.ndarray] = []
 
     def observe(self, text: pl.Series) -> None:
-        self.keys.append(content_key(text, self.op.compare == "normalized"))
-        self.digests.append(text.hash(seed=303).to_numpy())
+        self.absorb(self.observation(self.op, text))
+
+    @staticmethod
+    def observation(op: DedupExact, text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        """What deciding needs from one batch (computed where the batch is, possibly a worker process)."""
+        return content_key(text, op.compare == "normalized"), text.hash(seed=303).to_numpy()
+
+    def absorb(self, observation: tuple[np.ndarray, np.ndarray]) -> None:
+        keys, digests = observation
+        self.keys.append(keys)
+        self.digests.append(digests)
 
     def decide(self) -> Decision:
         keys = np.concatenate(self.keys) if self.keys else np.zeros((0, 2), dtype=np.uint64)
         digests = np.concatenate(self.digests) if self.digests else np.zeros(0, dtype=np.uint64)
-        table = pl.DataFrame({"a": keys[:, 0], "b": keys[:, 1], "digest": digests}).with_row_index("row")
-        keeper = table.select(
-            pl.col("row").sort_by("digest", "row").first().over("a", "b")
-        ).to_series().to_numpy().astype(np.int64)
+        # sorted by key, then digest, then position (lexsort is stable): each group's first row is its keeper
+        order = np.lexsort((digests, keys[:, 1], keys[:, 0]))
+        ordered = keys[order]  # [docs, 2]
+        starts = np.ones(len(order), dtype=bool)
+        starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+        del ordered
+        keeper = np.empty(len(order), dtype=np.int64)
+        keeper[order] = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]
         keep = keeper == np.arange(len(keeper))
         return Decision(keep, np.where(keep, -1, keeper), "duplicate")
 
@@ -79,12 +93,20 @@ class NearDedup:
         self.digests: list[np.ndarray] = []
 
     def observe(self, text: pl.Series) -> None:
-        signature = signatures(text, self.op.shingle_size, self.op.num_perm)  # [docs, num_perm]
+        self.absorb(self.observation(self.op, text))
+
+    @staticmethod
+    def observation(op: DedupNear, text: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Signatures, band keys and content digests of one batch (computed where the batch is)."""
+        signature = signatures(text, op.shingle_size, op.num_perm)  # [docs, num_perm]
+        return signature, band_keys(signature, op.bands), text.hash(seed=303).to_numpy()  # keys: [docs, bands]
+
+    def absorb(self, observation: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        signature, keys, digests = observation
         self.signature_file.write(signature.tobytes())
-        keys = band_keys(signature, self.op.bands)  # [docs, bands]
         for band, file in enumerate(self.band_files):
             file.write(np.ascontiguousarray(keys[:, band]).tobytes())
-        self.digests.append(text.hash(seed=303).to_numpy())
+        self.digests.append(digests)
 
     def decide(self) -> Decision:
         for file in [self.signature_file, *self.band_files]:
@@ -95,9 +117,7 @@ class NearDedup:
             return Decision(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64), "near_duplicate")
         bands = (np.fromfile(self.folder / f"band-{band}.u64", dtype=np.uint64) for band in range(self.op.bands))
         left, right = candidate_pairs(bands, n)
-        signature = np.memmap(self.folder / "signatures.u32", dtype=np.uint32, mode="r", shape=(n, self.op.num_perm))
-        similar = verified(signature, left, right, self.op.threshold)
-        del signature
+        similar = verified(self.folder / "signatures.u32", (n, self.op.num_perm), left, right, self.op.threshold)
         label = components(n, left[similar], right[similar])
         keeper = cluster_keepers(label, np.concatenate(self.digests))
         shutil.rmtree(self.folder)
@@ -108,24 +128,41 @@ class NearDedup:
 def candidate_pairs(bands: Iterable[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of documents sharing a band key: in each band, neighbours in key order with equal keys (a chain
     through each bucket, so a bucket of k documents gives k - 1 pairs, not k^2). Unique, smaller index first."""
-    pairs = []
+    unique = np.zeros(0, dtype=np.int64)
     for keys in bands:
         order = np.argsort(keys, kind="stable")
         ordered = keys[order]
         same = np.flatnonzero(ordered[1:] == ordered[:-1])
+        del ordered
         left, right = order[same], order[same + 1]
-        pairs.append(np.minimum(left, right).astype(np.int64) * (n + 1) + np.maximum(left, right))
-    unique = np.unique(np.concatenate(pairs))
+        # merged band by band: most pairs recur in many bands, so the union stays far smaller than their sum
+        unique = np.union1d(unique, np.minimum(left, right).astype(np.int64) * (n + 1) + np.maximum(left, right))
     return unique // (n + 1), unique % (n + 1)
 
 
-def verified(signature: np.ndarray, left: np.ndarray, right: np.ndarray, threshold: float) -> np.ndarray:
-    """bool per pair: estimated Jaccard similarity (share of equal signature values) >= threshold."""
+def verified(path: Path, shape: tuple[int, int], left: np.ndarray, right: np.ndarray, threshold: float) -> np.ndarray:
+    """bool per pair: estimated Jaccard similarity (share of equal signature values) >= threshold.
+
+    The signatures stay on disk and each chunk of pairs reads just its rows. (A memory map would not do: every
+    page fault maps its neighbours too, so random rows soon make most of the file resident.)"""
     similar = np.zeros(len(left), dtype=bool)
-    for start in range(0, len(left), VERIFY_CHUNK):
-        a, b = left[start : start + VERIFY_CHUNK], right[start : start + VERIFY_CHUNK]
-        similar[start : start + VERIFY_CHUNK] = (signature[a] == signature[b]).mean(axis=1) >= threshold
+    with open(path, "rb") as file:
+        for start in range(0, len(left), VERIFY_CHUNK):
+            a, b = left[start : start + VERIFY_CHUNK], right[start : start + VERIFY_CHUNK]
+            rows = np.unique(np.concatenate([a, b]))
+            signature = read_rows(file.fileno(), rows, shape[1])  # [rows, num_perm]
+            same = signature[np.searchsorted(rows, a)] == signature[np.searchsorted(rows, b)]
+            similar[start : start + VERIFY_CHUNK] = same.mean(axis=1) >= threshold
     return similar
+
+
+def read_rows(fd: int, rows: np.ndarray, width: int) -> np.ndarray:
+    """[len(rows), width] uint32: the given rows of a row-major uint32 file, one positioned read each."""
+    found = np.empty((len(rows), width), dtype=np.uint32)
+    size = width * 4
+    for k, row in enumerate(rows.tolist()):
+        os.preadv(fd, [memoryview(found[k]).cast("B")], row * size)
+    return found
 
 
 def components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -146,8 +183,10 @@ def components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
 def cluster_keepers(label: np.ndarray, digest: np.ndarray) -> np.ndarray:
     """For each component label, the member with the smallest (digest, index): a choice made by content, so it
     does not depend on the order the documents came in."""
-    table = pl.DataFrame({"label": label, "digest": digest, "index": np.arange(len(label))})
-    best = table.sort("digest", "index").group_by("label").first()
+    order = np.lexsort((digest, label))  # by label, then digest, then index (lexsort is stable)
+    ordered = label[order]
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
     keeper = np.full(len(label), -1, dtype=np.int64)
-    keeper[best["label"].to_numpy()] = best["index"].to_numpy()
+    keeper[ordered[starts]] = order[starts]
     return keeper

@@ -36,8 +36,19 @@ class Stage:
         }
 
 
+@dataclass
+class LedgerPart:
+    """What one shard's pass added to a ledger (kept by a worker process and merged into the step's ledger):
+    its stages' counts, its dropped rows and up to SAMPLES_PER_REASON samples per stage and reason."""
+
+    stages: list[Stage]
+    dropped: list[pl.DataFrame]
+    samples: list[dict]
+
+
 class Ledger:
-    def __init__(self, work: Path):
+    def __init__(self, work: Path | None):
+        """`work`: where dropped rows are flushed in parts; None keeps them in memory (one shard's worth)."""
         self.work = work
         self.stages: list[Stage] = []
         self.samples: list[dict] = []
@@ -50,6 +61,30 @@ class Ledger:
         stage = Stage(label, op)
         self.stages.append(stage)
         return stage
+
+    def part(self) -> LedgerPart:
+        return LedgerPart(self.stages, self._pending, self.samples)
+
+    def merge(self, part: LedgerPart) -> None:
+        """Add a shard's ledger part to the stages of the same labels. Parts merged in shard order give the
+        same counts, samples and dropped rows as one ledger that saw the shards itself."""
+        by_label = {stage.label: stage for stage in self.stages}
+        for local in part.stages:
+            stage = by_label[local.label]
+            stage.docs_in += local.docs_in
+            stage.chars_in += local.chars_in
+            stage.docs_out += local.docs_out
+            stage.chars_out += local.chars_out
+            stage.dropped.update(local.dropped)
+            stage.dropped_chars.update(local.dropped_chars)
+            stage.counters.update(local.counters)
+        for sample in part.samples:
+            key = (sample["stage"], sample["reason"])
+            if self._sampled[key] < SAMPLES_PER_REASON:
+                self._sampled[key] += 1
+                self.samples.append(sample)
+        for rows in part.dropped:
+            self._keep_rows(rows)
 
     def passed(self, stage: Stage, frame: pl.DataFrame, kept: pl.DataFrame, dropped: pl.DataFrame) -> None:
         """One batch went through `stage`: `frame` came in, `kept` went on, `dropped` (with `reason` and
@@ -69,10 +104,12 @@ class Ledger:
         self._sample(stage, dropped)
         if "duplicate_of" not in dropped.columns:
             dropped = dropped.with_columns(duplicate_of=pl.lit(None, dtype=pl.String))
-        rows = dropped.select(id="id", stage=pl.lit(stage.label), reason="reason", duplicate_of="duplicate_of")
+        self._keep_rows(dropped.select(id="id", stage=pl.lit(stage.label), reason="reason", duplicate_of="duplicate_of"))
+
+    def _keep_rows(self, rows: pl.DataFrame) -> None:
         self._pending.append(rows)
         self._pending_rows += len(rows)
-        if self._pending_rows >= FLUSH_ROWS:
+        if self.work is not None and self._pending_rows >= FLUSH_ROWS:
             self._flush()
 
     def _sample(self, stage: Stage, dropped: pl.DataFrame) -> None:
@@ -98,7 +135,8 @@ class Ledger:
         """Every dropped document's id, stage, reason (and the id kept in its place for duplicates)."""
         self._flush()
         if self.dropped_parts:
-            pl.scan_parquet(self.dropped_parts).sink_parquet(path)
+            # small row groups: the writer holds one in memory, and the default size would hold them all
+            pl.scan_parquet(self.dropped_parts, low_memory=True).sink_parquet(path, row_group_size=FLUSH_ROWS)
         else:
             pl.DataFrame(schema=DROPPED_SCHEMA).write_parquet(path)
 

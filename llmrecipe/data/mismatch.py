@@ -6,6 +6,8 @@ split, so the report costs fixed memory however large the corpus.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 
@@ -21,6 +23,25 @@ MAX_LENGTH_RATIO = 2.0
 """Warn when mean document lengths differ by more than this factor."""
 
 
+@dataclass
+class ProfilePart:
+    """One batch's contribution to a split's profile, sparse (it travels back from a worker process)."""
+
+    docs: int
+    chars: int
+    lengths: np.ndarray
+    buckets: np.ndarray
+    """Word buckets that occur, ascending."""
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, text: pl.Series) -> "ProfilePart":
+        chars = text.str.len_chars().to_numpy()
+        words = Words.of(text.str.to_lowercase())
+        buckets, counts = np.unique(words.hashes % np.uint64(BUCKETS), return_counts=True)
+        return cls(len(chars), int(chars.sum()), np.histogram(chars, bins=LENGTH_EDGES)[0], buckets.astype(np.int64), counts)
+
+
 class SplitProfile:
     def __init__(self) -> None:
         self.lengths = np.zeros(len(LENGTH_EDGES) - 1, dtype=np.int64)
@@ -29,12 +50,13 @@ class SplitProfile:
         self.chars = 0
 
     def add(self, text: pl.Series) -> None:
-        chars = text.str.len_chars().to_numpy()
-        self.docs += len(chars)
-        self.chars += int(chars.sum())
-        self.lengths += np.histogram(chars, bins=LENGTH_EDGES)[0]
-        words = Words.of(text.str.to_lowercase())
-        self.words += np.bincount((words.hashes % np.uint64(BUCKETS)).astype(np.int64), minlength=BUCKETS)
+        self.merge(ProfilePart.of(text))
+
+    def merge(self, part: ProfilePart) -> None:
+        self.docs += part.docs
+        self.chars += part.chars
+        self.lengths += part.lengths
+        self.words[part.buckets] += part.counts
 
     def mean_length(self) -> float:
         return self.chars / self.docs if self.docs else 0.0

@@ -3,7 +3,9 @@
 Memory stays bounded by the batch size: documents live in Parquet shards of about `batch_mb` of text in
 a work folder, and each pass reads one shard, applies the document ops, and writes it back. A corpus op
 (dedup) is a barrier: it observes every shard during a pass (keeping compact keys), decides once, and the
-next pass applies its decision while reading the shards again.
+next pass applies its decision while reading the shards again. Worker processes run the shards of a pass
+(llmrecipe.data.shardwork); this process reads the sources, merges their results in shard order, decides,
+and merges the split parts into train/val/test by streaming.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import polars as pl
 from llmrecipe.data.dedup import Decision
 from llmrecipe.data.ledger import Ledger, Stage
 from llmrecipe.data.mismatch import SplitProfile, mismatch_report
-from llmrecipe.data.ops import CORPUS_OPS, DOCUMENT_OPS, HINTS
-from llmrecipe.data.read import Reader, SourceLog, document_schema
-from llmrecipe.data.split import SPLITS, fixed_bounds, positions, split_codes, stratified_bounds
+from llmrecipe.data.ops import CORPUS_OPS, HINTS
+from llmrecipe.data.read import BLOCK_BYTES, Reader, SourceLog, document_schema
+from llmrecipe.data.shardwork import PendingSlice, ShardJob, ShardResult, stage_label
+from llmrecipe.data.split import SPLITS, fixed_bounds, positions, stratified_bounds
+from llmrecipe.data.workers import Workers
 from llmrecipe.errors import StepError
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.plan.specs import DataSpec
@@ -34,6 +38,15 @@ class Pending:
 
     stage: Stage
     decision: Decision
+
+
+@dataclass
+class Shard:
+    """A Parquet file of documents in the work folder; `rows` documents, in corpus order after the previous
+    shard's."""
+
+    path: Path
+    rows: int
 
 
 @dataclass
@@ -57,11 +70,18 @@ class Pipeline:
         self.schema = document_schema(self.metadata)
         self.batch_bytes = spec.batch_mb << 20
         self.ledger = Ledger(work)
+        self.workers = Workers(spec.workers)
         self._shard_count = 0
 
     def run(self, out_dir: Path) -> Outcome:
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
+        try:
+            return self._run(out_dir)
+        finally:
+            self.workers.close()
+
+    def _run(self, out_dir: Path) -> Outcome:
         shards, sources = self.read_sources()
         if not sum(s.docs for s in sources):
             bad = sum(sum(s.bad_records.values()) for s in sources)
@@ -73,7 +93,6 @@ class Pipeline:
         for index, op in enumerate(self.spec.ops):
             if op.op in CORPUS_OPS:
                 shards, pending = self.corpus_pass(shards, pending, index, op)
-        shards, pending = self.document_pass(shards, pending, self.trailing_ops())
         outcome = self.write_splits(shards, pending, out_dir)
         self.ledger.write_dropped(out_dir / "dropped.parquet")
         shutil.rmtree(self.work, ignore_errors=True)
@@ -82,13 +101,14 @@ class Pipeline:
 
     # reading
 
-    def read_sources(self) -> tuple[list[Path], list[SourceLog]]:
+    def read_sources(self) -> tuple[list[Shard], list[SourceLog]]:
         groups: list[list[ExternalFile]] = [[] for _ in self.spec.sources]
         for file in self.external:
             if not 0 <= file.source < len(groups):
                 raise StepError(f"file {file.path} belongs to source {file.source}, but the step has {len(groups)}; re-plan")
             groups[file.source].append(file)
-        readers = [Reader(source, index, self.spec.on_bad_record, self.metadata, self.downloads)
+        readers = [Reader(source, index, self.spec.on_bad_record, self.metadata, self.downloads,
+                          block_bytes=min(BLOCK_BYTES, self.batch_bytes))
                    for index, source in enumerate(self.spec.sources)]
         frames = (frame for reader, files in zip(readers, groups) for frame in reader.documents(files))
         shards = [self.write_shard(batch) for batch in self.rebatched(frames)]
@@ -109,33 +129,43 @@ class Pipeline:
         if held:
             yield pl.concat(held)
 
-    def write_shard(self, frame: pl.DataFrame) -> Path:
+    def next_path(self) -> Path:
         path = self.work / f"shard-{self._shard_count:06d}.parquet"
         self._shard_count += 1
-        frame.write_parquet(path, compression="uncompressed")  # read back once, soon: speed over size
         return path
 
-    def shard_frames(self, shards: list[Path], pending: Pending | None) -> Iterator[pl.DataFrame]:
-        """Each shard's documents with the pending decision applied (its drops go to the ledger); shards are
-        deleted once read, so the work folder holds one generation at a time."""
-        offset = 0
-        replacement = self.replacement_ids(shards, pending)
-        for path in shards:
-            frame = pl.read_parquet(path)
-            path.unlink()
-            if pending is not None:
-                rows = slice(offset, offset + len(frame))
-                offset += len(frame)
-                keep = pending.decision.keep[rows]
-                dropped = frame.filter(pl.Series(~keep)).with_columns(reason=pl.lit(pending.decision.reason))
-                if replacement is not None and len(dropped):
-                    dropped = dropped.with_columns(duplicate_of=replacement(pending.decision.duplicate_of[rows][~keep]))
-                frame_kept = frame.filter(pl.Series(keep))
-                self.ledger.passed(pending.stage, frame, frame_kept, dropped)
-                frame = frame_kept
-            yield frame
+    def write_shard(self, frame: pl.DataFrame) -> Shard:
+        path = self.next_path()
+        frame.write_parquet(path, compression="uncompressed")  # read back once, soon: speed over size
+        return Shard(path, len(frame))
 
-    def replacement_ids(self, shards: list[Path], pending: Pending | None) -> Callable[[np.ndarray], pl.Series] | None:
+    # passes
+
+    def jobs(self, shards: list[Shard], pending: Pending | None, ops: list[tuple[int, DataOp]],
+             observe: DataOp | None = None, split_bounds: dict | None = None) -> Iterator[ShardJob]:
+        """One job per shard, each with its slice of the pending decision."""
+        replacement = self.replacement_ids(shards, pending)
+        offset = 0
+        for shard in shards:
+            piece = None
+            if pending is not None:
+                rows = slice(offset, offset + shard.rows)
+                keep = pending.decision.keep[rows]
+                duplicates = None
+                if replacement is not None:
+                    duplicates = replacement(pending.decision.duplicate_of[rows][~keep])
+                piece = PendingSlice(pending.stage.label, pending.stage.op, pending.decision.reason, keep, duplicates)
+            offset += shard.rows
+            yield ShardJob(shard.path, self.next_path(), piece, ops, observe, split_bounds)
+
+    def run_jobs(self, jobs: Iterator[ShardJob]) -> Iterator[tuple[ShardJob, ShardResult]]:
+        """Each job with its result, in shard order, its ledger part merged."""
+        jobs = list(jobs)
+        for job, result in zip(jobs, self.workers.run(iter(jobs), len(jobs))):
+            self.ledger.merge(result.ledger)
+            yield job, result
+
+    def replacement_ids(self, shards: list[Shard], pending: Pending | None) -> Callable[[np.ndarray], pl.Series] | None:
         """When the pending decision names which document replaced each dropped one (dedup): a lookup from
         those documents' row numbers to their ids, so the report can say `duplicate_of`. Only the ids of
         documents that replaced another are kept in memory."""
@@ -143,17 +173,17 @@ class Pipeline:
             return None
         wanted = np.unique(pending.decision.duplicate_of[pending.decision.duplicate_of >= 0])
         found, offset = [], 0
-        for path in shards:
-            ids = pl.read_parquet(path, columns=["id"])["id"]
-            local = wanted[(wanted >= offset) & (wanted < offset + len(ids))] - offset
-            found.append(ids.gather(local))
-            offset += len(ids)
+        for shard in shards:
+            local = wanted[(wanted >= offset) & (wanted < offset + shard.rows)] - offset
+            if len(local):
+                found.append(pl.read_parquet(shard.path, columns=["id"])["id"].gather(local))
+            offset += shard.rows
         ids = pl.concat(found)
         return lambda rows: ids.gather(np.searchsorted(wanted, rows))
 
     # mixing
 
-    def mixing(self, shards: list[Path], sources: list[SourceLog]) -> Pending | None:
+    def mixing(self, shards: list[Shard], sources: list[SourceLog]) -> Pending | None:
         """When sources have weights: which documents the mix keeps, as a pending decision."""
         if self.spec.mix_seed is None:
             return None
@@ -162,7 +192,7 @@ class Pipeline:
         share = weights / weights.sum()
         total = np.min(np.where(have > 0, have / share, np.inf))
         quota = np.floor(total * share + 1e-9).astype(np.int64)
-        frames = [pl.read_parquet(path, columns=["id", "source"]) for path in shards]
+        frames = [pl.read_parquet(shard.path, columns=["id", "source"]) for shard in shards]
         ids = pl.concat(frames)
         draw = ids["id"].hash(seed=self.spec.mix_seed).to_numpy()
         source = ids["source"].to_numpy()
@@ -186,50 +216,23 @@ class Pipeline:
             found.insert(0, (k, self.spec.ops[k]))
         return found
 
-    def trailing_ops(self) -> list[tuple[int, DataOp]]:
-        return self.ops_before(len(self.spec.ops))
+    def stages_for(self, document_ops: list[tuple[int, DataOp]]) -> None:
+        for index, op in document_ops:
+            self.ledger.stage(stage_label(index, op), op.op)
 
-    def corpus_pass(self, shards: list[Path], pending: Pending | None, index: int, op: DataOp):
+    def corpus_pass(self, shards: list[Shard], pending: Pending | None, index: int, op: DataOp):
         document_ops = self.ops_before(index)
         corpus = CORPUS_OPS[op.op](op, self.work)
-        stages = self.stages_for(document_ops)
+        self.stages_for(document_ops)
         out = []
-        for frame in shard_batches(self.shard_frames(shards, pending)):
-            frame = self.apply_document_ops(frame, document_ops, stages)
-            corpus.observe(frame["text"])
-            out.append(self.write_shard(frame))
+        for job, result in self.run_jobs(self.jobs(shards, pending, document_ops, observe=op)):
+            if result.rows:
+                corpus.absorb(result.observation)
+                out.append(Shard(job.target, result.rows))
         self.check_not_empty()
-        stage = self.ledger.stage(f"ops[{index}] {op.op}", op.op)
+        stage = self.ledger.stage(stage_label(index, op), op.op)
         self.log(f"ops[{index}] {op.op}: deciding over the whole corpus")
         return out, Pending(stage, corpus.decide())
-
-    def document_pass(self, shards: list[Path], pending: Pending | None, document_ops: list[tuple[int, DataOp]]):
-        if not document_ops:
-            return shards, pending
-        stages = self.stages_for(document_ops)
-        out = []
-        for frame in shard_batches(self.shard_frames(shards, pending)):
-            out.append(self.write_shard(self.apply_document_ops(frame, document_ops, stages)))
-        self.check_not_empty()
-        return out, None
-
-    def stages_for(self, document_ops: list[tuple[int, DataOp]]) -> list[Stage]:
-        return [self.ledger.stage(f"ops[{index}] {op.op}", op.op) for index, op in document_ops]
-
-    def apply_document_ops(self, frame: pl.DataFrame, document_ops: list[tuple[int, DataOp]], stages: list[Stage]):
-        for (index, op), stage in zip(document_ops, stages):
-            result = DOCUMENT_OPS[op.op](frame, op)
-            stage.counters.update({k: v for k, v in result.counters.items() if v})
-            if result.drop is None:
-                self.ledger.passed(stage, frame, result.frame, result.frame.clear())
-                frame = result.frame
-                continue
-            dropped_rows = result.drop.is_not_null()
-            kept = result.frame.filter(~dropped_rows)
-            dropped = result.frame.filter(dropped_rows).with_columns(reason=result.drop.filter(dropped_rows))
-            self.ledger.passed(stage, frame, kept, dropped)
-            frame = kept
-        return frame
 
     def check_not_empty(self) -> None:
         """After a pass: the first stage that let nothing through removed the last documents."""
@@ -239,31 +242,35 @@ class Pipeline:
 
     # splits
 
-    def write_splits(self, shards: list[Path], pending: Pending | None, out_dir: Path) -> Outcome:
+    def write_splits(self, shards: list[Shard], pending: Pending | None, out_dir: Path) -> Outcome:
+        """The last pass: the pending decision and the trailing document ops applied, documents cut into split
+        parts, then each split's parts merged into one file by streaming."""
+        document_ops = self.ops_before(len(self.spec.ops))
         bounds = fixed_bounds(self.spec.split, range(len(self.spec.sources)))
         if self.spec.split.stratify:
-            shards, pending = self.materialized(shards, pending)
-            frames = [pl.read_parquet(path, columns=["text", "source"]) for path in shards]
-            text = pl.concat([f["text"] for f in frames]) if frames else pl.Series([], dtype=pl.String)
-            source = np.concatenate([f["source"].to_numpy() for f in frames]) if frames else np.zeros(0)
-            bounds = stratified_bounds(source, positions(text), self.spec.split)
-            del frames, text
+            if pending is not None or document_ops:
+                shards, pending = self.document_pass(shards, pending, document_ops), None
+                document_ops = []
+            bounds = stratified_bounds(*self.positions_by_source(shards), self.spec.split)
+        self.stages_for(document_ops)
         self.log("splitting")
         parts: dict[str, list[Path]] = {name: [] for name in SPLITS}
         profiles = {name: SplitProfile() for name in SPLITS}
-        for frame in self.shard_frames(shards, pending):
-            codes = split_codes(positions(frame["text"]), frame["source"].to_numpy(), bounds)
-            for code, name in enumerate(SPLITS):
-                part = frame.filter(pl.Series(codes == code))
-                if len(part):
-                    profiles[name].add(part["text"])
-                    parts[name].append(self.write_shard(part))
+        for _, result in self.run_jobs(self.jobs(shards, pending, document_ops, split_bounds=bounds)):
+            for name, path in result.parts.items():
+                parts[name].append(path)
+                profiles[name].merge(result.profiles[name])
         self.check_not_empty()
+        self.workers.close()  # their memory is not needed while the parts are merged
         self.log("writing train/val/test")
         for name in SPLITS:
             target = out_dir / f"{name}.parquet"
             if parts[name]:
-                pl.scan_parquet(parts[name]).sink_parquet(target)
+                # Row groups of about one batch: the writer holds a row group in memory, and by default makes
+                # them so large that merging a big corpus would hold most of it.
+                mean_bytes = max(profiles[name].chars / max(profiles[name].docs, 1), 1.0)
+                rows = int(min(max(self.batch_bytes / mean_bytes, 1), 1 << 17))
+                pl.scan_parquet(parts[name], low_memory=True).sink_parquet(target, row_group_size=rows)
             else:
                 pl.DataFrame(schema=self.schema).write_parquet(target)
         return Outcome(
@@ -273,14 +280,19 @@ class Pipeline:
             mismatch=mismatch_report(profiles),
         )
 
-    def materialized(self, shards: list[Path], pending: Pending | None) -> tuple[list[Path], None]:
-        """The pending decision applied and written out, so a later pass can read the shards twice."""
-        if pending is None:
-            return shards, None
-        return [self.write_shard(frame) for frame in self.shard_frames(shards, pending)], None
+    def document_pass(self, shards: list[Shard], pending: Pending | None, document_ops: list[tuple[int, DataOp]]) -> list[Shard]:
+        """The pending decision and `document_ops` applied and written out (so a later pass can read twice)."""
+        self.stages_for(document_ops)
+        out = [Shard(job.target, result.rows)
+               for job, result in self.run_jobs(self.jobs(shards, pending, document_ops)) if result.rows]
+        self.check_not_empty()
+        return out
 
-
-def shard_batches(frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
-    """Shards as they come, skipping ones a decision emptied (ops need at least a row to say anything)."""
-    return (frame for frame in frames if len(frame))
-
+    def positions_by_source(self, shards: list[Shard]) -> tuple[np.ndarray, np.ndarray]:
+        """Every document's source and split position, read a shard at a time (8 bytes each in memory)."""
+        sources, found = [np.zeros(0, dtype=np.int32)], [np.zeros(0)]
+        for shard in shards:
+            frame = pl.read_parquet(shard.path, columns=["text", "source"])
+            sources.append(frame["source"].to_numpy())
+            found.append(positions(frame["text"]))
+        return np.concatenate(sources), np.concatenate(found)

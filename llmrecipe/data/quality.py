@@ -149,11 +149,13 @@ def later_occurrences(key: np.ndarray) -> np.ndarray:
 class Words:
     """The words of a batch of documents, flattened: hash and length per word, and each word's document."""
 
-    def __init__(self, words: pl.Series, doc: np.ndarray, n_docs: int):
+    def __init__(self, words: pl.Series | None, doc: np.ndarray, n_docs: int, hashes: np.ndarray | None = None,
+                 lengths: np.ndarray | None = None):
         self.words = words
+        """The words themselves; None for a subset (which needs only hashes and lengths)."""
         self.doc = doc
-        self.hashes = words.hash(seed=11).to_numpy()
-        self.lengths = words.str.len_chars().to_numpy().astype(np.float64)
+        self.hashes = words.hash(seed=11).to_numpy() if hashes is None else hashes
+        self.lengths = words.str.len_chars().to_numpy().astype(np.float64) if lengths is None else lengths
         self.n_docs = n_docs
         self.total = self.per_doc(self.lengths)
 
@@ -172,7 +174,7 @@ class Words:
         renumber = np.full(self.n_docs, -1, dtype=np.int64)
         renumber[docs] = np.arange(len(docs))
         rows = np.flatnonzero(renumber[self.doc] >= 0)
-        return Words(self.words.gather(rows), renumber[self.doc[rows]], len(docs))
+        return Words(None, renumber[self.doc[rows]], len(docs), self.hashes[rows], self.lengths[rows])
 
     def per_doc(self, values: np.ndarray) -> np.ndarray:
         return np.bincount(self.doc, weights=values, minlength=self.n_docs)

@@ -253,8 +253,12 @@ class DataStep(Section):
     on_bad_record: Literal["skip", "fail"] = "skip"
     """A record that cannot be read (malformed JSON line, empty file, non-text value, corrupt archive): `skip`
     leaves it out and counts it in the report, `fail` stops the step naming the file and line."""
-    batch_mb: int = Field(default=64, ge=1)
-    """Documents are processed in batches of about this many megabytes of text, which bounds memory use."""
+    batch_mb: int = Field(default=8, ge=1)
+    """Documents are processed in batches of about this many megabytes of text, which bounds memory use (each
+    worker holds about 20 times its batch at its peak)."""
+    workers: int = Field(default=0, ge=0)
+    """Worker processes that run the ops on batches in parallel; 0 means one per CPU core. Results do not
+    depend on it."""
 
 
 def _check_regex(pattern: str) -> str:
