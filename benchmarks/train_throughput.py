@@ -1,8 +1,8 @@
 """Training throughput of our GPT-2 and LLaMA style decoders against Hugging Face transformers' GPT2LMHeadModel
 and LlamaForCausalLM built with the same dimensions, batch and dtype, on this machine.
 
-One training step = forward, loss, backward, gradient clipping, AdamW step. Each model runs a few warm-up
-steps, then several timed rounds interleaved with its peer (so load from other processes hits both alike);
+One training step = forward, loss, backward, gradient clipping, fused AdamW step (both sides). Each model runs a
+few warm-up steps, then several timed rounds interleaved with its peer (so load from other processes hits both alike);
 the best round counts. MFU = model FLOPs per token (6N + attention, as `llmrecipe plan` derives them) x tokens/s
 over the measured matmul peak of the same precision.
 
@@ -26,6 +26,8 @@ from llmrecipe.host import probe_host
 from llmrecipe.models import build_model
 from llmrecipe.plan.derive import flops_per_token, parameter_count, round_up
 from llmrecipe.plan.specs import ModelShape
+from llmrecipe.recipe.pretrain import OptimConfig
+from llmrecipe.training.optim import build_optimizer
 from llmrecipe.training.peak import matmul_peak_flops
 
 SIZES = {
@@ -69,7 +71,10 @@ class Trainer:
         torch.manual_seed(0)
         self.model = model.train()
         self.forward = torch.compile(model) if compiled else model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+        if hf:  # fused AdamW: what transformers' Trainer uses by default on torch >= 2.8
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+        else:  # what our trainer builds (fused too, no decay on norms, biases and embeddings)
+            self.optimizer = build_optimizer(model, OptimConfig(lr=1e-4, beta2=0.95, weight_decay=0.1), "cpu")
         self.x = torch.randint(0, shape.vocab_size, (batch, shape.seq_len))  # (B, T)
         self.y = torch.randint(0, shape.vocab_size, (batch, shape.seq_len))
         self.precision, self.hf, self.vocab = precision, hf, shape.vocab_size

@@ -185,3 +185,15 @@ def test_non_finite_loss_is_handled_by_policy(tmp_path, policy):
     assert all(math.isfinite(p.sum().item()) for p in model.parameters())
     if policy == "rollback":  # restarted from the step-5 checkpoint, then trained through without step 7
         assert model.calls == 8 + (12 - 5 - 1)
+
+
+def test_auto_precision_keeps_tiny_models_in_fp32_on_a_cpu():
+    from llmrecipe.plan.derive import CPU_BF16_MIN_WIDTH, _precision
+    from llmrecipe.plan.plan import Host
+
+    amx = Host(cuda=False, cpu_bf16=True)
+    assert _precision("auto", "cpu", amx, d_model=128) == "fp32"  # casts cost more than bf16 matmuls save
+    assert _precision("auto", "cpu", amx, d_model=CPU_BF16_MIN_WIDTH) == "bf16"
+    assert _precision("auto", "cpu", Host(cuda=False, cpu_bf16=False), d_model=512) == "fp32"
+    assert _precision("auto", "cuda", amx, d_model=64) == "bf16"
+    assert _precision("bf16", "cpu", amx, d_model=64) == "bf16"  # an explicit choice stands

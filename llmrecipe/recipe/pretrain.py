@@ -127,7 +127,8 @@ class PretrainStep(Section):
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile: `auto` turns it on where it pays back (CUDA); cold compiles cost ~40 s on a CPU."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """`bf16` autocast where the device supports it (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
+    """`auto`: bf16 autocast where the device supports it (CUDA, CPUs with AVX512-BF16/AMX; on a CPU only for
+    models at least 192 wide, below which fp32 is faster), else fp32."""
     sharding: Literal["ddp", "fsdp"] = "ddp"
     """With `run.nproc` > 1: `ddp` replicates the model in every process, `fsdp` shards weights, gradients and
     optimizer state across them (FSDP2)."""

@@ -1,7 +1,9 @@
 """Executor of `pretrain`: a model trained from scratch on the packed tokens of the train split.
 
-With `nproc` > 1 it starts that many processes (torch.distributed, gloo on CPU, NCCL on GPU); inside an
-existing torchrun launch it joins that group instead. Outputs: model.safetensors + config.json (the last
+With `nproc` > 1 it starts that many processes (torch.distributed, gloo on CPU, NCCL on GPU). Called in every
+process of an existing torch.distributed launch (RANK and WORLD_SIZE set) it joins that group instead; the CLI
+does not call it that way (under torchrun every rank would run the whole recipe), so `llmrecipe run` is not
+started by torchrun. Outputs: model.safetensors + config.json (the last
 weights), best/ (the weights with the best validation loss), metrics.jsonl and loss.png.
 """
 

@@ -26,5 +26,5 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, device: str) -> torch.
         groups,
         lr=optim.lr,
         betas=(optim.beta1, optim.beta2),
-        fused=device == "cuda",  # one kernel for all parameters; the CPU path is the plain for-each loop
+        fused=device in ("cpu", "cuda"),  # one kernel per parameter instead of a chain of for-each ops
     )
