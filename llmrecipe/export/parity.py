@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmrecipe.export.onnx import PAST_INPUTS, PAST_OUTPUTS, DecoderWithPast, decoder_inputs, onnx_providers
+from llmrecipe.export.onnx import (
+    DecoderWithPast,
+    decoder_input_names,
+    decoder_inputs,
+    decoder_output_names,
+    onnx_providers,
+)
 
 PAST_CHECKS = ((1, 2, 0), (3, 5, 4), (2, 1, 7), (2, None, 0))
 """(batch, new tokens, past) fed to both runtimes; None is the model's whole context."""
@@ -28,8 +34,8 @@ def past_logit_difference(model: torch.nn.Module, path: Path) -> float:
         feeds = decoder_inputs(model.shape, batch, seq, past, seed)
         if past >= 2:
             feeds["attention_mask"][0, :2] = 0  # a left-padded first row
-        expected = module(*(feeds[name] for name in PAST_INPUTS))
-        actual = session.run(list(PAST_OUTPUTS), {name: tensor.numpy() for name, tensor in feeds.items()})
+        expected = module(*(feeds[name] for name in decoder_input_names(model.shape.n_layer)))
+        actual = session.run(decoder_output_names(model.shape.n_layer), {n: t.numpy() for n, t in feeds.items()})
         for want, got in zip(expected, actual):
             largest = max(largest, float(np.abs(got - want.numpy()).max()))
     return largest

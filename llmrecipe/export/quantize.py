@@ -24,7 +24,10 @@ def quantize_int8(model: torch.nn.Module, fp32_path: Path, int8_path: Path, log:
 
     logging.disable(logging.WARNING)  # it advises "pre-processing" on the root logger, aimed at static quantization
     try:
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+        # Weight matmuls only: left to itself it also turns opset 23's Attention into a QAttention that
+        # onnxruntime then rejects (unknown attribute is_causal), and attention has no weights to shrink.
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"])
     finally:
         logging.disable(logging.NOTSET)
     sequences = sampled_sequences(model)
@@ -53,13 +56,12 @@ def perplexity(path: Path, sequences: np.ndarray, shape) -> float:
     """exp(mean next-token loss) of an exported decoder over whole sequences (no past)."""
     import onnxruntime
 
-    from llmrecipe.export.onnx import onnx_providers
+    from llmrecipe.export.onnx import empty_past, onnx_providers
 
     session = onnxruntime.InferenceSession(str(path), providers=onnx_providers())
     batch, length = sequences.shape
-    empty = np.zeros((shape.n_layer, batch, shape.n_kv_head, 0, shape.head_dim), dtype=np.float32)
     feeds = {"input_ids": sequences, "position_ids": np.tile(np.arange(length), (batch, 1)),
-             "attention_mask": np.ones_like(sequences), "past_keys": empty, "past_values": empty}
+             "attention_mask": np.ones_like(sequences), **empty_past(shape, batch)}
     (logits,) = session.run(["logits"], feeds)  # (B, T, V)
     log_probs = torch.log_softmax(torch.from_numpy(logits[:, :-1]).double(), dim=-1)  # (B, T - 1, V)
     targets = torch.from_numpy(sequences[:, 1:])

@@ -57,6 +57,11 @@ def load_model(folder: Path, backend: Backend = "auto", threads: int | None = No
             f"{folder} is a Hugging Face export ({config['architectures'][0]}): load it with transformers, "
             "or generate from the pretrain step or an ONNX export"
         )
+    if config.get("task") == "classify":
+        raise ArtifactError(
+            f"{folder} is a classifier (a classify fine-tune over the labels {config['labels']}): it predicts labels, "
+            "not text; generate from the step it started from (its `init`)"
+        )
     shape = ModelShape.model_validate(config)
     if shape.arch not in CAUSAL_ARCHITECTURES:
         raise ArtifactError(
@@ -66,7 +71,8 @@ def load_model(folder: Path, backend: Backend = "auto", threads: int | None = No
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     chosen = _choose_backend(folder, backend)
     decoder = _onnx_decoder(folder, shape, threads) if chosen == "onnx" else _torch_decoder(folder)
-    engine = Engine(decoder, tokenizer, end_of_text_id(tokenizer), tokenizer.get_vocab_size())
+    engine = Engine(decoder, tokenizer, end_of_turn_id(folder, tokenizer) or end_of_text_id(tokenizer),
+                    tokenizer.get_vocab_size())
     return LoadedModel(engine, folder, chosen, find_chat_template(folder))
 
 
@@ -97,12 +103,22 @@ def _onnx_decoder(folder: Path, shape, threads: int | None):
 
     decoder = OnnxDecoder(folder / "model.onnx", shape, threads)
     inputs = {i.name for i in decoder.session.get_inputs()}
-    if "past_keys" not in inputs:
+    if "past_key_values.0.key" not in inputs:
         raise ArtifactError(
-            f"{folder / 'model.onnx'} has no KV-cache inputs (an export from an older llmrecipe): "
+            f"{folder / 'model.onnx'} has no per-layer KV-cache inputs (an export from an older llmrecipe): "
             "run the export step again (`llmrecipe run RECIPE --force STEP`), or generate from the pretrain step"
         )
     return decoder
+
+
+def end_of_turn_id(folder: Path, tokenizer) -> int | None:
+    """A chat model's stop token: the `eos_token` its tokenizer_config.json names (a `finetune` sft step writes the
+    template's end-of-turn token there, as Hugging Face chat models do)."""
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
+    return tokenizer.token_to_id(eos) if isinstance(eos, str) else None
 
 
 def end_of_text_id(tokenizer) -> int | None:

@@ -48,7 +48,7 @@ class TorchDecoder:
 
 
 class OnnxDecoder:
-    """A graph written by `export.onnx.export_decoder`: stacked caches (layers, B, K, P, E) in and out.
+    """A graph written by `export.onnx.export_decoder`: one cache input and output per layer and side, (B, K, P, E).
 
     Plain `session.run` with numpy caches: measured here against IOBinding with the caches kept as OrtValues,
     it was as fast or faster (a batch-1 cache is a few hundred KB; binding costs Python calls every step).
@@ -57,34 +57,33 @@ class OnnxDecoder:
     def __init__(self, path: Path, shape: Any, threads: int | None = None):
         import onnxruntime  # heavy: only ONNX artifacts need it
 
-        from llmrecipe.export.onnx import onnx_providers
+        from llmrecipe.export.onnx import decoder_output_names, onnx_providers, past_names
 
         self.session = onnxruntime.InferenceSession(str(path), session_options(threads), providers=onnx_providers())
-        self.seq_len, self.vocab_size = shape.seq_len, shape.vocab_size
-        self.cache_shape = (shape.n_layer, shape.n_kv_head, shape.head_dim)
+        self.shape, self.seq_len, self.vocab_size = shape, shape.seq_len, shape.vocab_size
+        self.past_names, self.output_names = past_names(shape.n_layer), decoder_output_names(shape.n_layer)
 
-    def empty(self, batch: int, slots: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def empty(self, batch: int, slots: int | None = None) -> list[np.ndarray]:
         """The graph's caches grow by concatenation: `slots` (the most a batch will use) needs no room set aside."""
-        layers, heads, size = self.cache_shape
-        nothing = np.zeros((layers, batch, heads, 0, size), dtype=np.float32)
-        return nothing, nothing
+        from llmrecipe.export.onnx import empty_past
+
+        return list(empty_past(self.shape, batch).values())
 
     def forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, past: tuple[np.ndarray, np.ndarray]
-    ) -> tuple[torch.Tensor, tuple[np.ndarray, np.ndarray]]:
+        self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, past: list[np.ndarray]
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
         feeds = {
             "input_ids": ids.numpy(),
             "position_ids": positions.numpy(),
             "attention_mask": np.ascontiguousarray(valid.numpy(), dtype=np.int64),  # valid may be a column slice
-            "past_keys": past[0],
-            "past_values": past[1],
+            **dict(zip(self.past_names, past)),
         }
-        logits, keys, values = self.session.run(["logits", "present_keys", "present_values"], feeds)
-        return torch.from_numpy(logits[:, -1]), (keys, values)  # (B, V)
+        logits, *present = self.session.run(self.output_names, feeds)
+        return torch.from_numpy(logits[:, -1]), present  # (B, V)
 
-    def select(self, past: tuple[np.ndarray, np.ndarray], rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def select(self, past: list[np.ndarray], rows: torch.Tensor) -> list[np.ndarray]:
         index = rows.numpy()
-        return np.ascontiguousarray(past[0][:, index]), np.ascontiguousarray(past[1][:, index])
+        return [np.ascontiguousarray(side[index]) for side in past]
 
 
 def session_options(threads: int | None):

@@ -3,11 +3,12 @@ models/gpt2.py with a cache, as one function over the weights instead of a tree 
 
 At batch 1 a token's matmuls are small, so every module call and every extra operator is a visible share of
 a step (Hugging Face `generate` spends most of its time there). Here: no module is called; q/k/v (and LLaMA's
-gate/up) projections are fused into one matmul each; rotary positions rotate q and k together in four
-operators; grouped-query attention reads the shared key/value heads directly instead of repeating them; only
-the last position goes through the output projection. The fused weights are copies made when the step is
-built (so torch decoding of a LLaMA-style model holds its q/k/v and gate/up weights twice; the onnxruntime
-backend does not), and a change to the model's weights afterwards needs a new step. tests/test_generate.py
+gate/up) projections are fused into one matmul each, which also yields q and k with each head rolled by half
+(weights rolled once), so rotary rotates q and k together in three operators; grouped-query attention reads
+the shared key/value heads directly instead of repeating them; only the last position goes through the output
+projection. The fused weights are copies made when the step is built (so torch decoding of a LLaMA-style
+model holds its q/k/v and gate/up weights twice, its q and k three times; the onnxruntime backend holds only
+the step's copies), and a change to the model's weights afterwards needs a new step. tests/test_generate.py
 checks its logits against the model's own forward, with and without padding.
 """
 
@@ -21,7 +22,8 @@ from llmrecipe.generate.cache import DecodeState
 
 
 def decode_step(model: nn.Module) -> LlamaStep | GPT2Step:
-    """The decoding forward of a `llama` or `gpt2` model: `step(idx (B, T), cache) -> last logits (B, V)`."""
+    """The decoding forward of a `llama` or `gpt2` model: `step(idx (B, T), cache) -> last logits (B, V)`, or
+    logits at every position (B, T, V) with `last_only=False` (the ONNX export, whose checks need them all)."""
     steps = {"llama": LlamaStep, "gpt2": GPT2Step}
     if model.shape.arch not in steps:
         raise ValueError(f"no decoding step for `{model.shape.arch}` models; it exists for {sorted(steps)}")
@@ -38,7 +40,7 @@ class LlamaStep:
             self.layers = [
                 (
                     block.attn_norm.weight.detach(),
-                    torch.cat([block.attn.q_proj.weight, block.attn.k_proj.weight, block.attn.v_proj.weight]),
+                    self._qkv_weight(block.attn),  # ((2H + 3K) E, D)
                     block.attn.o_proj.weight.detach(),
                     block.mlp_norm.weight.detach(),
                     torch.cat([block.mlp.gate_proj.weight, block.mlp.up_proj.weight]),  # (2F, D)
@@ -52,24 +54,36 @@ class LlamaStep:
             # rotate_half(x) * sin == roll(x, E/2) * [-sin_first_half, sin_second_half]: one roll, no cat or neg
             self.signed_sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1)  # (S, E)
 
-    def __call__(self, idx: torch.Tensor, cache: DecodeState) -> torch.Tensor:
+    def _qkv_weight(self, attn: nn.Module) -> torch.Tensor:
+        """q, k and v projections, then q and k again with each head's rows rolled by E/2: the one matmul also
+        yields roll(q) and roll(k), so rotary needs no roll of its own (two operators fewer per layer in ONNX)."""
+        E = self.head_dim
+
+        def rolled(weight: torch.Tensor) -> torch.Tensor:  # (heads E, D), each head's rows rolled by E/2
+            return weight.view(-1, E, weight.size(1)).roll(E // 2, dims=1).reshape(weight.shape)
+
+        q, k, v = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
+        return torch.cat([q, k, v, rolled(q), rolled(k)])
+
+    def __call__(self, idx: torch.Tensor, cache: DecodeState, last_only: bool = True) -> torch.Tensor:
         B, T = idx.shape
         H, K, E = self.n_head, self.n_kv_head, self.head_dim
-        cos, sin = self.cos[cache.positions][:, :, None], self.signed_sin[cache.positions][:, :, None]  # (B, T, 1, E)
+        # F.embedding rather than indexing: one Gather in the exported graph, not an Unsqueeze and a GatherND
+        cos = F.embedding(cache.positions, self.cos)[:, :, None]  # (B, T, 1, E)
+        sin = F.embedding(cache.positions, self.signed_sin)[:, :, None]  # (B, T, 1, E)
         x = F.embedding(idx, self.embed)  # (B, T, D)
         for layer, (attn_norm, qkv_weight, o_weight, mlp_norm, gate_up, down) in enumerate(self.layers):
-            qkv = F.linear(F.rms_norm(x, (self.d_model,), attn_norm, self.eps), qkv_weight).view(B, T, H + 2 * K, E)
-            qk = qkv[:, :, : H + K]  # (B, T, H + K, E)
-            qk = qk * cos + qk.roll(E // 2, dims=-1) * sin  # rotary on q and k at once
-            q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, E)
-            k, v = qk[:, :, H:].transpose(1, 2), qkv[:, :, H + K :].transpose(1, 2)  # (B, K, T, E)
+            qkv = F.linear(F.rms_norm(x, (self.d_model,), attn_norm, self.eps), qkv_weight)
+            qk, v, qk_rolled = qkv.view(B, T, 2 * H + 3 * K, E).split([H + K, K, H + K], dim=2)  # (B, T, ., E)
+            q, k = (qk * cos + qk_rolled * sin).split([H, K], dim=2)  # rotary on q and k at once
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, E), (B, K, T, E) x 2
             k, v = cache.extend(layer, k, v)  # (B, K, P + T, E)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask, enable_gqa=H != K)  # (B, H, T, E)
             x = x + F.linear(y.transpose(1, 2).reshape(B, T, self.d_model), o_weight)
             gate, up = F.linear(F.rms_norm(x, (self.d_model,), mlp_norm, self.eps), gate_up).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, down)
-        last = F.rms_norm(x[:, -1], (self.d_model,), self.norm, self.eps)  # (B, D)
-        return F.linear(last, self.lm_head)  # (B, V)
+        x = x[:, -1] if last_only else x  # (B, D) or (B, T, D)
+        return F.linear(F.rms_norm(x, (self.d_model,), self.norm, self.eps), self.lm_head)  # (B, V) or (B, T, V)
 
 
 class GPT2Step:
@@ -92,7 +106,7 @@ class GPT2Step:
             self.norm = (model.norm.weight.detach(), model.norm.bias.detach())
             self.lm_head = model.lm_head.weight.detach()
 
-    def __call__(self, idx: torch.Tensor, cache: DecodeState) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, cache: DecodeState, last_only: bool = True) -> torch.Tensor:
         B, T = idx.shape
         H, E, D = self.n_head, self.head_dim, self.d_model
         x = F.embedding(idx, self.embed) + F.embedding(cache.positions, self.positions)  # (B, T, D)
@@ -106,5 +120,5 @@ class GPT2Step:
             x = x + F.linear(y.transpose(1, 2).reshape(B, T, D), proj_w, proj_b)
             hidden = F.gelu(F.linear(F.layer_norm(x, (D,), ln2_w, ln2_b, self.eps), fc_w, fc_b), approximate="tanh")
             x = x + F.linear(hidden, out_w, out_b)
-        last = F.layer_norm(x[:, -1], (D,), *self.norm, self.eps)  # (B, D)
-        return F.linear(last, self.lm_head)  # (B, V)
+        x = x[:, -1] if last_only else x  # (B, D) or (B, T, D)
+        return F.linear(F.layer_norm(x, (D,), *self.norm, self.eps), self.lm_head)  # (B, V) or (B, T, V)
