@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from llmrecipe.data.locate import external_files
 from llmrecipe.errors import RecipeError
 from llmrecipe.evals.locate import evaluate_files
+from llmrecipe.finetune.locate import finetune_files
 from llmrecipe.host import probe_host
 from llmrecipe.plan.compile import compile_plan
 from llmrecipe.plan.plan import Plan
@@ -50,7 +51,8 @@ def compile(loaded: LoadedRecipe, workdir: str | Path | None = None) -> Plan:
         loaded.recipe,
         workdir=str(workdir_of(loaded, workdir)),
         host=probe_host(),
-        external={**external_files(loaded.recipe, loaded.base_dir), **evaluate_files(loaded.recipe, loaded.base_dir)},
+        external={**external_files(loaded.recipe, loaded.base_dir), **evaluate_files(loaded.recipe, loaded.base_dir),
+                  **finetune_files(loaded.recipe, loaded.base_dir)},
         executor_versions=EXECUTOR_VERSIONS,
     )
 
@@ -60,7 +62,7 @@ def artifact(plan: Plan, step: str) -> Path:
     return Store(Path(plan.workdir)).path(plan.step(step).fingerprint)
 
 
-MODEL_KINDS = ("pretrain", "export")
+MODEL_KINDS = ("pretrain", "finetune", "export")
 """Step kinds whose artifact holds a model that `generate` and `serve` can run."""
 
 

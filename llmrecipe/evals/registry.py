@@ -13,6 +13,7 @@ SUITES: dict[str, str] = {
     "multiple_choice": "llmrecipe.evals.multiple_choice",
     "generation": "llmrecipe.evals.generation",
     "qa_factuality": "llmrecipe.evals.qa",
+    "classification": "llmrecipe.evals.classification_suite",
     "samples": "llmrecipe.evals.samples_suite",
 }
 

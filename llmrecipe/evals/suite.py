@@ -51,6 +51,8 @@ class SuiteResult:
     """Further numbers that have no interval (token counts, a baseline, chance level)."""
     plots: list[str] = field(default_factory=list)
     """PNG files written into out_dir."""
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Further tables for the report, by title (per-class scores, rows to review); each row a dict of cells."""
     note: str | None = None
     """Why the suite measured nothing, when it did not."""
 

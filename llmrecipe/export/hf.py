@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from llmrecipe.errors import StepError
-from llmrecipe.generate.artifact import end_of_text_id
+from llmrecipe.generate.artifact import end_of_text_id, end_of_turn_id
 from llmrecipe.generate.chat import find_chat_template
 
 
@@ -94,17 +94,19 @@ def write_hf_folder(model: torch.nn.Module, model_dir: Path, out_dir: Path) -> N
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     eot_id = end_of_text_id(tokenizer)
     eot = tokenizer.id_to_token(eot_id) if eot_id is not None else None
-    ids = {"bos_token_id": eot_id, "eos_token_id": eot_id}
+    stop_id = end_of_turn_id(model_dir, tokenizer) or eot_id  # a chat model stops at the end of its turn
+    stop = tokenizer.id_to_token(stop_id) if stop_id is not None else None
+    ids = {"bos_token_id": eot_id, "eos_token_id": stop_id}
     (out_dir / "config.json").write_text(json.dumps({**make_config(shape), **ids}, indent=2))
     (out_dir / "generation_config.json").write_text(json.dumps({**ids, "max_length": shape.seq_len}, indent=2))
     shutil.copy(model_dir / "tokenizer.json", out_dir / "tokenizer.json")
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": shape.seq_len,
-                        "bos_token": eot, "eos_token": eot, "clean_up_tokenization_spaces": False}
+                        "bos_token": eot, "eos_token": stop, "clean_up_tokenization_spaces": False}
     template = find_chat_template(model_dir)
     if template is not None:
         tokenizer_config["chat_template"] = template
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    (out_dir / "special_tokens_map.json").write_text(json.dumps({"bos_token": eot, "eos_token": eot}, indent=2))
+    (out_dir / "special_tokens_map.json").write_text(json.dumps({"bos_token": eot, "eos_token": stop}, indent=2))
 
 
 @torch.no_grad()

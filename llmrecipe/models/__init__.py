@@ -26,8 +26,19 @@ def load_trained(model_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module,
     """A model artifact folder (config.json + model.safetensors) -> the model in eval mode, and its shape."""
     shape = ModelShape.model_validate(json.loads((model_dir / "config.json").read_text()))
     model = build_model(shape)
-    load_weights(model, load_file(model_dir / "model.safetensors", device=device))
+    load_weights(model, with_adapters(model_dir, load_file(model_dir / "model.safetensors", device=device)))
     return model.to(device).eval(), shape
+
+
+def with_adapters(model_dir: Path, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA fine-tune saved unmerged (adapter_config.json says `"merged": false`) -> its adapters merged in."""
+    config = model_dir / "adapter_config.json"
+    if not config.is_file() or json.loads(config.read_text())["merged"]:
+        return weights
+    from llmrecipe.finetune.lora import merge_adapter_tensors
+
+    adapter = load_file(model_dir / "adapter.safetensors", device=next(iter(weights.values())).device.type)
+    return merge_adapter_tensors(weights, adapter, json.loads(config.read_text())["scale"])
 
 
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:

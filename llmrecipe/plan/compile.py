@@ -14,19 +14,34 @@ from llmrecipe.plan import derive
 from llmrecipe.plan.fingerprint import fingerprint
 from llmrecipe.plan.graph import run_order
 from llmrecipe.plan.plan import ExternalFile, Host, Plan, PlanStep
-from llmrecipe.plan.specs import DataSpec, EvaluateSpec, ExportSpec, Spec, TokenizerSpec, TokenizeSpec
+from llmrecipe.plan.specs import DataSpec, EvaluateSpec, ExportSpec, ModelShape, Spec, TokenizerSpec, TokenizeSpec
 from llmrecipe.recipe.explain import did_you_mean
 from llmrecipe.recipe.evaluate import SUITES_WITH_DATA, EvaluateStep, SuiteConfig
 from llmrecipe.recipe.recipe import Recipe
 
-REFERENCES: dict[str, dict[str, str]] = {
+MODEL_STEPS = ("pretrain", "finetune")
+"""Step kinds whose output is a trained model."""
+
+REFERENCES: dict[str, dict[str, str | tuple[str, ...]]] = {
     "data": {},
     "tokenizer": {"data": "data"},
     "pretrain": {"data": "data", "tokenizer": "tokenizer"},
-    "evaluate": {"model": "pretrain"},
-    "export": {"model": "pretrain"},
+    "finetune": {"init": MODEL_STEPS, "data": "data"},
+    "evaluate": {"model": MODEL_STEPS},
+    "export": {"model": MODEL_STEPS},
 }
-"""For each step kind: field that names another step -> the kind that step must have."""
+"""For each step kind: field that names another step -> the kind (or kinds) that step must have. A field left
+unset (None) names no step."""
+
+
+def references(step) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(field, named step, kinds it may have) for each reference the step sets."""
+    found = []
+    for field, wanted in REFERENCES[step.kind].items():
+        target = getattr(step, field)
+        if target is not None:
+            found.append((field, target, wanted if isinstance(wanted, tuple) else (wanted,)))
+    return found
 
 
 def check_references(recipe: Recipe) -> None:
@@ -35,24 +50,49 @@ def check_references(recipe: Recipe) -> None:
     dangling = [
         f"steps.{name}.{field} = '{target}': no step has that name; {did_you_mean(target, steps)}"
         for name, step in steps.items()
-        for field in REFERENCES[step.kind]
-        if (target := getattr(step, field)) not in steps
+        for field, target, _ in references(step)
+        if target not in steps
     ]
     if dangling:
         raise RecipeError(dangling)
-    deps = {name: [getattr(step, f) for f in REFERENCES[step.kind]] for name, step in steps.items()}
+    deps = {name: [target for _, target, _ in references(step)] for name, step in steps.items()}
     try:
         run_order(deps)
     except ValueError as cycle:
         raise RecipeError(f"steps: the step references form a cycle ({cycle}); a step cannot depend on itself") from None
     mismatched = [
-        f"steps.{name}.{field} = '{target}': that is a {steps[target].kind} step; name a {wanted} step here"
+        f"steps.{name}.{field} = '{target}': that is a {steps[target].kind} step; name a {' or '.join(wanted)} step here"
         for name, step in steps.items()
-        for field, wanted in REFERENCES[step.kind].items()
-        if steps[(target := getattr(step, field))].kind != wanted
+        for field, target, wanted in references(step)
+        if steps[target].kind not in wanted
     ]
     if mismatched:
         raise RecipeError(mismatched)
+    check_classifier_uses(recipe)
+
+
+def check_classifier_uses(recipe: Recipe) -> None:
+    """A classify fine-tune predicts labels, not tokens: classification suites measure it and nothing else does."""
+    problems = []
+    for name, step in recipe.steps.items():
+        if step.kind not in ("evaluate", "export"):
+            continue
+        target = recipe.steps[step.model]
+        classifier = target.kind == "finetune" and target.task == "classify"
+        if step.kind == "export" and classifier:
+            problems.append(f"steps.{name}.model = '{step.model}': a classify fine-tune has no language-model output "
+                            f"to export; export its init step '{target.init}' instead")
+        for suite_name, suite in (step.named_suites().items() if step.kind == "evaluate" else ()):
+            if classifier and suite.type != "classification":
+                problems.append(f"steps.{name}.suites.{suite_name}: a {suite.type} suite scores a language model, but "
+                                f"'{step.model}' is a classify fine-tune; give it `type = \"classification\"` suites "
+                                f"(and evaluate '{target.init}' with the others)")
+            elif not classifier and suite.type == "classification":
+                problems.append(f"steps.{name}.suites.{suite_name}: a classification suite needs a classifier, but "
+                                f"'{step.model}' is a language model; set steps.{name}.model to a `finetune` step "
+                                "with task = \"classify\"")
+    if problems:
+        raise RecipeError(problems)
 
 
 def resolve_device(recipe: Recipe, host: Host) -> str:
@@ -76,7 +116,7 @@ def compile_plan(
     device = resolve_device(recipe, host)
     builder = _PlanBuilder(executor_versions)
     seed = recipe.run.seed
-    deps = {name: [getattr(step, f) for f in REFERENCES[step.kind]] for name, step in recipe.steps.items()}
+    deps = {name: [target for _, target, _ in references(step)] for name, step in recipe.steps.items()}
     for name in run_order(deps):
         step = recipe.steps[name]
         where = f"steps.{name}"
@@ -84,9 +124,9 @@ def compile_plan(
             weighted = any(source.weight is not None for source in step.sources)
             spec = DataSpec(
                 sources=step.sources, ops=step.ops, split=step.split, on_bad_record=step.on_bad_record,
-                batch_mb=step.batch_mb, mix_seed=seed if weighted else None,
+                batch_mb=step.batch_mb, workers=step.workers, mix_seed=seed if weighted else None,
             )
-            builder.add(name, "data", spec, {}, external=external.get(name, []))
+            builder.add(name, "data", spec, {}, derived=derive.data_summary(spec), external=external.get(name, []))
         elif step.kind == "tokenizer":
             spec = TokenizerSpec(
                 type=step.type, vocab_size=step.vocab_size, min_frequency=step.min_frequency, eot_token=step.eot_token
@@ -103,21 +143,55 @@ def compile_plan(
                 name, "pretrain", spec, {"tokens": tokens, "tokenizer": step.tokenizer},
                 derived=derive.pretrain_summary(spec),
             )
+            builder.models[name] = (spec.model, tokenizer.vocab_size)
+        elif step.kind == "finetune":
+            _add_finetune(builder, recipe, name, device, host, external.get(name, []))
         elif step.kind == "evaluate":
-            trained = recipe.steps[step.model]
+            trained = recipe.steps[pretrained_root(recipe, step.model)]
             tokens = builder.tokenized(trained.data, trained.tokenizer, recipe.steps[trained.tokenizer])
             spec = EvaluateSpec(
                 suites=evaluate_suites(step), batch_size=step.batch_size, worst=step.worst,
                 bootstrap=step.bootstrap, device=device, seed=seed,
             )
             builder.add(
-                name, "evaluate", spec, {"model": step.model, "tokens": tokens, "tokenizer": trained.tokenizer},
+                name, "evaluate", spec, {"model": step.model, "tokens": tokens, "tokenizer": tokenizer_of(recipe, step.model)},
                 external=external.get(name, []),
             )
         elif step.kind == "export":
             spec = ExportSpec(format=step.format, opset=step.opset, tolerance=step.tolerance, quantize=step.quantize)
             builder.add(name, "export", spec, {"model": step.model})
     return Plan(name=recipe.run.name, seed=seed, workdir=workdir, device=device, steps=builder.steps)
+
+
+def pretrained_root(recipe: Recipe, model: str) -> str:
+    """The `pretrain` step at the start of a chain of `finetune` steps (itself for a `pretrain` step)."""
+    while recipe.steps[model].kind == "finetune":
+        model = recipe.steps[model].init
+    return model
+
+
+def tokenizer_of(recipe: Recipe, model: str) -> str:
+    """The step whose artifact holds a model's tokenizer (tokenizer.json + meta.json): the `tokenizer` step of a
+    pre-trained model; a `finetune` step writes its own (an `sft` step adds the chat template's tokens)."""
+    step = recipe.steps[model]
+    return step.tokenizer if step.kind == "pretrain" else model
+
+
+def _add_finetune(builder: "_PlanBuilder", recipe: Recipe, name: str, device: str, host: Host,
+                  external: list[ExternalFile]) -> None:
+    step = recipe.steps[name]
+    init_shape, token_bound = builder.models[step.init]
+    dataset_file = external[0].path if external else None
+    try:
+        spec = derive.finetune_spec(step, init_shape, token_bound, device, host, recipe.run.seed, dataset_file)
+    except derive.DerivationError as problem:
+        raise RecipeError(f"steps.{name}: {problem}") from None
+    inputs = {"model": step.init, "tokenizer": tokenizer_of(recipe, step.init)}
+    if step.task == "continue":
+        root = recipe.steps[pretrained_root(recipe, step.init)]
+        inputs["tokens"] = builder.tokenized(step.data, root.tokenizer, recipe.steps[root.tokenizer])
+    builder.add(name, "finetune", spec, inputs, derived=derive.finetune_summary(spec), external=external)
+    builder.models[name] = (spec.model, token_bound + len(spec.special_tokens))
 
 
 def evaluate_suites(step: EvaluateStep) -> dict[str, SuiteConfig]:
@@ -138,6 +212,8 @@ class _PlanBuilder:
         self.versions = executor_versions
         self.steps: list[PlanStep] = []
         self.fingerprints: dict[str, str] = {}
+        self.models: dict[str, tuple[ModelShape, int]] = {}
+        """Model step -> (its output shape, an upper bound of its tokenizer's ids), for steps that start from it."""
 
     def add(
         self,

@@ -7,11 +7,13 @@ resolved spec the executor runs with. Problems are returned as messages for the 
 from __future__ import annotations
 
 import math
+import posixpath
 from typing import Any
 
 from llmrecipe.plan.plan import Host
-from llmrecipe.plan.specs import ModelShape, PretrainSpec
-from llmrecipe.recipe.pretrain import PretrainStep
+from llmrecipe.plan.specs import DataSpec, FinetuneSpec, ModelShape, PretrainSpec
+from llmrecipe.recipe.finetune import CHAT_TEMPLATES, FinetuneStep
+from llmrecipe.recipe.pretrain import OptimConfig, PretrainStep
 from llmrecipe.recipe.tokenizer import TokenizerStep
 
 
@@ -144,7 +146,7 @@ def pretrain_spec(step: PretrainStep, tokenizer: TokenizerStep, device: str, hos
         checkpoint_every=step.checkpoint_every,
         log_every=step.log_every,
         device=device,
-        precision=_precision(step.precision, device, host),
+        precision=_precision(step.precision, device, host, shape.d_model),
         compile=_compile(step.compile, device),
         nproc=nproc,
         sharding=step.sharding,
@@ -202,10 +204,31 @@ def pretrain_summary(spec: PretrainSpec) -> dict[str, Any]:
     }
 
 
-def _precision(choice: str, device: str, host: Host) -> str:
+def data_summary(spec: DataSpec) -> dict[str, Any]:
+    """Per dedup_near op: its LSH banding (bands x rows) and where the banding's S-curve puts the similarity
+    at which a pair becomes a candidate, so a threshold the banding cannot reach shows before the run."""
+    found: dict[str, Any] = {}
+    for index, op in enumerate(spec.ops):
+        if op.op != "dedup_near":
+            continue
+        rows = op.num_perm // op.bands
+        # A pair of Jaccard similarity s shares at least one band with probability 1 - (1 - s^rows)^bands;
+        # the curve is steepest near (1 / bands)^(1 / rows).
+        found[f"ops[{index}].lsh_bands_x_rows"] = f"{op.bands} x {rows}"
+        found[f"ops[{index}].lsh_threshold_estimate"] = round((1 / op.bands) ** (1 / rows), 3)
+        found[f"ops[{index}].candidate_probability_at_threshold"] = round(1 - (1 - op.threshold**rows) ** op.bands, 4)
+    return found
+
+
+CPU_BF16_MIN_WIDTH = 192
+"""On a CPU, bf16 autocast pays only from this model width up: below it the casts cost more than the faster
+matmuls save (measured here: a 4-layer GPT-2 trains 0.88x as fast in bf16 at width 128, 1.18x at 192)."""
+
+
+def _precision(choice: str, device: str, host: Host, d_model: int | None = None) -> str:
     if choice != "auto":
         return choice
-    bf16_is_fast = device == "cuda" or host.cpu_bf16
+    bf16_is_fast = device == "cuda" or (host.cpu_bf16 and (d_model is None or d_model >= CPU_BF16_MIN_WIDTH))
     return "bf16" if bf16_is_fast else "fp32"
 
 
@@ -214,3 +237,130 @@ def _compile(choice: str, device: str) -> bool:
         return choice == "on"
     # On a CPU a cold compile costs ~40 s and small models rarely win it back in one run; on CUDA it pays.
     return device == "cuda"
+
+
+LORA_TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj"], "gpt2": ["attn.qkv", "attn.proj"],
+                "bert": ["attn.qkv", "attn.proj"]}
+"""Default LoRA targets per architecture: the attention projections, as in Hu et al. (2021)."""
+
+
+def linear_layers(shape: ModelShape) -> dict[str, tuple[int, int]]:
+    """Module name -> (in, out) features of every nn.Linear of the built model (models/*.py)."""
+    d, f, kv = shape.d_model, shape.ffn_hidden, shape.n_kv_head * shape.head_dim
+    if shape.arch == "llama":
+        block = {"attn.q_proj": (d, d), "attn.k_proj": (d, kv), "attn.v_proj": (d, kv), "attn.o_proj": (d, d),
+                 "mlp.gate_proj": (d, f), "mlp.up_proj": (d, f), "mlp.down_proj": (f, d)}
+    elif shape.arch in ("gpt2", "bert"):
+        block = {"attn.qkv": (d, 3 * d), "attn.proj": (d, d), "mlp.fc": (d, f), "mlp.proj": (f, d)}
+    else:
+        block = {}
+    layers = {f"blocks.{i}.{name}": size for i in range(shape.n_layer) for name, size in block.items()}
+    return {**layers, "lm_head": (d, shape.vocab_size)}
+
+
+def matches_target(module_name: str, target: str) -> bool:
+    """A target names a module by a dotted suffix: `q_proj` and `attn.q_proj` both match `blocks.0.attn.q_proj`."""
+    return module_name == target or module_name.endswith("." + target)
+
+
+def lora_parameter_count(shape: ModelShape, targets: list[str], rank: int) -> int:
+    """Adapter parameters: rank x (in + out) per adapted linear layer (A is rank x in, B is out x rank)."""
+    return sum(rank * (i + o) for name, (i, o) in linear_layers(shape).items() if any(matches_target(name, t) for t in targets))
+
+
+def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device: str, host: Host, seed: int,
+                  dataset_file: str | None) -> FinetuneSpec:
+    """`init` is the starting model's shape, `token_bound` an upper bound of its tokenizer's ids."""
+    if step.task in ("sft", "continue") and init.arch not in ("llama", "gpt2"):
+        raise DerivationError(f"task = '{step.task}' trains a decoder (llama, gpt2); the init model is `{init.arch}`")
+    template, specials, end_of_turn = _chat_template(step)
+    added = len(specials) if step.task == "sft" else 0  # an upper bound: tokens the tokenizer has already are kept
+    model = init.model_copy(update={"vocab_size": max(init.vocab_size, round_up(token_bound + added, 64))})
+    seq_len = step.max_seq_len or init.seq_len
+    if seq_len > init.seq_len:
+        raise DerivationError(f"max_seq_len = {seq_len} is longer than the init model's seq_len = {init.seq_len}; "
+                              f"pick at most {init.seq_len}")
+    micro = step.micro_batch_size or step.batch_size
+    if step.batch_size % micro:
+        raise DerivationError(f"batch_size = {step.batch_size} is not a multiple of micro_batch_size = {micro}; "
+                              "gradient accumulation needs whole micro-batches")
+    tokens_per_step = step.batch_size * seq_len
+    budget = step.budget
+    total_steps = budget.steps or (math.ceil(budget.tokens / tokens_per_step) if budget.tokens else None)
+    optim = _resolved_warmup(step, total_steps)
+    if total_steps is not None and optim.warmup >= total_steps:
+        raise DerivationError(f"optim.warmup = {optim.warmup} steps is not shorter than the whole run ({total_steps} "
+                              "steps); lower the warmup or raise the budget")
+    dataset = step.dataset.model_copy(update={"path": posixpath.basename(step.dataset.path)}) if step.dataset else None
+    return FinetuneSpec(
+        task=step.task, init_model=init, model=model, dataset=dataset, dataset_file=dataset_file,
+        chat_template=template, special_tokens=specials, end_of_turn=end_of_turn, seq_len=seq_len,
+        labels=step.labels, class_weighting=step.class_weighting,
+        pooling=("first" if init.arch == "bert" else "last") if step.pooling == "auto" else step.pooling,
+        lora=_resolved_lora(step, model), optim=OptimConfig.model_validate(optim.model_dump()),
+        batch_size=step.batch_size, micro_batch_size=micro, grad_accum=step.batch_size // micro,
+        tokens_per_step=tokens_per_step, total_steps=total_steps, epochs=budget.epochs, eval_every=step.eval_every,
+        eval_batches=step.eval_batches, early_stopping_patience=step.early_stopping_patience,
+        checkpoint_every=step.checkpoint_every, log_every=step.log_every, device=device,
+        precision=_precision(step.precision, device, host, model.d_model), compile=_compile(step.compile, device),
+        seed=seed,
+    )
+
+
+def _chat_template(step: FinetuneStep) -> tuple[str | None, list[str], str | None]:
+    if step.task != "sft":
+        return None, [], None
+    if step.chat_template is not None:
+        return step.chat_template, list(step.special_tokens), step.end_of_turn
+    return CHAT_TEMPLATES[step.template]
+
+
+def _resolved_lora(step: FinetuneStep, shape: ModelShape):
+    if step.lora is None:
+        return None
+    if shape.arch not in LORA_TARGETS:
+        raise DerivationError(f"lora: adapters fit attention models (llama, gpt2, bert), not `{shape.arch}`; remove [lora]")
+    targets = step.lora.targets or LORA_TARGETS[shape.arch]
+    names = linear_layers(shape)
+    unmatched = [t for t in targets if not any(matches_target(name, t) for name in names)]
+    if unmatched:
+        suffixes = sorted({name.split(".", 2)[-1] for name in names})
+        raise DerivationError(f"lora.targets {unmatched} name no linear layer of this `{shape.arch}` model; "
+                              f"its layers are {suffixes}")
+    if shape.tie_embeddings and any(matches_target("lm_head", t) for t in targets):
+        raise DerivationError("lora.targets: `lm_head` shares its weight with the embedding (tie_embeddings); "
+                              "an adapter on it would untie them. Leave lm_head out of the targets")
+    return step.lora.model_copy(update={"targets": list(targets)})
+
+
+def finetune_summary(spec: FinetuneSpec) -> dict[str, Any]:
+    """What `llmrecipe plan` shows for a finetune step: how much trains, on what, for how long."""
+    n_params = parameter_count(spec.model)
+    new_rows = (spec.model.vocab_size - spec.init_model.vocab_size) * spec.model.d_model
+    trainable = n_params
+    if spec.lora is not None:
+        # Adapters, plus the embedding rows of added special tokens (they start untrained, so they must learn).
+        added_rows = len(spec.special_tokens) * spec.model.d_model * (1 if spec.model.tie_embeddings else 2)
+        trainable = lora_parameter_count(spec.model, spec.lora.targets, spec.lora.rank) + added_rows
+    steps = spec.total_steps
+    summary = {
+        "task": spec.task,
+        "n_params": n_params,
+        "trainable_params": trainable,
+        "trainable_fraction": round(trainable / n_params, 5),
+        "vocab_size": spec.model.vocab_size,
+        "added_embedding_params": new_rows,
+        "seq_len": spec.seq_len,
+        "tokens_per_step": spec.tokens_per_step,
+        "grad_accum": spec.grad_accum,
+        "warmup_steps": spec.optim.warmup,
+        "total_steps": steps if steps else f"{spec.epochs} epochs of the train split",
+        "device": spec.device,
+        "precision": spec.precision,
+    }
+    if spec.lora is not None:
+        summary["lora_targets"] = spec.lora.targets
+    if spec.task == "classify":
+        summary["pooling"] = spec.pooling
+        summary["trainable_params"] = f"{trainable} + the classification head"
+    return summary

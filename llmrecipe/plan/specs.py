@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from llmrecipe.plan.plan import Frozen
 from llmrecipe.recipe.data import DataOp, Source, Split
 from llmrecipe.recipe.evaluate import SuiteConfig
+from llmrecipe.recipe.finetune import DatasetConfig, LoraConfig
 from llmrecipe.recipe.pretrain import OptimConfig
 
 
@@ -28,12 +29,14 @@ class DataSpec(Spec):
     split: Split
     on_bad_record: Literal["skip", "fail"]
     batch_mb: int
+    workers: int
     mix_seed: int | None
     """The run's seed when a source has a mixing weight (it chooses the sampled documents), else None."""
 
     NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(
         {
             "batch_mb",  # every op decides per document or over the whole corpus, so batch edges change nothing
+            "workers",  # shard results are merged in shard order, however many processes computed them
         }
     )
 
@@ -107,6 +110,62 @@ class PretrainSpec(Spec):
             # only the float summation order, not what is trained (tests/test_distributed.py).
             "nproc",
             "sharding",
+        }
+    )
+
+
+class FinetuneSpec(Spec):
+    """A `finetune` step resolved: the starting model's shape, the output shape, the chat template text, the LoRA
+    targets and the batch arithmetic. The dataset is named by its file name; its content digest is in the step's
+    external files (see llmrecipe/finetune/locate.py)."""
+
+    task: Literal["sft", "classify", "continue"]
+    init_model: ModelShape
+    """The shape of the starting model (its config.json)."""
+    model: ModelShape
+    """The shape of the output model: `init_model` with embedding rows for the added special tokens."""
+    dataset: DatasetConfig | None
+    """`sft`, `classify`: the dataset settings, `path` cut to the file's name."""
+    dataset_file: str | None
+    """The dataset's absolute path on this machine."""
+    chat_template: str | None
+    """`sft`: the Jinja chat template (the preset's text or the recipe's inline one)."""
+    special_tokens: list[str]
+    """`sft`: tokens the template needs, added to the tokenizer when it lacks them."""
+    end_of_turn: str | None
+    """`sft`: the token that ends an assistant turn (in the loss; generation stops there)."""
+    seq_len: int
+    """Tokens per training sequence: a packed sequence (`sft`), a window (`continue`), the longest input (`classify`)."""
+    labels: list[str] | None
+    class_weighting: Literal["none", "balanced"]
+    pooling: Literal["last", "first"]
+    """`classify`: `auto` resolved by the architecture (last token for decoders, first for `bert`)."""
+    lora: LoraConfig | None
+    """Adapters with their `targets` resolved to module-name suffixes; None for full fine-tuning."""
+    optim: OptimConfig
+    batch_size: int
+    micro_batch_size: int
+    grad_accum: int
+    tokens_per_step: int
+    """batch_size x seq_len: positions per optimizer step (a `tokens` budget is counted in these)."""
+    total_steps: int | None
+    """None when the budget is in epochs: the executor derives it from the train split's size."""
+    epochs: float | None
+    eval_every: int
+    eval_batches: int
+    early_stopping_patience: int | None
+    checkpoint_every: int
+    log_every: int
+    device: Literal["cpu", "cuda"]
+    precision: Literal["fp32", "bf16"]
+    compile: bool
+    seed: int
+
+    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(
+        {
+            "checkpoint_every",  # resume is exact, so where checkpoints fall does not change the weights
+            "log_every",  # only how often a metrics line is written
+            "dataset_file",  # where the file lies on this machine; its content digest is fingerprinted instead
         }
     )
 

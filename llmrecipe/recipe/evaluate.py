@@ -92,6 +92,28 @@ class QaFactualitySuite(Section):
     decoding: DecodingConfig = DecodingConfig()
 
 
+class ClassificationSuite(Section):
+    """A `classify` model on labelled JSONL: accuracy, per-class and macro/micro precision, recall and F1, a
+    confusion matrix (PNG), calibration (ECE), the most confident mistakes and likely mislabelled training rows."""
+
+    type: Literal["classification"]
+    data: str
+    """JSONL with a text and a label per line (the fine-tuning file, say); relative to the recipe."""
+    split: Literal["train", "val", "test", "all"] = "test"
+    """The rows scored, chosen as the `finetune` step chooses them (split field, else a hash with `val_fraction`);
+    `all` scores every row."""
+    text_field: str = "text"
+    label_field: str = "label"
+    split_field: str = "split"
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Without a split field (or without validation rows): the hashed share held out, as in the `finetune` step."""
+    limit: int | None = Field(default=None, ge=1)
+    """Score only the first `limit` rows of the split (all when unset)."""
+    review: int = Field(default=10, ge=0)
+    """How many training rows the model most confidently disagrees with to list for review as likely mislabelled
+    (0: skip scoring the training rows)."""
+
+
 class SamplesSuite(SamplesConfig):
     """Sampled continuations of held-out documents, written to samples.md."""
 
@@ -99,14 +121,15 @@ class SamplesSuite(SamplesConfig):
 
 
 SuiteConfig = Annotated[
-    Union[PerplexitySuite, MultipleChoiceSuite, GenerationSuite, QaFactualitySuite, SamplesSuite],
+    Union[PerplexitySuite, MultipleChoiceSuite, GenerationSuite, QaFactualitySuite, ClassificationSuite, SamplesSuite],
     Field(discriminator="type"),
 ]
 
-SUITE_TYPES = ("perplexity", "multiple_choice", "generation", "qa_factuality", "samples")
+SUITE_TYPES = ("perplexity", "multiple_choice", "generation", "qa_factuality", "classification", "samples")
 """Every suite type a recipe can declare (the registry in llmrecipe/evals/registry.py runs each)."""
 
-SUITES_WITH_DATA = {"multiple_choice": "data", "generation": "data", "qa_factuality": "data", "perplexity": "file"}
+SUITES_WITH_DATA = {"multiple_choice": "data", "generation": "data", "qa_factuality": "data", "perplexity": "file",
+                    "classification": "data"}
 """Suite type -> the field that names a file outside the store (its content enters the fingerprint)."""
 
 
@@ -121,7 +144,8 @@ def _list_or_tables(schema: dict) -> None:
 
 
 class EvaluateStep(Section):
-    """Run evaluation suites on a trained model: perplexity, multiple choice, generation, closed-book QA, samples.
+    """Run evaluation suites on a trained model: perplexity, multiple choice, generation, closed-book QA,
+    classification, samples.
 
     `suites` is either a list of `"perplexity"` / `"samples"` (held-out splits and samples, set by the
     fields before it) or tables of named suites, e.g. `[steps.eval.suites.siqa]` with `type = "multiple_choice"`.
@@ -129,7 +153,8 @@ class EvaluateStep(Section):
 
     kind: Literal["evaluate"]
     model: StepName
-    """The `pretrain` step whose final weights are evaluated."""
+    """The `pretrain` or `finetune` step whose final weights are evaluated (a classify fine-tune takes only
+    `classification` suites)."""
     splits: list[Literal["val", "test"]] = ["val", "test"]
     """Held-out splits measured by the `"perplexity"` list entry; a split the data step left empty is reported as such."""
     max_tokens: int | None = Field(default=None, ge=1)

@@ -10,11 +10,12 @@ from llmrecipe.recipe.base import Section, StepName
 from llmrecipe.recipe.data import DataStep
 from llmrecipe.recipe.evaluate import EvaluateStep
 from llmrecipe.recipe.export import ExportStep
+from llmrecipe.recipe.finetune import FinetuneStep
 from llmrecipe.recipe.pretrain import PretrainStep
 from llmrecipe.recipe.tokenizer import TokenizerStep
 
 StepConfig = Annotated[
-    Union[DataStep, TokenizerStep, PretrainStep, EvaluateStep, ExportStep],
+    Union[DataStep, TokenizerStep, PretrainStep, FinetuneStep, EvaluateStep, ExportStep],
     Field(discriminator="kind"),
 ]
 
@@ -22,6 +23,7 @@ STEP_KINDS: dict[str, type[Section]] = {
     "data": DataStep,
     "tokenizer": TokenizerStep,
     "pretrain": PretrainStep,
+    "finetune": FinetuneStep,
     "evaluate": EvaluateStep,
     "export": ExportStep,
 }

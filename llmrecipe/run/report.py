@@ -51,9 +51,9 @@ def _artifact_details(kind: str, folder: Path) -> dict[str, Any]:
     """What a finished step's folder tells beyond its metrics: data accounting, curves, suite results."""
     if kind == "data" and (folder / "stats.json").is_file():
         return {"accounting": json.loads((folder / "stats.json").read_text())}
-    if kind == "pretrain" and (folder / "loss.png").is_file():  # the pretrain step draws its own curve
+    if kind in ("pretrain", "finetune") and (folder / "loss.png").is_file():  # training steps draw their own curve
         return {"plots": [str(folder / "loss.png")]}
-    if kind == "pretrain" and (folder / "metrics.jsonl").is_file():
+    if kind in ("pretrain", "finetune") and (folder / "metrics.jsonl").is_file():
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
         return {"curves": {
             "train": [[r["step"], r["loss"]] for r in records if "loss" in r],
@@ -136,10 +136,16 @@ def _suite_section(name: str, summary: dict[str, Any]) -> list[str]:
     if summary.get("extra"):
         lines += ["", " · ".join(f"{k} {_fmt(v)}" for k, v in summary["extra"].items())]
     if summary.get("worst"):
-        keys = list(summary["worst"][0])
-        lines += ["", "Worst examples:", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        lines += ["| " + " | ".join(_cell(row.get(k)) for k in keys) + " |" for row in summary["worst"]]
+        lines += _table("Worst examples", summary["worst"])
+    for title, rows in summary.get("tables", {}).items():
+        lines += _table(title[:1].upper() + title[1:], rows) if rows else []
     return lines
+
+
+def _table(title: str, rows: list[dict[str, Any]]) -> list[str]:
+    keys = list(rows[0])
+    lines = ["", f"{title}:", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    return lines + ["| " + " | ".join(_cell(row.get(k)) for k in keys) + " |" for row in rows]
 
 
 def _cell(value: Any) -> str:

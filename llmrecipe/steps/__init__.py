@@ -27,9 +27,10 @@ EXECUTORS: dict[str, Executor] = {
     "data": Executor("llmrecipe.steps.data", version=2),
     "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
-    "pretrain": Executor("llmrecipe.steps.pretrain", version=2),  # 2: best/, loss.png, per-token loss normalization
-    "evaluate": Executor("llmrecipe.steps.evaluate", version=2),
-    "export": Executor("llmrecipe.steps.export", version=2),  # 2: ONNX with past key/values; hf format
+    "pretrain": Executor("llmrecipe.steps.pretrain", version=3),  # 3: fused AdamW on CPU too
+    "finetune": Executor("llmrecipe.steps.finetune", version=1),
+    "evaluate": Executor("llmrecipe.steps.evaluate", version=3),  # 3: suites' plots kept; classifiers
+    "export": Executor("llmrecipe.steps.export", version=3),  # 3: per-layer past key/values from the lean decode step
 }
 
 EXECUTOR_VERSIONS: dict[str, int] = {kind: executor.version for kind, executor in EXECUTORS.items()}

@@ -14,10 +14,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from llmrecipe.errors import StepError
 from llmrecipe.evals.registry import suite_metrics, suite_module
 from llmrecipe.evals.stats import confidence_interval, value
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult
+from llmrecipe.finetune.classify_model import is_classifier_artifact, load_classifier
 from llmrecipe.models import load_trained
 from llmrecipe.plan.specs import EvaluateSpec
 from llmrecipe.recipe.evaluate import SUITES_WITH_DATA, SuiteConfig
@@ -32,9 +35,7 @@ PLOTTED = {"multiple_choice": ("accuracy", "accuracy_norm"), "qa_factuality": ("
 def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     spec = EvaluateSpec.model_validate(raw_spec)
     prepare_device(spec.device)
-    model, shape = load_trained(ctx.inputs["model"], spec.device)
-    if shape.arch == "bert":
-        raise StepError("evaluation suites score a causal decoder; a `bert` model predicts masked tokens instead")
+    model = load_evaluated_model(ctx.inputs["model"], spec)
     tokenizer, tokenizer_meta = load_tokenizer(ctx.inputs["tokenizer"])
     files = {f.source: f for f in ctx.external}  # source = the suite's position (llmrecipe/evals/locate.py)
     (ctx.out_dir / "examples").mkdir()
@@ -57,6 +58,20 @@ def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     }
 
 
+def load_evaluated_model(folder: Path, spec: EvaluateSpec) -> torch.nn.Module:
+    """A causal language model, or a classifier (a `classify` fine-tune) for classification suites only."""
+    if is_classifier_artifact(folder):
+        others = [name for name, config in spec.suites.items() if config.type != "classification"]
+        if others:
+            raise StepError(f"suites {others} score a language model, but this model is a classifier (a classify "
+                            "fine-tune); evaluate its `init` model with them, or give it only classification suites")
+        return load_classifier(folder, spec.device)
+    model, shape = load_trained(folder, spec.device)
+    if shape.arch == "bert":
+        raise StepError("evaluation suites score a causal decoder; a `bert` model predicts masked tokens instead")
+    return model
+
+
 def run_suite(config: SuiteConfig, env: SuiteEnv, spec: EvaluateSpec) -> dict[str, Any]:
     """Run one suite; write its examples and plots; its summary for results.json."""
     field = SUITES_WITH_DATA.get(config.type)
@@ -67,7 +82,7 @@ def run_suite(config: SuiteConfig, env: SuiteEnv, spec: EvaluateSpec) -> dict[st
     if outcome.note:
         env.ctx.log(f"suite {env.name}: {outcome.note}")
     summary = summarize(config.type, outcome, spec)
-    summary["plots"] = draw_plots(env.name, config.type, summary, env.out_dir)
+    summary["plots"] = [*outcome.plots, *draw_plots(env.name, config.type, summary, env.out_dir)]
     write_examples(env.out_dir / "examples" / f"{env.name}.jsonl", outcome)
     return summary
 
@@ -82,6 +97,8 @@ def summarize(suite_type: str, outcome: SuiteResult, spec: EvaluateSpec) -> dict
             low, high = confidence_interval(metric, outcome.columns, spec.bootstrap, spec.seed)
             summary["intervals"][metric_name] = [finite(low), finite(high)]
     summary.update(extra=outcome.extra, worst=outcome.worst, note=outcome.note)
+    if outcome.tables:
+        summary["tables"] = outcome.tables
     return summary
 
 

@@ -60,6 +60,9 @@ def _onnx(model: torch.nn.Module, model_dir: Path, spec: ExportSpec, ctx: StepCo
         )
     for name in ("tokenizer.json", "config.json"):
         shutil.copy(model_dir / name, ctx.out_dir / name)
+    for name in ("chat_template.jinja", "tokenizer_config.json"):  # a fine-tuned chat model keeps its format
+        if (model_dir / name).is_file():
+            shutil.copy(model_dir / name, ctx.out_dir / name)
     metrics = {"max_abs_diff": difference, "onnx_bytes": sum(path.stat().st_size for path in written),
                "opset": spec.opset, "greedy_tokens_match": True}
     if spec.quantize == "int8":

@@ -1,0 +1,141 @@
+"""SFT examples: JSONL rows -> conversations -> token ids with a loss mask on the assistant's turns.
+
+A row holds a prompt/response pair or a list of messages. It is rendered with the chat template, and the
+assistant's tokens are found by rendering growing prefixes of the conversation: an assistant turn is the
+text between the conversation up to it (with the generation prompt) and the conversation including it, up to
+and including the end-of-turn token. Those tokens are the targets; the model also learns to stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+from llmrecipe.errors import StepError
+from llmrecipe.recipe.finetune import DatasetConfig
+
+VAL_SPLITS = ("validation", "val")
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    """Token ids of the rendered conversation."""
+    targets: list[bool]
+    """Per id: part of an assistant turn (its content and the end-of-turn token), so in the loss."""
+
+
+def read_rows(path: Path, dataset: DatasetConfig) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """(line number, row) per split: `train`, `val`, `test` (by the split field, else a stable hash of the row)."""
+    splits: dict[str, list[tuple[int, dict[str, Any]]]] = {"train": [], "val": [], "test": []}
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise StepError(f"{path.name} line {number} is not JSON ({error.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise StepError(f"{path.name} line {number}: a row must be a JSON object with the example's fields")
+            splits[row_split(row, dataset, path.name, number)].append((number, row))
+    return splits
+
+
+def row_split(row: dict[str, Any], dataset: DatasetConfig, file: str, number: int) -> str:
+    value = row.get(dataset.split_field)
+    if value is None:
+        # A digest of the row's canonical JSON: the same row lands in the same split on any machine and order.
+        digest = hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8")).digest()
+        return "val" if int.from_bytes(digest[:8], "big") / 2**64 < dataset.val_fraction else "train"
+    if value in VAL_SPLITS:
+        return "val"
+    if value in ("train", "test"):
+        return value
+    raise StepError(f"{file} line {number}: {dataset.split_field} = {value!r}; use train, validation (or val) or test")
+
+
+def conversation(row: dict[str, Any], dataset: DatasetConfig, file: str, number: int) -> list[dict[str, str]]:
+    """A row as messages [{"role", "content"}] with at least one assistant turn; a mismatch names the line and field."""
+    where = f"{file} line {number}"
+    if dataset.messages_field in row:
+        messages = row[dataset.messages_field]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise StepError(f"{where}: `{dataset.messages_field}` must be a list of {{\"role\", \"content\"}} objects")
+        for m in messages:
+            if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise StepError(f"{where}: every message needs a role ({', '.join(ROLES)}) and a string content; "
+                                f"found {json.dumps(m)[:80]}")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise StepError(f"{where}: `{dataset.messages_field}` has no assistant turn, so nothing to learn; every "
+                            "conversation needs at least one message with role \"assistant\"")
+        return [{"role": m["role"], "content": m["content"]} for m in messages]
+    missing = [f for f in (dataset.prompt_field, dataset.response_field) if not isinstance(row.get(f), str)]
+    if missing:
+        raise StepError(
+            f"{where}: no string field {' or '.join(repr(f) for f in missing)} and no {dataset.messages_field!r} list; "
+            f"the row has {sorted(row)}. Set dataset.prompt_field / dataset.response_field (or "
+            "dataset.messages_field) to the names the data uses"
+        )
+    return [{"role": "user", "content": row[dataset.prompt_field]},
+            {"role": "assistant", "content": row[dataset.response_field]}]
+
+
+def render(template: str, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    """The same Jinja settings as generation (llmrecipe/generate/chat.py), so training and chat see one format."""
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    try:
+        return environment.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                        bos_token="", eos_token="")
+    except TemplateError as error:
+        raise StepError(f"the chat template failed: {error}; check the recipe's chat_template") from None
+
+
+def assistant_spans(template: str, messages: list[dict[str, str]], end_of_turn: str, where: str) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span of each assistant turn, end-of-turn token included."""
+    text = render(template, messages, add_generation_prompt=False)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(template, messages[:index], add_generation_prompt=True)
+        through = render(template, messages[: index + 1], add_generation_prompt=False)
+        if not (text.startswith(through) and through.startswith(before)):
+            raise StepError(f"{where}: the chat template renders a conversation's start differently once more turns "
+                            "follow, so the assistant's tokens cannot be found; use a template that renders turn by turn")
+        end = through.find(end_of_turn, len(before) + len(message["content"]))
+        if end < 0:
+            raise StepError(f"the chat template does not put end_of_turn = {end_of_turn!r} after an assistant turn "
+                            f"({where}); the model could never learn to stop. Fix the template or end_of_turn")
+        spans.append((len(before), end + len(end_of_turn)))
+    return text, spans
+
+
+def encode_example(tokenizer: Tokenizer, text: str, spans: list[tuple[int, int]]) -> Example:
+    """Token ids and their loss mask: a token is a target when it overlaps an assistant span."""
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    targets = [any(start < end_span and end > start_span for start_span, end_span in spans)
+               for start, end in encoding.offsets]
+    return Example(ids=list(encoding.ids), targets=targets)
+
+
+def load_examples(path: Path, dataset: DatasetConfig, tokenizer: Tokenizer, template: str, end_of_turn: str) -> dict[str, list[Example]]:
+    """Every row of the file checked and encoded, per split, before any training starts."""
+    encoded: dict[str, list[Example]] = {}
+    for split, rows in read_rows(path, dataset).items():
+        encoded[split] = []
+        for number, row in rows:
+            where = f"{path.name} line {number}"
+            text, spans = assistant_spans(template, conversation(row, dataset, path.name, number), end_of_turn, where)
+            encoded[split].append(encode_example(tokenizer, text, spans))
+    if not encoded["train"]:
+        raise StepError(f"{path.name} has no train examples; check dataset.split_field and dataset.val_fraction")
+    return encoded

@@ -1,0 +1,99 @@
+"""A classification head on a trained language model, and the classify artifact (config.json + model.safetensors).
+
+The backbone's output layer is replaced by the identity, so it returns its final hidden states; one state
+per example (the pooled token) goes through a linear layer to class logits.
+Shapes: B batch, T time (sequence), D d_model, C classes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from llmrecipe.finetune.classify_data import pad_right
+from llmrecipe.models import build_model, load_weights, with_adapters
+from llmrecipe.plan.specs import ModelShape
+
+BIDIRECTIONAL = ("bert",)
+"""Architectures whose every position sees the whole row, padding included; the rest read left to right."""
+CLASSIFY_KEYS = ("task", "labels", "pooling")
+"""What a classify artifact's config.json adds to the model shape."""
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, labels: list[str], pooling: str):
+        super().__init__()
+        self.shape: ModelShape = backbone.shape
+        self.labels = list(labels)
+        self.pooling = pooling
+        backbone.lm_head = nn.Identity()  # hidden states (B, T, D) instead of next-token logits
+        self.backbone = backbone
+        self.score = nn.Linear(self.shape.d_model, len(labels))
+        nn.init.normal_(self.score.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Right-padded token ids (B, T) and true lengths (B,) -> class logits (B, C).
+
+        A decoder never looks right, so padding does not change a row's state; an encoder would attend to
+        the padding, so its rows run in groups of equal length, each without padding.
+        """
+        if self.shape.arch not in BIDIRECTIONAL:
+            return self.score(self._pool(self.backbone(ids), lengths))  # (B, C)
+        logits = torch.empty(len(ids), len(self.labels), device=ids.device)  # (B, C)
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero().squeeze(1)  # (b,)
+            hidden = self.backbone(ids[rows, :length])  # (b, length, D)
+            logits[rows] = self.score(self._pool(hidden, lengths[rows])).to(logits.dtype)
+        return logits
+
+    def _pool(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, D): the state at the last real token of each row, or at the first."""
+        if self.pooling == "first":
+            return hidden[:, 0]
+        return hidden[torch.arange(len(hidden), device=hidden.device), lengths.to(hidden.device) - 1]
+
+    def config(self) -> dict[str, Any]:
+        """config.json of the artifact: the backbone's shape plus the task, label set and pooling."""
+        return {**self.shape.model_dump(mode="json"), "task": "classify", "labels": self.labels, "pooling": self.pooling}
+
+
+def classifier_from_language_model(folder: Path, shape: ModelShape, labels: list[str], pooling: str, device: str) -> Classifier:
+    """A new head on the weights of a pretrain (or finetune) artifact's language model."""
+    backbone = build_model(shape)
+    load_weights(backbone, load_file(folder / "model.safetensors", device="cpu"))
+    return Classifier(backbone, labels, pooling).to(device)
+
+
+def is_classifier_artifact(folder: Path) -> bool:
+    return json.loads((folder / "config.json").read_text()).get("task") == "classify"
+
+
+def load_classifier(folder: Path, device: str = "cpu") -> Classifier:
+    """A classify artifact folder -> the classifier in eval mode."""
+    config = json.loads((folder / "config.json").read_text())
+    shape = ModelShape.model_validate({k: v for k, v in config.items() if k not in CLASSIFY_KEYS})
+    model = Classifier(build_model(shape), config["labels"], config["pooling"])
+    load_weights(model, with_adapters(folder, load_file(folder / "model.safetensors", device="cpu")))  # lora.merge = false
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def predict_probabilities(model: Classifier, rows: list[list[int]], batch_size: int, device: str) -> torch.Tensor:
+    """Class probabilities (N, C) in fp32, rows in their given order; batched by similar length (less padding)."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    probabilities = torch.empty(len(rows), len(model.labels))  # (N, C)
+    for first in range(0, len(order), batch_size):
+        chosen = order[first : first + batch_size]
+        ids, lengths = pad_right([rows[i] for i in chosen])  # (b, T), (b,)
+        logits = model(ids.to(device), lengths.to(device)).float()  # (b, C)
+        probabilities[chosen] = torch.softmax(logits, dim=-1).cpu()
+    model.train(was_training)
+    return probabilities

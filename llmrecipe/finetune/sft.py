@@ -1,0 +1,90 @@
+"""Task `sft`: teach a pre-trained decoder a chat format on prompt/response pairs or conversations.
+
+Order of work: the tokenizer gains the template's special tokens, every example is checked and encoded
+(a row that does not fit the template fails here, before any training), examples are packed, the model's
+embeddings grow to the new vocabulary, and training runs. The output folder is a model that
+`llmrecipe generate --chat` and the Hugging Face export use with its chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+from tokenizers import AddedToken, Tokenizer
+
+from llmrecipe.errors import StepError
+from llmrecipe.finetune.chat_data import load_examples
+from llmrecipe.finetune.model_io import adapt, starting_model, write_model
+from llmrecipe.finetune.packing import pack
+from llmrecipe.finetune.sft_train import train_sft
+from llmrecipe.plan.specs import FinetuneSpec
+from llmrecipe.run.context import StepContext
+from llmrecipe.tokenizer.bytes import load_tokenizer
+from llmrecipe.training.plots import plot_losses
+
+
+def run_sft(spec: FinetuneSpec, ctx: StepContext) -> dict[str, Any]:
+    tokenizer, meta = load_tokenizer(ctx.inputs["tokenizer"])
+    known = tokenizer.get_vocab_size(with_added_tokens=True)
+    new_ids = add_special_tokens(tokenizer, spec.special_tokens, spec.model.vocab_size)
+    examples = load_examples(Path(spec.dataset_file), spec.dataset, tokenizer, spec.chat_template, spec.end_of_turn)
+    random.Random(spec.seed).shuffle(examples["train"])  # mixes the file's topics within each packed row
+    train, val = pack(examples["train"], spec.seq_len), pack(examples["val"], spec.seq_len)
+    if train.truncated or val.truncated:
+        ctx.log(f"{train.truncated + val.truncated} examples are longer than max_seq_len = {spec.seq_len}: cut at the end")
+    ctx.log(f"{len(examples['train'])} train examples in {len(train)} packed rows, {len(examples['val'])} held out; "
+            f"added tokens {dict(zip(spec.special_tokens, new_ids)) if new_ids else 'none (already known)'}")
+    spec = with_total_steps(spec, len(train))
+    model = starting_model(spec, ctx.inputs["model"], new_ids, known)
+    trained = adapt(model, spec, new_ids)
+    ctx.log(f"training {trained:,} of {sum(p.numel() for p in model.parameters()):,} parameters")
+    summary = train_sft(spec, model, train, val if len(examples["val"]) else None, ctx)
+    records = summary.pop("metrics_records")
+    out = ctx.out_dir
+    write_model(model, spec, out, ctx.scratch_dir / "best" / "model.safetensors")
+    write_chat_tokenizer(tokenizer, meta, spec, out)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    plot_losses(records, out / "loss.png", f"{ctx.name}: sft, {summary['steps']} steps")
+    return {**summary, "train_examples": len(examples["train"]), "val_examples": len(examples["val"]),
+            "packed_rows": len(train), "trained_parameters": trained}
+
+
+def add_special_tokens(tokenizer: Tokenizer, tokens: list[str], rows: int) -> list[int]:
+    """Add the template's tokens the tokenizer lacks (as special: never split, never merged); their new ids."""
+    missing = [t for t in tokens if tokenizer.token_to_id(t) is None]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+    new_ids = [tokenizer.token_to_id(t) for t in missing]
+    if new_ids and max(new_ids) >= rows:
+        raise StepError(f"the tokenizer's new ids reach {max(new_ids)} but the model has {rows} embedding rows; "
+                        "this is a bug in the plan's vocabulary bound")
+    return new_ids
+
+
+def with_total_steps(spec: FinetuneSpec, n_rows: int) -> FinetuneSpec:
+    """An epoch budget becomes steps once the number of packed rows is known."""
+    if spec.total_steps is not None:
+        return spec
+    total = max(1, math.ceil(spec.epochs * n_rows / spec.batch_size))
+    if spec.optim.warmup >= total:
+        raise StepError(f"{spec.epochs} epochs of {n_rows} packed rows are {total} steps, not more than optim.warmup = "
+                        f"{spec.optim.warmup}; lower the warmup or raise budget.epochs")
+    return spec.model_copy(update={"total_steps": total})
+
+
+def write_chat_tokenizer(tokenizer: Tokenizer, meta: dict, spec: FinetuneSpec, out: Path) -> None:
+    """tokenizer.json with the added tokens, meta.json, and the chat template where Hugging Face tools look."""
+    tokenizer.save(str(out / "tokenizer.json"))
+    end_id = tokenizer.token_to_id(spec.end_of_turn)
+    (out / "meta.json").write_text(json.dumps({**meta, "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
+                                               "end_of_turn_id": end_id}, indent=2) + "\n")
+    (out / "chat_template.jinja").write_text(spec.chat_template, encoding="utf-8")
+    eot = tokenizer.id_to_token(meta["eot_id"]) if meta.get("eot_id") is not None else None
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": spec.model.seq_len,
+              "bos_token": eot, "eos_token": spec.end_of_turn, "pad_token": eot,
+              "additional_special_tokens": spec.special_tokens, "clean_up_tokenization_spaces": False,
+              "chat_template": spec.chat_template}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,158 @@
+"""The `finetune` step: a trained model adapted to a task (chat, classification) or a domain, optionally with LoRA."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from llmrecipe.recipe.base import Section, StepName
+from llmrecipe.recipe.pretrain import Budget, OptimConfig
+
+
+class DatasetConfig(Section):
+    """A JSONL file of labelled examples (`sft`, `classify`); its content digest is part of the step's identity."""
+
+    path: str
+    """The JSONL file, relative to the recipe; override it with `--set steps.NAME.dataset.path=PATH`."""
+    split_field: str = "split"
+    """When rows carry this field, its value picks the split: `train`, `validation`/`val` (held out), `test`
+    (left out of fine-tuning)."""
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Without a split field: the share of rows held out for validation, chosen by a stable hash of each row."""
+    text_field: str = "text"
+    """`classify`: the text to classify."""
+    label_field: str = "label"
+    """`classify`: the label of the text."""
+    prompt_field: str = "prompt"
+    """`sft`: the user's turn of a prompt/response pair."""
+    response_field: str = "response"
+    """`sft`: the assistant's turn of a prompt/response pair."""
+    messages_field: str = "messages"
+    """`sft`: a list of `{"role", "content"}` turns (system/user/assistant); used by rows that have it instead of a
+    prompt/response pair."""
+
+
+class LoraConfig(Section):
+    """Low-rank adapters (Hu et al., 2021): W x + (alpha / rank) * B A x on the target linear layers, W frozen."""
+
+    rank: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0)
+    """Scale of the adapter's output is alpha / rank."""
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter's input during training."""
+    targets: list[str] | None = Field(default=None, min_length=1)
+    """Linear layers to adapt, by module-name suffix (e.g. `q_proj`, `attn.qkv`, `mlp.fc`). Unset: the attention
+    projections of the architecture (`llama`: q_proj, k_proj, v_proj, o_proj; `gpt2`: attn.qkv, attn.proj)."""
+    merge: bool = True
+    """Write `model.safetensors` with the adapters merged into plain weights (what export and generation load);
+    the adapters alone are saved as `adapter.safetensors` either way. With `false` the output holds the starting
+    weights and the adapters, and loaders merge them."""
+
+
+class FinetuneOptim(OptimConfig):
+    """The optimizer of `pretrain` with defaults for adapting a trained model: a 10x lower peak learning rate and
+    a short warmup, so the pre-trained weights are nudged rather than overwritten."""
+
+    lr: float = Field(default=1e-4, gt=0)
+    """Peak learning rate, reached at the end of warmup (LoRA adapters usually want more, e.g. 1e-3)."""
+    warmup: int = Field(default=10, ge=0)
+    """Warmup length in optimizer steps."""
+
+
+class FinetuneStep(Section):
+    """Continue training a `pretrain` or `finetune` step's model on a task: instruction/chat tuning (`sft`),
+    classification (`classify`) or more pre-training on a domain corpus (`continue`)."""
+
+    kind: Literal["finetune"]
+    init: StepName
+    """The `pretrain` or `finetune` step whose model (and tokenizer) this step starts from."""
+    task: Literal["sft", "classify", "continue"]
+    """`sft`: learn to answer in a chat format, loss on the assistant's tokens only; `classify`: a classification
+    head on the model; `continue`: next-token training on the tokens of a `data` step (domain adaptation)."""
+    data: StepName | None = None
+    """`continue` only: the `data` step whose train split is tokenized with the init model's tokenizer."""
+    dataset: DatasetConfig | None = None
+    """`sft` and `classify`: the JSONL examples."""
+    template: Literal["chatml"] = "chatml"
+    """`sft`: the chat format preset. `chatml`: `<|im_start|>role\\ncontent<|im_end|>\\n` turns."""
+    chat_template: str | None = None
+    """`sft`: an inline Jinja chat template (Hugging Face style: `messages`, `add_generation_prompt`) used instead
+    of the preset; give its `special_tokens` and `end_of_turn` too."""
+    special_tokens: list[str] = []
+    """`sft` with `chat_template`: the template's special tokens, added to the tokenizer (embeddings resized)."""
+    end_of_turn: str | None = None
+    """`sft` with `chat_template`: the token that ends an assistant turn (one of `special_tokens`); the model learns
+    to produce it, and generation stops there."""
+    max_seq_len: int | None = Field(default=None, ge=2)
+    """Tokens per training sequence, at most the init model's `seq_len` (the default): the length of a packed row
+    for `sft` (longer examples are cut at the end) and of a window for `continue`."""
+    labels: list[str] | None = Field(default=None, min_length=2)
+    """`classify`: the expected label set, in order; data whose labels differ fail before training. Unset: the sorted
+    labels of the train split, recorded in the output."""
+    class_weighting: Literal["none", "balanced"] = "none"
+    """`classify`: `balanced` weighs each class's loss by n_examples / (n_classes * n_class_examples)."""
+    pooling: Literal["auto", "last", "first"] = "auto"
+    """`classify`: the token whose state feeds the head; `auto` is the last token for decoders, the first for `bert`."""
+    optim: FinetuneOptim = FinetuneOptim()
+    budget: Budget
+    batch_size: int = Field(default=16, ge=1)
+    """Sequences (packed sequences for `sft`, examples for `classify`) per optimizer step."""
+    micro_batch_size: int | None = Field(default=None, ge=1)
+    """Sequences per forward pass; fewer than `batch_size` means gradient accumulation. Defaults to `batch_size`."""
+    eval_every: int = Field(default=50, ge=1)
+    """Measure validation loss every this many steps (and at the end)."""
+    eval_batches: int = Field(default=20, ge=1)
+    """At most this many batches of held-out data per measurement."""
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    """Stop when this many validations in a row bring no new best validation loss; unset to train to the end."""
+    checkpoint_every: int = Field(default=100, ge=1)
+    """Save a resumable checkpoint every this many steps."""
+    log_every: int = Field(default=10, ge=1)
+    """Write a metrics line every this many steps."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile: `auto` turns it on where it pays back (CUDA)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """`bf16` autocast where the device supports it, else fp32."""
+    lora: LoraConfig | None = None
+    """Train low-rank adapters instead of all weights (absent: full fine-tuning)."""
+
+    @model_validator(mode="after")
+    def _inputs_fit_the_task(self) -> "FinetuneStep":
+        if self.task == "continue":
+            if self.data is None:
+                raise ValueError("task = 'continue' trains on a data step's tokens: give `data = \"STEP\"`")
+            if self.dataset is not None:
+                raise ValueError("task = 'continue' reads `data` (a data step), not `dataset`; remove [dataset]")
+        else:
+            if self.dataset is None:
+                raise ValueError(f"task = '{self.task}' needs its examples: add [steps.NAME.dataset] with a `path`")
+            if self.data is not None:
+                raise ValueError(f"task = '{self.task}' reads `dataset` (a JSONL file); `data` is for 'continue'")
+        if self.chat_template is not None and self.end_of_turn is None:
+            raise ValueError("an inline `chat_template` needs `end_of_turn`: the token that ends an assistant turn")
+        if self.end_of_turn is not None and self.end_of_turn not in self.special_tokens:
+            raise ValueError(f"end_of_turn = '{self.end_of_turn}' is not one of special_tokens = {self.special_tokens}")
+        if self.chat_template is None and (self.special_tokens or self.end_of_turn is not None):
+            raise ValueError("`special_tokens` and `end_of_turn` belong to an inline `chat_template`; the preset "
+                             "`template` brings its own")
+        return self
+
+    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(
+        {
+            "checkpoint_every",  # resume is exact, so where checkpoints fall does not change the weights
+            "log_every",  # only how often a metrics line is written
+        }
+    )
+
+
+CHAT_TEMPLATES: dict[str, tuple[str, list[str], str]] = {
+    "chatml": (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        ["<|im_start|>", "<|im_end|>"],
+        "<|im_end|>",
+    ),
+}
+"""Preset `template` -> (Jinja text, its special tokens, the end-of-turn token). ChatML is OpenAI's format, also
+used by Qwen and many open chat models."""
