@@ -128,6 +128,13 @@ def test_splits_follow_the_split_field_and_hold_out_a_stable_share_of_train_rows
     assert sorted(e.text for e in again["val"]) == sorted(e.text for e in splits["val"])  # a function of the text
 
 
+def test_a_test_only_file_reads_for_evaluation_and_a_bad_split_value_is_named(tmp_path):
+    rows = [{**row, "split": "test"} for row in labelled_rows(10)]
+    assert len(read_splits(write_jsonl(tmp_path / "t.jsonl", rows), Fields(), 0.2)["test"]) == 10
+    with pytest.raises(StepError, match=r"line 1: 'split' = \['train'\] is not one of"):
+        read_splits(write_jsonl(tmp_path / "b.jsonl", [{**rows[0], "split": ["train"]}]), Fields(), 0.2)
+
+
 def test_a_label_mismatch_fails_the_step_before_training(tmp_path, tokenizer):
     data = write_jsonl(tmp_path / "d.jsonl", labelled_rows(20))
     (tmp_path / "tok").mkdir()

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from llmrecipe import api
 from llmrecipe.errors import RecipeError, StepError
-from llmrecipe.finetune.chat_data import Example, assistant_spans, conversation, encode_example, load_examples
+from llmrecipe.finetune.chat_data import Example, assistant_spans, conversation, encode_example, load_examples, read_rows
 from llmrecipe.finetune.model_io import adapt
 from llmrecipe.finetune.packing import pack, rows
 from llmrecipe.finetune.sft import add_special_tokens
@@ -96,6 +96,18 @@ def test_every_assistant_turn_of_a_conversation_is_a_target_and_nothing_else():
             pieces.append(tokenizer.decode(current, skip_special_tokens=False))
             current = []
     assert pieces == ["one<|im_end|>", "two three<|im_end|>"]
+
+
+def test_held_out_rows_are_chosen_by_prompt_so_validation_prompts_are_unseen(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"question {i % 40}", "response": f"answer {i}"} for i in range(400)]  # each prompt 10 times
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    splits = read_rows(path, DatasetConfig(path="pairs.jsonl", val_fraction=0.2))
+    prompts = {name: {row["prompt"] for _, row in splits[name]} for name in ("train", "val")}
+    assert prompts["val"] and prompts["train"] and not prompts["val"] & prompts["train"]
+    marked = tmp_path / "marked.jsonl"  # only train/test split values: validation still comes from train rows
+    marked.write_text("".join(json.dumps({**row, "split": "train"}) + "\n" for row in rows))
+    assert read_rows(marked, DatasetConfig(path="marked.jsonl", val_fraction=0.2))["val"]
 
 
 @pytest.mark.parametrize("row, message", [
@@ -267,6 +279,10 @@ def test_continue_gets_an_implicit_tokenize_step_with_the_init_models_tokenizer(
      'budget = { steps = 5 }\n', "steps.x.dataset.path = 'nope.jsonl': no such file"),
     ('\n[steps.x]\nkind = "finetune"\ninit = "base"\ntask = "sft"\ndataset = { path = "pairs.jsonl" }\n'
      'max_seq_len = 64\nbudget = { steps = 5 }\n', "longer than the init model's seq_len"),
+    ('\n[steps.cls]\nkind = "finetune"\ninit = "base"\ntask = "classify"\ndataset = { path = "pairs.jsonl" }\nbudget = { steps = 50 }\n[steps.x]\nkind = "finetune"\ninit = "cls"\ntask = "sft"\ndataset = { path = "pairs.jsonl" }\n'
+     'budget = { steps = 5 }\n', "start from its init step 'base'"),
+    ('\n[steps.cls]\nkind = "finetune"\ninit = "base"\ntask = "classify"\ndataset = { path = "pairs.jsonl" }\nbudget = { steps = 50 }\npooling = "first"\n', "pooling = 'first' on a `llama` decoder"),
+    ('\n[steps.cls]\nkind = "finetune"\ninit = "base"\ntask = "classify"\ndataset = { path = "pairs.jsonl" }\nbudget = { steps = 50 }\nlora = { targets = ["q_proj", "lm_head"] }\n', "replaces `lm_head` by its head"),
 ])
 def test_recipe_mistakes_in_a_finetune_step_are_recipe_errors(tmp_path, extra, message):
     with pytest.raises(RecipeError, match=message):

@@ -109,7 +109,7 @@ def label_ids(rows: list[Example], labels: list[str], file_name: str) -> np.ndar
 
 def classify(model: Classifier, rows: list[Example], env: SuiteEnv) -> np.ndarray:
     """Class probabilities (N, C), encoded as the classify step encoded its training rows."""
-    encoded = encode(env.tokenizer, [row.text for row in rows], model.shape.seq_len, env.eot_id, model.pooling)
+    encoded = encode(env.tokenizer, [row.text for row in rows], model.max_seq_len, env.eot_id, model.pooling)
     return predict_probabilities(model, encoded, env.batch_size, env.device).double().numpy()
 
 

@@ -19,6 +19,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from llmrecipe.errors import StepError
+from llmrecipe.jsonl import json_objects
 from llmrecipe.recipe.finetune import DatasetConfig
 
 VAL_SPLITS = ("validation", "val")
@@ -36,29 +37,35 @@ class Example:
 def read_rows(path: Path, dataset: DatasetConfig) -> dict[str, list[tuple[int, dict[str, Any]]]]:
     """(line number, row) per split: `train`, `val`, `test` (by the split field, else a stable hash of the row)."""
     splits: dict[str, list[tuple[int, dict[str, Any]]]] = {"train": [], "val": [], "test": []}
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise StepError(f"{path.name} line {number} is not JSON ({error.msg}); fix or remove that line") from None
-            if not isinstance(row, dict):
-                raise StepError(f"{path.name} line {number}: a row must be a JSON object with the example's fields")
-            splits[row_split(row, dataset, path.name, number)].append((number, row))
+    for number, row in json_objects(path):
+        splits[row_split(row, dataset, path.name, number)].append((number, row))
+    if not splits["val"]:  # no validation rows given: hold out a hashed share of the train rows
+        held = [held_out(row, dataset) for _, row in splits["train"]]
+        splits["val"] = [r for r, h in zip(splits["train"], held) if h]
+        splits["train"] = [r for r, h in zip(splits["train"], held) if not h]
     return splits
+
+
+def held_out(row: dict[str, Any], dataset: DatasetConfig) -> bool:
+    """A stable choice by a digest of the row's prompt (its first user turn): the same on any machine and in any
+    order, and rows that repeat a prompt with other responses stay on one side, so validation prompts are unseen."""
+    prompt = row.get(dataset.prompt_field)
+    if not isinstance(prompt, str):
+        messages = row.get(dataset.messages_field)
+        users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"] \
+            if isinstance(messages, list) else []
+        prompt = users[0] if users else json.dumps(row, sort_keys=True, ensure_ascii=False)
+    digest = hashlib.sha256(str(prompt).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < dataset.val_fraction
 
 
 def row_split(row: dict[str, Any], dataset: DatasetConfig, file: str, number: int) -> str:
     value = row.get(dataset.split_field)
     if value is None:
-        # A digest of the row's canonical JSON: the same row lands in the same split on any machine and order.
-        digest = hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8")).digest()
-        return "val" if int.from_bytes(digest[:8], "big") / 2**64 < dataset.val_fraction else "train"
+        return "train"
     if value in VAL_SPLITS:
         return "val"
-    if value in ("train", "test"):
+    if isinstance(value, str) and value in ("train", "test"):
         return value
     raise StepError(f"{file} line {number}: {dataset.split_field} = {value!r}; use train, validation (or val) or test")
 
@@ -111,7 +118,7 @@ def assistant_spans(template: str, messages: list[dict[str, str]], end_of_turn: 
         if not (text.startswith(through) and through.startswith(before)):
             raise StepError(f"{where}: the chat template renders a conversation's start differently once more turns "
                             "follow, so the assistant's tokens cannot be found; use a template that renders turn by turn")
-        end = through.find(end_of_turn, len(before) + len(message["content"]))
+        end = through.rfind(end_of_turn, len(before))  # the turn is the tail of `through`, however rendered
         if end < 0:
             raise StepError(f"the chat template does not put end_of_turn = {end_of_turn!r} after an assistant turn "
                             f"({where}); the model could never learn to stop. Fix the template or end_of_turn")

@@ -8,23 +8,20 @@ runs, adapter.safetensors + adapter_config.json (the head always trains in full)
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from llmrecipe.errors import StepError
 from llmrecipe.finetune.classify_data import Fields, class_weights, encode, label_set, read_splits
 from llmrecipe.finetune.classify_model import Classifier, classifier_from_language_model
 from llmrecipe.finetune.classify_train import EncodedSplit, total_steps, train_classifier
-from llmrecipe.finetune.lora import apply_lora, lora_state_dict
-from llmrecipe.finetune.model_io import plain_weights
-from llmrecipe.models import load_weights
+from llmrecipe.finetune.lora import apply_lora
+from llmrecipe.finetune.model_io import write_model
 from llmrecipe.plan.specs import FinetuneSpec
 from llmrecipe.recipe.finetune import LoraConfig
 from llmrecipe.run.context import StepContext
@@ -41,6 +38,9 @@ def run_classify(spec: FinetuneSpec, ctx: StepContext, world: World = World()) -
     dataset = spec.dataset
     splits = read_splits(Path(spec.dataset_file), Fields(dataset.text_field, dataset.label_field, dataset.split_field),
                          dataset.val_fraction)
+    if not splits["train"]:
+        raise StepError(f"{spec.dataset_file}: no training examples (every row is held out or marked test); mark "
+                        f"rows '{dataset.split_field}': 'train' or lower dataset.val_fraction")
     labels = label_set(splits["train"], splits["val"] + splits["test"], spec.labels)
     ctx.log(f"{len(splits['train'])} train / {len(splits['val'])} validation examples; labels {labels}")
     seq_len = spec.seq_len
@@ -50,7 +50,7 @@ def run_classify(spec: FinetuneSpec, ctx: StepContext, world: World = World()) -
         raise StepError(f"the budget gives {steps} steps, not more than optim.warmup = {spec.optim.warmup}; lower the "
                         "warmup or raise the budget")
     torch.manual_seed(spec.seed)  # the head's initialization
-    model = classifier_from_language_model(init, spec.init_model, labels, spec.pooling, spec.device)
+    model = classifier_from_language_model(init, spec.init_model, labels, spec.pooling, spec.device, seq_len)
     trained = adapt(model, spec.lora)
     ctx.log(f"training {trained:,} of {sum(p.numel() for p in model.parameters()):,} parameters")
     weights = class_weights(train.labels, len(labels), spec.class_weighting)
@@ -80,22 +80,8 @@ def adapt(model: Classifier, lora: LoraConfig | None) -> int:
 
 def write_outputs(model: Classifier, spec: FinetuneSpec, ctx: StepContext, records: list, summary: dict) -> None:
     out = ctx.out_dir
-    config = json.dumps(model.config(), indent=2)
-    merge = spec.lora is None or spec.lora.merge
-    save_file(plain_weights(model, merge), str(out / "model.safetensors"))  # with merge = false: loaders merge
-    (out / "config.json").write_text(config)
-    if spec.lora is not None:
-        save_file(lora_state_dict(model), str(out / "adapter.safetensors"))
-        adapter = {"rank": spec.lora.rank, "alpha": spec.lora.alpha, "targets": spec.lora.targets,
-                   "scale": spec.lora.alpha / spec.lora.rank, "merged": merge}
-        (out / "adapter_config.json").write_text(json.dumps(adapter, indent=2))
-    best = ctx.scratch_dir / "best" / "model.safetensors"
-    if best.is_file():
-        (out / "best").mkdir(exist_ok=True)
-        best_model = copy.deepcopy(model)
-        load_weights(best_model, load_file(best))
-        save_file(plain_weights(best_model, True), str(out / "best" / "model.safetensors"))
-        (out / "best" / "config.json").write_text(config)
+    write_model(model, spec, out, ctx.scratch_dir / "best" / "model.safetensors",
+                config=json.dumps(model.config(), indent=2))  # the classifier's config: task, labels, pooling
     for name in ("tokenizer.json", "meta.json"):  # the tokenizer comes with the model
         shutil.copy(ctx.inputs["tokenizer"] / name, out / name)
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -9,13 +9,13 @@ stopping never looks at the test rows.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from llmrecipe.errors import StepError
+from llmrecipe.jsonl import json_objects
 
 SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 """Split-field value -> the split it puts the row in."""
@@ -48,30 +48,16 @@ def read_splits(path: Path, fields: Fields, val_fraction: float) -> dict[str, li
         kept = [e for e in splits["train"] if not held_out(e.text, val_fraction)]
         splits["val"] = [e for e in splits["train"] if held_out(e.text, val_fraction)]
         splits["train"] = kept
-    if not splits["train"]:
-        raise StepError(f"{path}: no training examples (every row is held out or marked test); mark rows "
-                        f"'{fields.split}': 'train' or lower dataset.val_fraction")
     return splits
 
 
 def _read_rows(path: Path, fields: Fields):
     """(example, split or None) per non-empty line."""
-    if not path.is_file():
-        raise StepError(f"dataset file {path} does not exist; fix dataset.path (relative to the recipe)")
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise StepError(f"{path} line {number}: not JSON ({error}); one JSON object per line") from None
-            yield _example(row, number, path, fields), _split(row, number, path, fields)
+    for number, row in json_objects(path):
+        yield _example(row, number, path, fields), _split(row, number, path, fields)
 
 
-def _example(row: object, number: int, path: Path, fields: Fields) -> Example:
-    if not isinstance(row, dict):
-        raise StepError(f"{path} line {number}: a JSON object is needed, found {type(row).__name__}")
+def _example(row: dict, number: int, path: Path, fields: Fields) -> Example:
     for role, key in (("text_field", fields.text), ("label_field", fields.label)):
         value = row.get(key)
         if value is None or isinstance(value, (dict, list, bool)):
@@ -83,10 +69,10 @@ def _example(row: object, number: int, path: Path, fields: Fields) -> Example:
 
 
 def _split(row: dict, number: int, path: Path, fields: Fields) -> str | None:
-    if fields.split not in row:
+    value = row.get(fields.split)
+    if value is None:
         return None
-    value = row[fields.split]
-    if value not in SPLITS:
+    if not isinstance(value, str) or value not in SPLITS:
         raise StepError(f"{path} line {number}: '{fields.split}' = {value!r} is not one of {sorted(SPLITS)}")
     return SPLITS[value]
 

@@ -21,16 +21,18 @@ from llmrecipe.plan.specs import ModelShape
 
 BIDIRECTIONAL = ("bert",)
 """Architectures whose every position sees the whole row, padding included; the rest read left to right."""
-CLASSIFY_KEYS = ("task", "labels", "pooling")
+CLASSIFY_KEYS = ("task", "labels", "pooling", "max_seq_len")
 """What a classify artifact's config.json adds to the model shape."""
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, labels: list[str], pooling: str):
+    def __init__(self, backbone: nn.Module, labels: list[str], pooling: str, max_seq_len: int | None = None):
         super().__init__()
         self.shape: ModelShape = backbone.shape
         self.labels = list(labels)
         self.pooling = pooling
+        self.max_seq_len = max_seq_len or self.shape.seq_len
+        """Tokens per text, marker included, as in training: evaluation cuts texts where training did."""
         backbone.lm_head = nn.Identity()  # hidden states (B, T, D) instead of next-token logits
         self.backbone = backbone
         self.score = nn.Linear(self.shape.d_model, len(labels))
@@ -60,14 +62,16 @@ class Classifier(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """config.json of the artifact: the backbone's shape plus the task, label set and pooling."""
-        return {**self.shape.model_dump(mode="json"), "task": "classify", "labels": self.labels, "pooling": self.pooling}
+        return {**self.shape.model_dump(mode="json"), "task": "classify", "labels": self.labels, "pooling": self.pooling,
+                "max_seq_len": self.max_seq_len}
 
 
-def classifier_from_language_model(folder: Path, shape: ModelShape, labels: list[str], pooling: str, device: str) -> Classifier:
+def classifier_from_language_model(folder: Path, shape: ModelShape, labels: list[str], pooling: str, device: str,
+                                   max_seq_len: int | None = None) -> Classifier:
     """A new head on the weights of a pretrain (or finetune) artifact's language model."""
     backbone = build_model(shape)
-    load_weights(backbone, load_file(folder / "model.safetensors", device="cpu"))
-    return Classifier(backbone, labels, pooling).to(device)
+    load_weights(backbone, with_adapters(folder, load_file(folder / "model.safetensors", device="cpu")))
+    return Classifier(backbone, labels, pooling, max_seq_len).to(device)
 
 
 def is_classifier_artifact(folder: Path) -> bool:
@@ -78,7 +82,7 @@ def load_classifier(folder: Path, device: str = "cpu") -> Classifier:
     """A classify artifact folder -> the classifier in eval mode."""
     config = json.loads((folder / "config.json").read_text())
     shape = ModelShape.model_validate({k: v for k, v in config.items() if k not in CLASSIFY_KEYS})
-    model = Classifier(build_model(shape), config["labels"], config["pooling"])
+    model = Classifier(build_model(shape), config["labels"], config["pooling"], config.get("max_seq_len"))
     load_weights(model, with_adapters(folder, load_file(folder / "model.safetensors", device="cpu")))  # lora.merge = false
     return model.to(device).eval()
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llmrecipe.finetune.lora import ADAPTER_KEYS, apply_lora, lora_state_dict, merge_lora
-from llmrecipe.models import build_model, load_weights
+from llmrecipe.models import build_model, load_weights, with_adapters
 from llmrecipe.plan.specs import FinetuneSpec
 from llmrecipe.training.checkpoint import model_tensors
 
@@ -25,7 +25,7 @@ def starting_model(spec: FinetuneSpec, init_dir: Path, new_ids: list[int], known
     saved = json.loads((init_dir / "config.json").read_text())
     if saved != spec.init_model.model_dump(mode="json"):
         raise_mismatch(init_dir)
-    weights = load_file(init_dir / "model.safetensors")
+    weights = with_adapters(init_dir, load_file(init_dir / "model.safetensors"))  # a LoRA init saved unmerged
     grown = {name: grow_rows(tensor, spec.model.vocab_size, new_ids, known_tokens) if name in EMBEDDING_ROWS else tensor
              for name, tensor in weights.items()}
     torch.manual_seed(spec.seed)
@@ -88,9 +88,11 @@ def plain_weights(model: nn.Module, merge: bool) -> dict[str, torch.Tensor]:
     return {name: t for name, t in model_tensors(model).items() if name.rsplit(".", 1)[-1] not in ADAPTER_KEYS}
 
 
-def write_model(model: nn.Module, spec: FinetuneSpec, out: Path, best_weights: Path | None) -> None:
-    """model.safetensors + config.json (+ adapter files); best/ holds the best validation weights, merged."""
-    config = spec.model.model_dump_json(indent=2)
+def write_model(model: nn.Module, spec: FinetuneSpec, out: Path, best_weights: Path | None,
+                config: str | None = None) -> None:
+    """model.safetensors + config.json (`config`, by default the model shape) + adapter files for LoRA runs;
+    best/ holds the best validation weights, merged."""
+    config = config if config is not None else spec.model.model_dump_json(indent=2)
     merge = spec.lora is None or spec.lora.merge
     save_file(plain_weights(model, merge), str(out / "model.safetensors"))
     (out / "config.json").write_text(config)

@@ -75,10 +75,13 @@ def check_classifier_uses(recipe: Recipe) -> None:
     """A classify fine-tune predicts labels, not tokens: classification suites measure it and nothing else does."""
     problems = []
     for name, step in recipe.steps.items():
+        if step.kind == "finetune" and _is_classifier(recipe.steps[step.init]):
+            problems.append(f"steps.{name}.init = '{step.init}': a classify fine-tune has no language-model output to "
+                            f"train further; start from its init step '{recipe.steps[step.init].init}' instead")
         if step.kind not in ("evaluate", "export"):
             continue
         target = recipe.steps[step.model]
-        classifier = target.kind == "finetune" and target.task == "classify"
+        classifier = _is_classifier(target)
         if step.kind == "export" and classifier:
             problems.append(f"steps.{name}.model = '{step.model}': a classify fine-tune has no language-model output "
                             f"to export; export its init step '{target.init}' instead")
@@ -93,6 +96,10 @@ def check_classifier_uses(recipe: Recipe) -> None:
                                 "with task = \"classify\"")
     if problems:
         raise RecipeError(problems)
+
+
+def _is_classifier(step) -> bool:
+    return step.kind == "finetune" and step.task == "classify"
 
 
 def resolve_device(recipe: Recipe, host: Host) -> str:

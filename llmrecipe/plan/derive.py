@@ -273,6 +273,9 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
     """`init` is the starting model's shape, `token_bound` an upper bound of its tokenizer's ids."""
     if step.task in ("sft", "continue") and init.arch not in ("llama", "gpt2"):
         raise DerivationError(f"task = '{step.task}' trains a decoder (llama, gpt2); the init model is `{init.arch}`")
+    if step.task == "classify" and step.pooling == "first" and init.arch != "bert":
+        raise DerivationError(f"pooling = 'first' on a `{init.arch}` decoder: its first state sees only the first "
+                              "token, so every text would look alike; use 'last' (or 'auto')")
     template, specials, end_of_turn = _chat_template(step)
     added = len(specials) if step.task == "sft" else 0  # an upper bound: tokens the tokenizer has already are kept
     model = init.model_copy(update={"vocab_size": max(init.vocab_size, round_up(token_bound + added, 64))})
@@ -327,6 +330,9 @@ def _resolved_lora(step: FinetuneStep, shape: ModelShape):
         suffixes = sorted({name.split(".", 2)[-1] for name in names})
         raise DerivationError(f"lora.targets {unmatched} name no linear layer of this `{shape.arch}` model; "
                               f"its layers are {suffixes}")
+    if step.task == "classify" and any(matches_target("lm_head", t) for t in targets):
+        raise DerivationError("lora.targets: a classify step replaces `lm_head` by its head, which trains in full; "
+                              "leave lm_head out of the targets")
     if shape.tie_embeddings and any(matches_target("lm_head", t) for t in targets):
         raise DerivationError("lora.targets: `lm_head` shares its weight with the embedding (tie_embeddings); "
                               "an adapter on it would untie them. Leave lm_head out of the targets")

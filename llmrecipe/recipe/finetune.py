@@ -19,7 +19,9 @@ class DatasetConfig(Section):
     """When rows carry this field, its value picks the split: `train`, `validation`/`val` (held out), `test`
     (left out of fine-tuning)."""
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
-    """Without a split field: the share of rows held out for validation, chosen by a stable hash of each row."""
+    """When the file has no validation rows (no split field, or only train/test): the share of train rows held out
+    for validation, chosen by a stable hash of the text (`classify`) or the prompt (`sft`: rows repeating a prompt
+    stay on one side, so validation prompts are unseen)."""
     text_field: str = "text"
     """`classify`: the text to classify."""
     label_field: str = "label"

@@ -149,7 +149,8 @@ def _table(title: str, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _cell(value: Any) -> str:
-    text = _fmt(value) if not isinstance(value, str) else value
+    # Integers in tables are line numbers and supports: printed plainly, since "11,646" reads as two values.
+    text = value if isinstance(value, str) else str(value) if isinstance(value, int) else _fmt(value)
     text = text if len(text) <= WORST_TEXT else text[: WORST_TEXT - 1] + "…"
     return text.replace("|", "\\|").replace("\n", " ")
 

@@ -28,7 +28,7 @@ EXECUTORS: dict[str, Executor] = {
     "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
     "pretrain": Executor("llmrecipe.steps.pretrain", version=3),  # 3: fused AdamW on CPU too
-    "finetune": Executor("llmrecipe.steps.finetune", version=1),
+    "finetune": Executor("llmrecipe.steps.finetune", version=2),  # 2: sft held out by prompt; max_seq_len recorded
     "evaluate": Executor("llmrecipe.steps.evaluate", version=3),  # 3: suites' plots kept; classifiers
     "export": Executor("llmrecipe.steps.export", version=3),  # 3: per-layer past key/values from the lean decode step
 }
