@@ -25,34 +25,12 @@ from llmrecipe.generate.artifact import ArtifactError, load_model
 from llmrecipe.models import build_model
 from llmrecipe.plan.specs import FinetuneSpec, ModelShape
 from llmrecipe.run.context import StepContext
-from llmrecipe.run.reporter import LineProgress, LineReporter
+from llmrecipe.run.reporter import LineReporter
 from llmrecipe.tokenizer.train import train_char
 from llmrecipe.training.checkpoint import latest_checkpoint, model_tensors
 from llmrecipe.training.distributed import World
 from tests.conftest import REPO, SUBJECTS, VERBS, write_tiny_recipe
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashingReporter(LineReporter):
-    """Raises after `after` optimizer steps, like a kill between two steps."""
-
-    def __init__(self, after: int):
-        super().__init__()
-        self.after = after
-
-    def progress(self, name, total, unit, completed=0):
-        after = self.after
-
-        class Crashing(LineProgress):
-            def advance(self, n=1, **fields):
-                super().advance(n, **fields)
-                if self.completed >= after:
-                    raise Crash()
-
-        return Crashing(self.out, name, total, unit, completed, interval=1e9)
+from tests.test_training import Crash, CrashingReporter
 
 
 def labelled_rows(count: int, seed: int = 0, flipped: tuple[int, ...] = ()) -> list[dict]:

@@ -49,6 +49,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def named_file(value: str, base_dir: Path, toml_path: str, source: int = 0) -> ExternalFile:
+    """The one file a recipe names at `toml_path` (relative to the recipe's folder), with its content digest."""
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_file():
+        raise RecipeError(
+            f"{toml_path} = '{value}': no such file ({path}); check the path (relative paths are relative to the "
+            f"recipe), or override it with --set {toml_path}=PATH"
+        )
+    return ExternalFile(source=source, name=path.name, sha256=sha256_file(path), size=path.stat().st_size,
+                        path=str(path.resolve()))
+
+
 def external_files(recipe: Recipe, base_dir: Path) -> dict[str, list[ExternalFile]]:
     """For each data step, every file it reads, named relative to its source's root, with its sha256."""
     found: dict[str, list[ExternalFile]] = {}

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmrecipe.data.locate import sha256_file
-from llmrecipe.errors import RecipeError
+from llmrecipe.data.locate import named_file
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.recipe.evaluate import SUITES_WITH_DATA, EvaluateStep
 from llmrecipe.recipe.recipe import Recipe
@@ -23,18 +22,6 @@ def evaluate_files(recipe: Recipe, base_dir: Path) -> dict[str, list[ExternalFil
             value = getattr(suite, field) if field else None
             if value is None:
                 continue
-            path = Path(value).expanduser()
-            path = path if path.is_absolute() else base_dir / path
-            if not path.is_file():
-                raise RecipeError(
-                    f"steps.{name}.suites.{suite_name}.{field} = '{value}': no such file ({path}); check the path "
-                    f"(relative paths are relative to the recipe), or override it with --set "
-                    f"steps.{name}.suites.{suite_name}.{field}=PATH"
-                )
-            files.append(
-                ExternalFile(
-                    source=index, name=path.name, sha256=sha256_file(path), size=path.stat().st_size, path=str(path)
-                )
-            )
+            files.append(named_file(value, base_dir, f"steps.{name}.suites.{suite_name}.{field}", source=index))
         found[name] = files
     return found

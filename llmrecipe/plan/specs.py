@@ -77,7 +77,9 @@ class ModelShape(Frozen):
     """`bert` only: fraction of positions that are masked-language-modelling targets."""
 
 
-class PretrainSpec(Spec):
+class TrainingSpec(Spec):
+    """What every training step resolves: the model, the optimizer and the batch, budget and validation arithmetic."""
+
     model: ModelShape
     optim: OptimConfig
     batch_size: int
@@ -90,22 +92,30 @@ class PretrainSpec(Spec):
     eval_every: int
     eval_batches: int
     early_stopping_patience: int | None = None
-    on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
-    activation_checkpointing: bool = False
     checkpoint_every: int
     log_every: int
     device: Literal["cpu", "cuda"]
     precision: Literal["fp32", "bf16"]
     compile: bool
-    nproc: int = 1
-    """Processes that train together (torch.distributed); each takes its slice of every step's batch."""
-    sharding: Literal["ddp", "fsdp"] = "ddp"
     seed: int
 
     NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(
         {
             "checkpoint_every",  # resume is exact, so where checkpoints fall does not change the weights
             "log_every",  # only how often a metrics line is written
+        }
+    )
+
+
+class PretrainSpec(TrainingSpec):
+    on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
+    activation_checkpointing: bool = False
+    nproc: int = 1
+    """Processes that train together (torch.distributed); each takes its slice of every step's batch."""
+    sharding: Literal["ddp", "fsdp"] = "ddp"
+
+    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = TrainingSpec.NOT_FINGERPRINTED | frozenset(
+        {
             # Each process takes its slice of the same global batch, so the process count and the sharding change
             # only the float summation order, not what is trained (tests/test_distributed.py).
             "nproc",
@@ -114,7 +124,7 @@ class PretrainSpec(Spec):
     )
 
 
-class FinetuneSpec(Spec):
+class FinetuneSpec(TrainingSpec):
     """A `finetune` step resolved: the starting model's shape, the output shape, the chat template text, the LoRA
     targets and the batch arithmetic. The dataset is named by its file name; its content digest is in the step's
     external files (see llmrecipe/finetune/locate.py)."""
@@ -142,31 +152,9 @@ class FinetuneSpec(Spec):
     """`classify`: `auto` resolved by the architecture (last token for decoders, first for `bert`)."""
     lora: LoraConfig | None
     """Adapters with their `targets` resolved to module-name suffixes; None for full fine-tuning."""
-    optim: OptimConfig
-    batch_size: int
-    micro_batch_size: int
-    grad_accum: int
-    tokens_per_step: int
-    """batch_size x seq_len: positions per optimizer step (a `tokens` budget is counted in these)."""
-    total_steps: int | None
-    """None when the budget is in epochs: the executor derives it from the train split's size."""
-    epochs: float | None
-    eval_every: int
-    eval_batches: int
-    early_stopping_patience: int | None
-    checkpoint_every: int
-    log_every: int
-    device: Literal["cpu", "cuda"]
-    precision: Literal["fp32", "bf16"]
-    compile: bool
-    seed: int
 
-    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(
-        {
-            "checkpoint_every",  # resume is exact, so where checkpoints fall does not change the weights
-            "log_every",  # only how often a metrics line is written
-            "dataset_file",  # where the file lies on this machine; its content digest is fingerprinted instead
-        }
+    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = TrainingSpec.NOT_FINGERPRINTED | frozenset(
+        {"dataset_file"}  # where the file lies on this machine; its content digest is fingerprinted instead
     )
 
 
