@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from llmrecipe.data.locate import external_files
 from llmrecipe.errors import RecipeError
 from llmrecipe.evals.locate import evaluate_files
 from llmrecipe.finetune.locate import finetune_files
-from llmrecipe.host import probe_host
+from llmrecipe.host import probe_host, torchrun_world
 from llmrecipe.plan.compile import compile_plan
 from llmrecipe.plan.plan import Plan
 from llmrecipe.recipe.explain import did_you_mean
@@ -113,15 +113,43 @@ def run(
     only: Iterable[str] = (),
     force: Iterable[str] = (),
     reporter: Reporter | None = None,
-) -> RunReport:
+) -> RunReport | None:
     """Run the recipe; steps already in the store are skipped, an interrupted step resumes.
 
-    `plan` is the recipe's compiled plan when the caller already has it (e.g. to show it first).
+    `plan` is the recipe's compiled plan when the caller already has it (e.g. to show it first). Under torchrun,
+    rank 0 runs the recipe and the other ranks train along in its training steps; they return None.
     """
     plan = plan or compile(loaded, workdir)
     only, force = set(only), set(force)
     _check_step_names(plan, only, "--only")
     _check_step_names(plan, force, "--force")
+    if torchrun_world()[1] is not None:
+        return _run_in_torchrun(loaded, plan, only, force, reporter)
+    return _run_here(loaded, plan, only, force, reporter, EXECUTORS)
+
+
+def is_follower() -> bool:
+    """This process is a rank other than 0 of a torchrun launch: it trains along and reports nothing."""
+    return torchrun_world()[0] != 0
+
+
+def _run_in_torchrun(loaded: LoadedRecipe, plan: Plan, only: set[str], force: set[str], reporter: Reporter | None):
+    from llmrecipe.training.torchrun import Crew
+
+    crew = Crew(plan.device)
+    try:
+        if is_follower():
+            crew.follow(EXECUTORS)
+            return None
+        report = _run_here(loaded, plan, only, force, reporter, crew.leading(EXECUTORS))
+        crew.dismiss()  # only after success: on failure rank 0 exits with the error and torchrun stops the rest
+        return report
+    finally:
+        crew.close()
+
+
+def _run_here(loaded: LoadedRecipe, plan: Plan, only: set[str], force: set[str], reporter: Reporter | None,
+              executors: Mapping[str, Any]) -> RunReport:
     workdir_path = Path(plan.workdir)
     reporter = reporter or LineReporter(sys.stderr)
     with WorkdirLock(workdir_path):
@@ -130,7 +158,7 @@ def run(
         record.write_json("recipe.json", loaded.recipe.model_dump(mode="json"))
         record.write_json("plan.json", plan.model_dump(mode="json"))
         record.write_json("environment.json", environment(plan.device))
-        scheduler = Scheduler(Store(workdir_path), EXECUTORS, reporter)
+        scheduler = Scheduler(Store(workdir_path), executors, reporter)
         failure = None
         try:
             return scheduler.run(plan, record, only=only or None, force=force)

@@ -150,6 +150,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     loaded = api.load(args.recipe, args.set)
     plan = api.compile(loaded, args.workdir)
+    if api.is_follower():  # a torchrun rank other than 0: it trains along with rank 0, which does the talking
+        api.run(loaded, plan=plan, only=args.only, force=args.force)
+        return 0
     console = Console(stderr=True)
     for table in plan_tables(plan, api.states(plan)):
         console.print(table)

@@ -9,7 +9,14 @@ from llmrecipe.plan.plan import Host
 
 
 def probe_host() -> Host:
-    return Host(cuda=_has_cuda(), cpu_bf16=_cpu_has_bf16())
+    return Host(cuda=_has_cuda(), cpu_bf16=_cpu_has_bf16(), torchrun_processes=torchrun_world()[1])
+
+
+def torchrun_world() -> tuple[int, int | None]:
+    """(RANK, WORLD_SIZE) when torchrun (or another torch.distributed launcher) started this process, else (0, None)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return 0, None
 
 
 def _has_cuda() -> bool:

@@ -4,13 +4,18 @@ by N processes resumes in M."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from llmrecipe import api
+from llmrecipe.errors import RecipeError
 from llmrecipe.models import build_model
 from llmrecipe.plan.specs import PretrainSpec
 from llmrecipe.run.context import StepContext
@@ -20,6 +25,7 @@ from llmrecipe.training.checkpoint import save_weights
 from llmrecipe.training.distributed import World
 from llmrecipe.training.launch import launch
 from llmrecipe.training.loop import TrainData, train
+from tests.conftest import write_tiny_recipe
 from tests.test_training import SHAPE, make_spec, token_files
 
 
@@ -73,3 +79,46 @@ def test_two_processes_follow_one_and_checkpoints_move_between_process_counts(tm
     assert_close(resumed_in_one, one)
     resumed_in_two, _ = run_with(tmp_path, "1to2", spec, 2, tmp_path / "runs" / "one" / "checkpoints" / "step-00000005")
     assert_close(resumed_in_two, one)
+
+
+def torchrun(recipe: Path, nproc: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "llmrecipe", "run",
+               str(recipe)]
+    return subprocess.run(command, cwd=recipe.parent, env=env, capture_output=True, text=True, timeout=600)
+
+
+def weights_of(recipe: Path) -> dict:
+    plan = api.compile(api.load(recipe))
+    return load_file(Path(plan.workdir) / "store" / plan.step("base").fingerprint / "model.safetensors")
+
+
+def artifact_named_in(stderr: str, step: str) -> Path:
+    """The store folder `llmrecipe run` names for a final step (its micro-batch, hence fingerprint, is per rank)."""
+    line = next(line for line in stderr.splitlines() if line.strip().startswith(f"{step} ("))
+    return Path(line.split(": ", 1)[1].strip())
+
+
+def test_llmrecipe_run_under_torchrun_trains_in_every_rank_and_matches_one_process(tmp_path):
+    no_dropout = (("seq_len = 32 }", "seq_len = 32, dropout = 0.0 }"),)  # ranks draw their own dropout masks
+    launched = write_tiny_recipe(tmp_path / "torchrun", steps=20, edits=no_dropout)
+    alone = write_tiny_recipe(tmp_path / "alone", steps=20, edits=no_dropout)
+    api.run(api.load(alone))
+
+    first = torchrun(launched, 2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "processes         │ 2" in first.stderr  # the plan counts the launch's processes
+    assert first.stderr.count("pretrain: done") == 1  # rank 0 speaks; rank 1 trains silently
+    assert_close(load_file(artifact_named_in(first.stderr, "base") / "model.safetensors"), weights_of(alone))
+
+    again = torchrun(launched, 2)  # everything cached: rank 1 is dismissed without training
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 cached" in again.stderr
+
+
+def test_run_nproc_that_disagrees_with_the_torchrun_launch_is_a_recipe_error(tmp_path, monkeypatch):
+    recipe = write_tiny_recipe(tmp_path, edits=(('name = "tiny"', 'name = "tiny"\nnproc = 4'),))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RecipeError, match="torchrun started 2 processes"):
+        api.compile(api.load(recipe))

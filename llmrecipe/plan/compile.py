@@ -111,6 +111,19 @@ def resolve_device(recipe: Recipe, host: Host) -> str:
     return wanted
 
 
+def process_count(recipe: Recipe, host: Host) -> int:
+    """Processes that train together: `run.nproc`, or the size of the torchrun launch this process is part of."""
+    launched = host.torchrun_processes
+    if launched is None:
+        return recipe.run.nproc
+    if recipe.run.nproc not in (1, launched):
+        raise RecipeError(
+            f"run.nproc = {recipe.run.nproc}, but torchrun started {launched} processes; "
+            f"drop run.nproc (the launch decides) or start torchrun with --nproc-per-node {recipe.run.nproc}"
+        )
+    return launched
+
+
 def compile_plan(
     recipe: Recipe,
     *,
@@ -143,7 +156,7 @@ def compile_plan(
             tokenizer = recipe.steps[step.tokenizer]
             tokens = builder.tokenized(step.data, step.tokenizer, tokenizer)
             try:
-                spec = derive.pretrain_spec(step, tokenizer, device, host, seed, recipe.run.nproc)
+                spec = derive.pretrain_spec(step, tokenizer, device, host, seed, process_count(recipe, host))
             except derive.DerivationError as problem:
                 raise RecipeError(f"{where}: {problem}") from None
             builder.add(

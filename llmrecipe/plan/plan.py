@@ -17,6 +17,8 @@ class Host(Frozen):
     cuda: bool = False
     cpu_bf16: bool = False
     """The CPU has native bf16 matmuls (AVX512-BF16 or AMX), where bf16 autocast is about 2x fp32."""
+    torchrun_processes: int | None = None
+    """WORLD_SIZE when this process is one of a torchrun launch: the processes that train together."""
 
 
 class ExternalFile(Frozen):

@@ -43,7 +43,8 @@ class RunConfig(Section):
     """`auto` picks CUDA when present, else the CPU."""
     nproc: int = Field(default=1, ge=1)
     """Processes that train together through torch.distributed (gloo on CPU, NCCL on GPU); each takes its share of
-    every step's batch. The pretrain step starts the processes itself on this machine."""
+    every step's batch. The pretrain step starts the processes itself on this machine; under `torchrun` the launch
+    sets the count (leave this at 1 or give the same number)."""
 
 
 class Recipe(Section):

@@ -18,16 +18,22 @@ from llmrecipe.run.context import StepContext
 class Executor:
     module: str
     version: int
+    joins_group: str | None = None
+    """The module's function that one process of a torch.distributed group runs, `f(spec, ctx, world)`, for
+    executors that train in a group (see llmrecipe/training/torchrun.py)."""
 
     def __call__(self, spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         return importlib.import_module(self.module).run(spec, ctx)
+
+    def join(self, spec: dict[str, Any], ctx: StepContext, world: Any) -> None:
+        getattr(importlib.import_module(self.module), self.joins_group)(spec, ctx, world)
 
 
 EXECUTORS: dict[str, Executor] = {
     "data": Executor("llmrecipe.steps.data", version=2),
     "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
-    "pretrain": Executor("llmrecipe.steps.pretrain", version=3),  # 3: fused AdamW on CPU too
+    "pretrain": Executor("llmrecipe.steps.pretrain", version=3, joins_group="train_and_save"),  # 3: fused AdamW on CPU too
     "finetune": Executor("llmrecipe.steps.finetune", version=2),  # 2: sft held out by prompt; max_seq_len recorded
     "evaluate": Executor("llmrecipe.steps.evaluate", version=3),  # 3: suites' plots kept; classifiers
     "export": Executor("llmrecipe.steps.export", version=3),  # 3: per-layer past key/values from the lean decode step

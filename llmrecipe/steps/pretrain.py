@@ -1,9 +1,8 @@
 """Executor of `pretrain`: a model trained from scratch on the packed tokens of the train split.
 
-With `nproc` > 1 it starts that many processes (torch.distributed, gloo on CPU, NCCL on GPU). Called in every
-process of an existing torch.distributed launch (RANK and WORLD_SIZE set) it joins that group instead; the CLI
-does not call it that way (under torchrun every rank would run the whole recipe), so `llmrecipe run` is not
-started by torchrun. Outputs: model.safetensors + config.json (the last
+With `nproc` > 1 it starts that many processes (torch.distributed, gloo on CPU, NCCL on GPU). Under torchrun
+(RANK and WORLD_SIZE set) rank 0 runs it and joins the launch's group, while the other ranks run
+`train_and_save` as llmrecipe/training/torchrun.py tells them. Outputs: model.safetensors + config.json (the last
 weights), best/ (the weights with the best validation loss), metrics.jsonl and loss.png.
 """
 

@@ -23,10 +23,23 @@ Target = Callable[[dict[str, Any], StepContext, World], None]
 
 def launch(target: Target, raw_spec: dict[str, Any], ctx: StepContext, nproc: int, device: str) -> None:
     """Call `target(raw_spec, ctx_of_that_process, world)` in `nproc` fresh processes and wait for them."""
-    paths = {"name": ctx.name, "inputs": {k: str(v) for k, v in ctx.inputs.items()}, "out_dir": str(ctx.out_dir),
-             "scratch_dir": str(ctx.scratch_dir), "device": ctx.device}
     port = _free_port()
-    mp.start_processes(_process, args=(nproc, port, target, raw_spec, paths, device), nprocs=nproc, start_method="spawn")
+    mp.start_processes(_process, args=(nproc, port, target, raw_spec, context_fields(ctx), device), nprocs=nproc,
+                       start_method="spawn")
+
+
+def context_fields(ctx: StepContext) -> dict[str, Any]:
+    """What another process needs to rebuild `ctx`: its name and folders (JSON, so it can cross process borders)."""
+    return {"name": ctx.name, "inputs": {k: str(v) for k, v in ctx.inputs.items()}, "out_dir": str(ctx.out_dir),
+            "scratch_dir": str(ctx.scratch_dir), "device": ctx.device}
+
+
+def context_from(fields: dict[str, Any], world: World) -> StepContext:
+    """The step context of one process of a group: rank 0 reports, the others are silent."""
+    reporter = LineReporter() if world.is_main else _Silent()
+    return StepContext(name=fields["name"], inputs={k: Path(v) for k, v in fields["inputs"].items()},
+                       out_dir=Path(fields["out_dir"]), scratch_dir=Path(fields["scratch_dir"]), device=fields["device"],
+                       reporter=reporter)
 
 
 def _process(rank: int, nproc: int, port: int, target: Target, raw_spec: dict[str, Any], paths: dict, device: str) -> None:
@@ -34,12 +47,8 @@ def _process(rank: int, nproc: int, port: int, target: Target, raw_spec: dict[st
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
     world = init_process_group(device)
-    reporter = LineReporter() if world.is_main else _Silent()
-    ctx = StepContext(name=paths["name"], inputs={k: Path(v) for k, v in paths["inputs"].items()},
-                      out_dir=Path(paths["out_dir"]), scratch_dir=Path(paths["scratch_dir"]), device=paths["device"],
-                      reporter=reporter)
     try:
-        target(raw_spec, ctx, world)
+        target(raw_spec, context_from(paths, world), world)
     finally:
         torch.distributed.destroy_process_group()
 
