@@ -27,7 +27,7 @@ from llmrecipe.recipe.finetune import LoraConfig
 from llmrecipe.run.context import StepContext
 from llmrecipe.tokenizer.bytes import load_tokenizer
 from llmrecipe.training.distributed import World
-from llmrecipe.training.plots import plot_losses
+from llmrecipe.training.metrics import write_training_outputs
 
 
 def run_classify(spec: FinetuneSpec, ctx: StepContext, world: World = World()) -> dict[str, Any]:
@@ -84,5 +84,5 @@ def write_outputs(model: Classifier, spec: FinetuneSpec, ctx: StepContext, recor
                 config=json.dumps(model.config(), indent=2))  # the classifier's config: task, labels, pooling
     for name in ("tokenizer.json", "meta.json"):  # the tokenizer comes with the model
         shutil.copy(ctx.inputs["tokenizer"] / name, out / name)
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    plot_losses(records, out / "loss.png", f"{ctx.name}: classify {len(model.labels)} classes, {summary['steps']} steps")
+    write_training_outputs(records, ctx.scratch_dir, out,
+                           f"{ctx.name}: classify {len(model.labels)} classes, {summary['steps']} steps")

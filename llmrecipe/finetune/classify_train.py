@@ -71,7 +71,8 @@ def train_classifier(
     if (checkpoint := latest_checkpoint(checkpoints)) is not None:
         counters = {**counters, **load_checkpoint(checkpoint, model, optimizer, spec.device)}
         ctx.log(f"resumed from checkpoint at step {counters['step']}")
-    metrics = MetricsLog(ctx.scratch_dir / "metrics.jsonl", counters["step"], ctx.event, enabled=world.is_main)
+    metrics = MetricsLog(ctx.scratch_dir / "metrics.jsonl", counters["step"], ctx.event, enabled=world.is_main,
+                         tensorboard=spec.tensorboard)
     weights = weights.to(spec.device) if weights is not None else None
     val = _validation_subset(val, spec.eval_batches * spec.batch_size)
     progress = ctx.progress(steps, "steps", completed=counters["step"])

@@ -16,7 +16,7 @@ from llmrecipe.plan.specs import FinetuneSpec, PretrainSpec
 from llmrecipe.run.context import StepContext
 from llmrecipe.training.batches import TokenFile
 from llmrecipe.training.loop import TrainData, train
-from llmrecipe.training.plots import plot_losses
+from llmrecipe.training.metrics import write_training_outputs
 
 
 def run_continue(spec: FinetuneSpec, ctx: StepContext) -> dict[str, Any]:
@@ -31,8 +31,7 @@ def run_continue(spec: FinetuneSpec, ctx: StepContext) -> dict[str, Any]:
     write_model(model, spec, out, ctx.scratch_dir / "best" / "model.safetensors")
     copy_tokenizer(ctx.inputs["tokenizer"], out)
     copy_tokenizer(ctx.inputs["model"], out)  # an init model tuned for chat keeps its template
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    plot_losses(records, out / "loss.png", f"{ctx.name}: continued pre-training, {summary['steps']} steps")
+    write_training_outputs(records, ctx.scratch_dir, out, f"{ctx.name}: continued pre-training, {summary['steps']} steps")
     return {**summary, "trained_parameters": trained}
 
 

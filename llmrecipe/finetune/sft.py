@@ -24,7 +24,7 @@ from llmrecipe.finetune.sft_train import train_sft
 from llmrecipe.plan.specs import FinetuneSpec
 from llmrecipe.run.context import StepContext
 from llmrecipe.tokenizer.bytes import load_tokenizer
-from llmrecipe.training.plots import plot_losses
+from llmrecipe.training.metrics import write_training_outputs
 
 
 def run_sft(spec: FinetuneSpec, ctx: StepContext) -> dict[str, Any]:
@@ -47,8 +47,7 @@ def run_sft(spec: FinetuneSpec, ctx: StepContext) -> dict[str, Any]:
     out = ctx.out_dir
     write_model(model, spec, out, ctx.scratch_dir / "best" / "model.safetensors")
     write_chat_tokenizer(tokenizer, meta, spec, out)
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    plot_losses(records, out / "loss.png", f"{ctx.name}: sft, {summary['steps']} steps")
+    write_training_outputs(records, ctx.scratch_dir, out, f"{ctx.name}: sft, {summary['steps']} steps")
     return {**summary, "train_examples": len(examples["train"]), "val_examples": len(examples["val"]),
             "packed_rows": len(train), "trained_parameters": trained}
 

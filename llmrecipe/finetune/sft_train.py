@@ -62,7 +62,7 @@ def train_sft(spec: FinetuneSpec, model: nn.Module, train: Packed, val: Packed |
         ctx.log(f"resumed from checkpoint at step {counters['step']}")
     elif val is not None:
         counters["base_val_loss"] = validation_loss(model, val, spec)  # the starting model, for comparison
-    metrics = MetricsLog(ctx.scratch_dir / "metrics.jsonl", counters["step"], ctx.event)
+    metrics = MetricsLog(ctx.scratch_dir / "metrics.jsonl", counters["step"], ctx.event, tensorboard=spec.tensorboard)
     forward = torch.compile(model) if spec.compile else model
     progress = ctx.progress(spec.total_steps, "steps", completed=counters["step"])
     last_val, stopped_early, started, tokens = None, False, time.perf_counter(), 0

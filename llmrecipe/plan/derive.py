@@ -145,6 +145,7 @@ def pretrain_spec(step: PretrainStep, tokenizer: TokenizerStep, device: str, hos
         activation_checkpointing=step.activation_checkpointing,
         checkpoint_every=step.checkpoint_every,
         log_every=step.log_every,
+        tensorboard=step.tensorboard,
         device=device,
         precision=_precision(step.precision, device, host, shape.d_model),
         compile=_compile(step.compile, device),
@@ -304,7 +305,7 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
         batch_size=step.batch_size, micro_batch_size=micro, grad_accum=step.batch_size // micro,
         tokens_per_step=tokens_per_step, total_steps=total_steps, epochs=budget.epochs, eval_every=step.eval_every,
         eval_batches=step.eval_batches, early_stopping_patience=step.early_stopping_patience,
-        checkpoint_every=step.checkpoint_every, log_every=step.log_every, device=device,
+        checkpoint_every=step.checkpoint_every, log_every=step.log_every, tensorboard=step.tensorboard, device=device,
         precision=_precision(step.precision, device, host, model.d_model), compile=_compile(step.compile, device),
         seed=seed,
     )

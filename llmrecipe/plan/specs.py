@@ -94,6 +94,7 @@ class TrainingSpec(Spec):
     early_stopping_patience: int | None = None
     checkpoint_every: int
     log_every: int
+    tensorboard: bool = False
     device: Literal["cpu", "cuda"]
     precision: Literal["fp32", "bf16"]
     compile: bool
@@ -103,6 +104,7 @@ class TrainingSpec(Spec):
         {
             "checkpoint_every",  # resume is exact, so where checkpoints fall does not change the weights
             "log_every",  # only how often a metrics line is written
+            "tensorboard",  # only where the metrics are also written
         }
     )
 

@@ -112,6 +112,9 @@ class FinetuneStep(Section):
     """Save a resumable checkpoint every this many steps."""
     log_every: int = Field(default=10, ge=1)
     """Write a metrics line every this many steps."""
+    tensorboard: bool = False
+    """Also write the metrics as TensorBoard events (`tensorboard --logdir` on the step's scratch or store folder);
+    needs `pip install tensorboard`. Like `log_every` it is not part of the step's identity."""
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile: `auto` turns it on where it pays back (CUDA)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"

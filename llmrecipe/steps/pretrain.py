@@ -25,7 +25,7 @@ from llmrecipe.training.device import prepare_device
 from llmrecipe.training.distributed import World, init_process_group, launched_by_torchrun
 from llmrecipe.training.launch import launch
 from llmrecipe.training.loop import TrainData, train
-from llmrecipe.training.plots import plot_losses
+from llmrecipe.training.metrics import write_training_outputs
 
 
 def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -60,8 +60,7 @@ def train_and_save(raw_spec: dict[str, Any], ctx: StepContext, world: World) -> 
         shutil.copy(ctx.scratch_dir / "best" / "model.safetensors", ctx.out_dir / "best" / "model.safetensors")
         (ctx.out_dir / "best" / "config.json").write_text(config)
     shutil.copy(ctx.inputs["tokenizer"] / "tokenizer.json", ctx.out_dir / "tokenizer.json")
-    (ctx.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    plot_losses(records, ctx.out_dir / "loss.png", f"{ctx.name}: {spec.model.arch}, {summary['steps']} steps")
+    write_training_outputs(records, ctx.scratch_dir, ctx.out_dir, f"{ctx.name}: {spec.model.arch}, {summary['steps']} steps")
     (ctx.scratch_dir / "summary.json").write_text(json.dumps(summary))
 
 

@@ -60,7 +60,8 @@ def train(spec: PretrainSpec, model: nn.Module, data: TrainData, ctx: StepContex
         ctx.log(f"resumed from checkpoint at step {counters['step']}")
     elif spec.on_nonfinite == "rollback":
         save_checkpoint(checkpoints, model, optimizer, counters, world)  # something to roll back to
-    metrics = MetricsLog(ctx.scratch_dir / "metrics.jsonl", counters["step"], ctx.event, enabled=world.is_main)
+    metrics = MetricsLog(ctx.scratch_dir / "metrics.jsonl", counters["step"], ctx.event, enabled=world.is_main,
+                         tensorboard=spec.tensorboard)
     forward = torch.compile(wrapped) if spec.compile else wrapped
     val_offsets = _validation_offsets(spec, data)
     speed = Speed(spec, model, world)
