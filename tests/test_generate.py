@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 
@@ -9,8 +12,9 @@ from llmrecipe.generate.cache import left_pad
 from llmrecipe.generate.decoders import TorchDecoder
 from llmrecipe.generate.engine import Engine
 from llmrecipe.generate.sampling import SamplingParams, next_token, nucleus, penalize_repeats
-from llmrecipe.generate.text import TextStream
-from tests.generate_helpers import STYLES, lively_model, style_shape, tiny_shape
+from llmrecipe.generate.text import TextStream, byte_fallback_ids
+from llmrecipe.tokenizer.train import train_bpe, train_char
+from tests.generate_helpers import EOT, STYLES, TEXTS, lively_model, style_shape, tiny_shape
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 PROMPTS = [[1, 2, 3], [5, 6, 7, 8, 9, 10, 11], [4]]
@@ -35,21 +39,22 @@ def test_cached_logits_equal_full_recomputation_for_left_padded_rows(style):
         for row, prompt in enumerate(PROMPTS):
             with torch.no_grad():
                 expected = model(torch.tensor([prompt + continuations[row][:step]]))[0, -1]  # (V,)
-            torch.testing.assert_close(logits[row], expected, atol=1e-5, rtol=1e-5)
-        new = torch.tensor([[c[step]] for c in continuations])  # (B, 1)
-        positions = torch.tensor([[len(p) + step] for p in PROMPTS])
-        valid = torch.cat([valid, torch.ones(3, 1, dtype=torch.bool)], dim=1)
+            torch.testing.assert_close(torch.from_numpy(logits[row]), expected, atol=1e-5, rtol=1e-5)
+        new = np.array([[c[step]] for c in continuations])  # (B, 1)
+        positions = np.array([[len(p) + step] for p in PROMPTS])
+        valid = np.concatenate([valid, np.ones((3, 1), dtype=bool)], axis=1)
         logits, past = decoder.forward(new, positions, valid, past)
 
 
 @pytest.mark.parametrize("style", STYLES)
 def test_no_cache_path_is_unchanged_by_the_cache_argument(style):
     model = lively_model(style_shape(style))
-    ids = torch.tensor([[3, 1, 4, 1, 5, 9]])
+    ids = np.array([[3, 1, 4, 1, 5, 9]])
     decoder = TorchDecoder(model)
-    logits, _ = decoder.forward(ids, torch.arange(6)[None], torch.ones(1, 6, dtype=torch.bool), decoder.empty(1))
+    logits, _ = decoder.forward(ids, np.arange(6)[None], np.ones((1, 6), dtype=bool), decoder.empty(1))
     with torch.no_grad():
-        torch.testing.assert_close(logits[0], model(ids)[0, -1], atol=1e-5, rtol=1e-5)
+        expected = model(torch.from_numpy(ids))[0, -1]  # (V,)
+        torch.testing.assert_close(torch.from_numpy(logits[0]), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("style", ["llama-gqa", "gpt2"])
@@ -89,11 +94,12 @@ def test_the_decoding_step_gives_the_model_logits_in_place_in_the_cache():
     model = lively_model(style_shape("llama-gqa"))
     decoder = TorchDecoder(model)
     cache = decoder.empty(1, 8)
-    ids = torch.tensor([[3, 1, 4]])
-    logits, present = decoder.forward(ids, torch.arange(3)[None], torch.ones(1, 3, dtype=torch.bool), cache)
+    ids = np.array([[3, 1, 4]])
+    logits, present = decoder.forward(ids, np.arange(3)[None], np.ones((1, 3), dtype=bool), cache)
     assert present is cache and cache.length == 3 and cache.keys.shape[3] == 8  # written in place, no growth
     with torch.no_grad():
-        torch.testing.assert_close(logits[0], model(ids)[0, -1], atol=1e-5, rtol=1e-5)
+        expected = model(torch.from_numpy(ids))[0, -1]  # (V,)
+        torch.testing.assert_close(torch.from_numpy(logits[0]), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_end_of_text_token_stops_a_row():
@@ -121,7 +127,7 @@ def test_top_k_and_vocabulary_bound_the_draws():
     engine = Engine(TorchDecoder(lively_model(tiny_shape())), vocab_size=10)
     drawn = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=30, temperature=3.0, seed=0))[0].token_ids
     assert max(drawn) < 10
-    logits = torch.tensor([0.0, 5.0, 4.0, -1.0])
+    logits = np.array([0.0, 5.0, 4.0, -1.0], dtype=np.float32)
     picks = {next_token(logits, SamplingParams(top_k=2, temperature=5.0), torch.empty(0, dtype=torch.long),
                         torch.Generator().manual_seed(s)) for s in range(40)}
     assert picks == {1, 2}
@@ -160,10 +166,34 @@ def test_text_stream_holds_back_possible_stops_and_cuts_at_the_first():
 
 
 def test_text_stream_holds_back_a_partial_character():
-    utf8 = TextStream(lambda ids: bytes(ids).decode("utf-8", errors="replace"), ())
-    assert utf8.push(0xC3) == ("", False)  # first byte of é: nothing to show yet
-    assert utf8.push(0xA9) == ("é", False)
-    assert utf8.flush() == ""
+    decoded = []
+
+    def utf8(ids: list[int]) -> str:
+        decoded.append(list(ids))
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    stream = TextStream(utf8, ())
+    assert stream.push(0xC3) == ("", False)  # first byte of é: nothing to show yet
+    assert stream.push(0xA9) == ("é", False)
+    assert [stream.push(b) for b in b"ok"] == [("o", False), ("k", False)]
+    assert stream.flush() == "" and stream.text == "éok"
+    assert decoded == [[0xC3], [0xC3, 0xA9], [ord("o")], [ord("k")]]  # each id decoded again only until a boundary
+
+
+@pytest.mark.parametrize("train", [train_bpe, train_char])
+def test_text_stream_decodes_what_decoding_the_whole_output_gives(train):
+    tokenizer = train(TEXTS, vocab_size=320, min_frequency=2, eot_token=EOT)
+    draw = random.Random(0)
+    outputs = [tokenizer.encode(text).ids for text in TEXTS[:4]]
+    outputs += [[draw.randrange(tokenizer.get_vocab_size()) for _ in range(40)] for _ in range(30)]  # bytes in any order
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False)
+
+    for ids in outputs:
+        stream = TextStream(decode, (), byte_fallback_ids(tokenizer))
+        shown = "".join(stream.push(i)[0] for i in ids) + stream.flush()
+        assert shown == stream.text == decode(ids)
 
 
 def test_streamed_deltas_add_up_to_the_completion_and_cancelled_rows_leave():

@@ -102,8 +102,7 @@ def _onnx_decoder(folder: Path, shape, threads: int | None):
     from llmrecipe.generate.decoders import OnnxDecoder
 
     decoder = OnnxDecoder(folder / "model.onnx", shape, threads)
-    inputs = {i.name for i in decoder.session.get_inputs()}
-    if "past_key_values.0.key" not in inputs:
+    if "past_key_values.0.key" not in decoder.input_names:  # the graph's own names: its session is made on first need
         raise ArtifactError(
             f"{folder / 'model.onnx'} has no per-layer KV-cache inputs (an export from an older llmrecipe): "
             "run the export step again (`llmrecipe run RECIPE --force STEP`), or generate from the pretrain step"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
 import torch
 
 LayerCache = tuple[torch.Tensor, torch.Tensor]
@@ -125,13 +126,14 @@ def attention_mask(valid: torch.Tensor, new: int) -> torch.Tensor:
     return ((key <= query) & valid[:, None, None, :]) | (key == query)  # (B, 1, T, S)
 
 
-def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prompts -> ids (B, T) left-padded with 0, valid (B, T) bool, positions (B, T) counting real tokens."""
+def left_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prompts -> ids (B, T) int64 left-padded with 0, valid (B, T) bool, positions (B, T) int64 counting real
+    tokens; numpy, as the engine's bookkeeping is (see decoders.py)."""
     width = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    valid = torch.zeros(len(prompts), width, dtype=torch.bool)
+    ids = np.zeros((len(prompts), width), dtype=np.int64)
+    valid = np.zeros((len(prompts), width), dtype=bool)
     for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        ids[row, width - len(prompt) :] = prompt
         valid[row, width - len(prompt) :] = True
-    positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T); padding sits at position 0
+    positions = np.maximum(valid.cumsum(axis=1) - 1, 0)  # (B, T); padding sits at position 0
     return ids, valid, positions

@@ -2,7 +2,9 @@
 
 `forward(ids (B, T), positions (B, T), valid (B, P + T), past) -> (last logits (B, V), present)`,
 `empty(batch, slots)` for a cache with no past and room for `slots` tokens, and `select(past, rows)` to drop
-finished rows from a batch.
+finished rows from a batch. Arrays in and out are numpy (ids and positions int64, valid bool, logits float32):
+the engine's bookkeeping between steps is numpy, and at batch 1 each torch conversion is a visible share of a
+step on onnxruntime.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from llmrecipe.generate.cache import InPlaceState, KVCache
+from llmrecipe.generate.fused import FusedCache
 from llmrecipe.generate.step import decode_step
 
 
@@ -36,54 +39,96 @@ class TorchDecoder:
 
     @torch.inference_mode()
     def forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, past: KVCache
-    ) -> tuple[torch.Tensor, KVCache]:
-        state = InPlaceState(past, positions.to(self.device), valid.to(self.device))
-        logits = self.step(ids.to(self.device), state)  # (B, V)
+        self, ids: np.ndarray, positions: np.ndarray, valid: np.ndarray, past: KVCache
+    ) -> tuple[np.ndarray, KVCache]:
+        ids, positions, valid = (torch.from_numpy(a).to(self.device) for a in (ids, positions, valid))
+        state = InPlaceState(past, positions, valid)
+        logits = self.step(ids, state)  # (B, V)
         state.commit()
-        return logits.float().cpu(), past
+        return logits.float().cpu().numpy(), past
 
-    def select(self, past: KVCache, rows: torch.Tensor) -> KVCache:
-        return past.select(rows.to(self.device))
+    def select(self, past: KVCache, rows: np.ndarray) -> KVCache:
+        return past.select(torch.from_numpy(rows).to(self.device))
 
 
 class OnnxDecoder:
-    """A graph written by `export.onnx.export_decoder`: one cache input and output per layer and side, (B, K, P, E).
+    """A graph written by `export.onnx.export_decoder`, one cache input and output per layer and side (B, K, P, E),
+    and the fused graph that fused.py builds from its weights (where it serves the export).
 
-    Plain `session.run` with numpy caches: measured here against IOBinding with the caches kept as OrtValues,
-    it was as fast or faster (a batch-1 cache is a few hundred KB; binding costs Python calls every step).
+    A batch without padding (batch 1, prompts of one length) decodes with the fused graph, its cache updated in
+    place (a FusedCache); a left-padded batch, or an export fused.py does not recognise, with the portable graph
+    and numpy caches through plain `session.run`, which measured as fast as IOBinding there (a batch-1 cache is a
+    few hundred KB, and binding costs Python calls every step). The portable session is made on first need.
     """
 
-    def __init__(self, path: Path, shape: Any, threads: int | None = None):
-        import onnxruntime  # heavy: only ONNX artifacts need it
+    def __init__(self, path: Path, shape: Any, threads: int | None = None, fused: bool = True):
+        import onnx
 
-        from llmrecipe.export.onnx import decoder_output_names, onnx_providers, past_names
+        from llmrecipe.export.onnx import decoder_output_names, past_names
+        from llmrecipe.generate.fused import fused_graph, read_weights
 
-        self.session = onnxruntime.InferenceSession(str(path), session_options(threads), providers=onnx_providers())
+        self.path, self.threads = Path(path), threads
         self.shape, self.seq_len, self.vocab_size = shape, shape.seq_len, shape.vocab_size
         self.past_names, self.output_names = past_names(shape.n_layer), decoder_output_names(shape.n_layer)
+        proto = onnx.load(str(path), load_external_data=False)  # inline weights come along; external ones stay
+        self.input_names = [i.name for i in proto.graph.input]
+        weights = read_weights(proto, shape) if fused and self.past_names[0] in self.input_names else None
+        # On CPU whatever the machine: its caches are bound as host memory, and it exists for CPU decoding.
+        self.fused_session = (
+            _session(fused_graph(weights, shape).SerializeToString(), threads, ["CPUExecutionProvider"])
+            if weights else None
+        )
+        self._session = None
 
-    def empty(self, batch: int, slots: int | None = None) -> list[np.ndarray]:
-        """The graph's caches grow by concatenation: `slots` (the most a batch will use) needs no room set aside."""
+    @property
+    def session(self):
+        """The portable graph's session."""
+        if self._session is None:
+            self._session = _session(str(self.path), self.threads)
+        return self._session
+
+    def empty(self, batch: int, slots: int | None = None) -> FusedCache | list[np.ndarray]:
+        """A fused cache with room for `slots` tokens if the fused graph exists (forward swaps it for portable
+        caches if the batch turns out padded); else portable caches, which grow by concatenation."""
+        if self.fused_session is not None:
+            return FusedCache(self.fused_session, self.shape, batch, slots or self.seq_len)
+        return self._portable_empty(batch)
+
+    def _portable_empty(self, batch: int) -> list[np.ndarray]:
         from llmrecipe.export.onnx import empty_past
 
         return list(empty_past(self.shape, batch).values())
 
     def forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, past: list[np.ndarray]
-    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+        self, ids: np.ndarray, positions: np.ndarray, valid: np.ndarray, past: FusedCache | list[np.ndarray]
+    ) -> tuple[np.ndarray, FusedCache | list[np.ndarray]]:
+        if isinstance(past, FusedCache):
+            # Checked once, when the cache is first filled: rows without padding stay so (new slots are real tokens),
+            # and at batch 1 the check would cost a visible share of every step.
+            if past.length or valid.all():  # positions then count slots, as GroupQueryAttention counts them
+                return past.run(ids)[:, -1], past  # (B, V)
+            past = self._portable_empty(ids.shape[0])
         feeds = {
-            "input_ids": ids.numpy(),
-            "position_ids": positions.numpy(),
-            "attention_mask": np.ascontiguousarray(valid.numpy(), dtype=np.int64),  # valid may be a column slice
+            "input_ids": ids,
+            "position_ids": positions,
+            "attention_mask": np.ascontiguousarray(valid, dtype=np.int64),  # valid may be a column slice
             **dict(zip(self.past_names, past)),
         }
         logits, *present = self.session.run(self.output_names, feeds)
-        return torch.from_numpy(logits[:, -1]), present  # (B, V)
+        return logits[:, -1], present  # (B, V)
 
-    def select(self, past: list[np.ndarray], rows: torch.Tensor) -> list[np.ndarray]:
-        index = rows.numpy()
-        return [np.ascontiguousarray(side[index]) for side in past]
+    def select(self, past: FusedCache | list[np.ndarray], rows: np.ndarray) -> FusedCache | list[np.ndarray]:
+        if isinstance(past, FusedCache):
+            return past.select(rows)
+        return [np.ascontiguousarray(side[rows]) for side in past]
+
+
+def _session(model: str | bytes, threads: int | None, providers: list[str] | None = None):
+    import onnxruntime  # heavy: only ONNX artifacts need it
+
+    from llmrecipe.export.onnx import onnx_providers
+
+    return onnxruntime.InferenceSession(model, session_options(threads), providers=providers or onnx_providers())
 
 
 def session_options(threads: int | None):

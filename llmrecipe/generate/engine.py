@@ -16,7 +16,7 @@ import torch
 
 from llmrecipe.generate.cache import left_pad
 from llmrecipe.generate.sampling import SamplingParams, next_token
-from llmrecipe.generate.text import TextStream
+from llmrecipe.generate.text import TextStream, byte_fallback_ids
 
 NOTHING_SEEN = torch.empty(0, dtype=torch.long)
 """The ids a row has seen, as far as sampling cares without a repetition penalty."""
@@ -63,6 +63,7 @@ class Engine:
         self.vocab_size = vocab_size or decoder.vocab_size
         """Ids past the tokenizer's vocabulary are padding rows of the model: never sampled."""
         self.context = decoder.seq_len
+        self.byte_ids = byte_fallback_ids(tokenizer) if tokenizer is not None else frozenset()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -102,44 +103,42 @@ class Engine:
             self.check_prompt(prompt)
         rows = [self._row(i, list(p), s) for i, (p, s) in enumerate(zip(prompts, settings))]
         ids, valid, positions = left_pad(prompts)  # (B, T) each
-        used = ids.size(1)
+        used = ids.shape[1]
         # Every step after the prompt adds one cache slot per row, up to the longest budget (its last token is
         # never fed back); a short prompt's row may outlive the long ones, so this can pass the context.
         slots = used + max(self._budget(row) for row in rows) - 1
         filled = np.zeros((len(rows), slots), dtype=bool)  # (B, S) cache slots holding real tokens
-        filled[:, :used] = valid.numpy()
+        filled[:, :used] = valid
         logits, past = self.decoder.forward(ids, positions, valid, self.decoder.empty(len(rows), slots))  # (B, V)
         while rows:
-            scores = logits.numpy()[:, : self.vocab_size]  # (B, V) of the tokenizer's vocabulary
+            scores = logits[:, : self.vocab_size]  # (B, V) of the tokenizer's vocabulary
             keep = []
             for slot, row in enumerate(rows):
-                delta = self._advance(row, torch.from_numpy(scores[slot]))
+                delta = self._advance(row, scores[slot])
                 yield delta
                 if delta.finish_reason is None and not (cancelled and cancelled(row.index)):
                     keep.append(slot)
             if not keep:
                 return
             if len(keep) < len(rows):
-                past = self.decoder.select(past, torch.tensor(keep))
+                past = self.decoder.select(past, np.array(keep))
                 rows, filled = [rows[i] for i in keep], filled[keep]
-            ids = torch.from_numpy(np.array([[row.output[-1]] for row in rows], dtype=np.int64))  # (B, 1)
-            positions = torch.from_numpy(
-                np.array([[len(row.prompt) + len(row.output) - 1] for row in rows], dtype=np.int64)
-            )  # (B, 1)
+            ids = np.array([[row.output[-1]] for row in rows], dtype=np.int64)  # (B, 1)
+            positions = np.array([[len(row.prompt) + len(row.output) - 1] for row in rows], dtype=np.int64)  # (B, 1)
             filled[:, used] = True
             used += 1
-            logits, past = self.decoder.forward(ids, positions, torch.from_numpy(filled[:, :used]), past)
+            logits, past = self.decoder.forward(ids, positions, filled[:, :used], past)
 
     def _row(self, index: int, prompt: list[int], params: SamplingParams) -> _Row:
         seed = params.seed if params.seed is not None else secrets.randbits(63)
-        text = TextStream(self.decode, params.stop) if self.tokenizer is not None else None
+        text = TextStream(self.decode, params.stop, self.byte_ids) if self.tokenizer is not None else None
         return _Row(index, prompt, params, torch.Generator().manual_seed(seed), text)
 
     def _budget(self, row: _Row) -> int:
         """New tokens the row may produce: its max_tokens, cut by the context (always at least one)."""
         return max(1, min(row.params.max_tokens, self.context - len(row.prompt)))
 
-    def _advance(self, row: _Row, logits: torch.Tensor) -> Delta:
+    def _advance(self, row: _Row, logits: np.ndarray) -> Delta:
         """Pick the row's next token and say what it adds and whether the row is done."""
         seen = torch.tensor(row.prompt + row.output) if row.params.repetition_penalty != 1.0 else NOTHING_SEEN
         token = next_token(logits, row.params, seen, row.generator)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 GREEDY_BELOW = 1e-5
@@ -32,11 +33,16 @@ class SamplingParams:
         return self.temperature < GREEDY_BELOW or self.top_k == 1
 
 
-def next_token(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, generator: torch.Generator) -> int:
-    """One id from next-token logits (V,) of the tokenizer's vocabulary; `seen` (N,) are the ids so far."""
-    logits = penalize_repeats(logits, seen, params.repetition_penalty)
-    if params.greedy:  # numpy's argmax on the same memory: the first maximum too, at a tenth of torch's call cost
-        return int(logits.numpy().argmax())
+def next_token(logits: np.ndarray, params: SamplingParams, seen: torch.Tensor, generator: torch.Generator) -> int:
+    """One id from next-token logits (V,) of the tokenizer's vocabulary; `seen` (N,) are the ids so far.
+
+    Logits come as numpy and greedy decoding stays in numpy: its argmax also takes the first maximum, and at batch 1
+    each torch call (or conversion) costs a visible share of a decoding step."""
+    if params.greedy and params.repetition_penalty == 1.0:
+        return int(logits.argmax())
+    logits = penalize_repeats(torch.from_numpy(logits), seen, params.repetition_penalty)  # (V,)
+    if params.greedy:
+        return int(logits.argmax())
     logits = logits / params.temperature
     if params.top_k is not None and params.top_k < logits.numel():
         kth_largest = torch.topk(logits, params.top_k).values[-1]
