@@ -121,6 +121,16 @@ def test_an_export_the_fused_graph_cannot_serve_decodes_with_the_portable_graph(
     assert Engine(portable).generate([[3, 1, 4]], params)[0].token_ids == expected
 
 
+def test_where_onnxruntime_has_a_gpu_every_batch_decodes_with_the_portable_graph_there(exported, monkeypatch):
+    import llmrecipe.export.onnx
+
+    model, path, _ = exported
+    with_a_gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(llmrecipe.export.onnx, "onnx_providers", lambda: with_a_gpu)
+    decoder = OnnxDecoder(path, model.shape)
+    assert decoder.fused_session is None and isinstance(decoder.empty(1), list)
+
+
 @pytest.mark.parametrize("style", STYLES)
 def test_hugging_face_folder_loads_offline_and_matches_our_logits(style, tmp_path, monkeypatch):
     transformers = pytest.importorskip("transformers")

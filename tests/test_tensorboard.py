@@ -38,3 +38,39 @@ def test_tensorboard_does_not_change_what_a_step_is(tmp_path):
     recipe = write_tiny_recipe(tmp_path)
     plain, logged = api.compile(api.load(recipe)), api.compile(api.load(recipe, ["steps.base.tensorboard=true"]))
     assert plain.step("base").fingerprint == logged.step("base").fingerprint
+
+
+def test_continued_pretraining_passes_every_training_setting_to_the_loop(tmp_path):
+    from llmrecipe.finetune.continued import pretrain_view
+    from llmrecipe.plan.specs import FinetuneSpec, TrainingSpec
+
+    extra = ('\n[steps.domain]\nkind = "finetune"\ninit = "base"\ntask = "continue"\ndata = "corpus"\n'
+             'budget = { steps = 5 }\noptim = { warmup = 1 }\nbatch_size = 2\ntensorboard = true\n')
+    plan = api.compile(api.load(write_tiny_recipe(tmp_path, steps=20, extra=extra)))
+    spec = FinetuneSpec.model_validate(plan.step("domain").spec)
+    view = pretrain_view(spec, train_tokens=10_000)
+    assert view.tensorboard
+    carried = set(TrainingSpec.model_fields) - {"model"}  # the model's seq_len becomes the finetune's
+    assert {name: getattr(view, name) for name in carried} == {name: getattr(spec, name) for name in carried}
+
+
+@pytest.mark.parametrize("resumed_at", [0, 2])
+def test_events_past_the_resumed_or_rolled_back_step_are_dropped_like_the_jsonl_lines(tmp_path, resumed_at):
+    from llmrecipe.training.metrics import MetricsLog
+
+    def losses(log: MetricsLog) -> list[tuple[int, float]]:
+        return [(r["step"], r["loss"]) for r in log.records]
+
+    first = MetricsLog(tmp_path / "metrics.jsonl", 0, lambda record: None, tensorboard=True)
+    for step in range(1, 5):
+        first.write({"step": step, "loss": float(step)})
+    # A kill, then a resume from the checkpoint at `resumed_at` (0: none was written), which goes on to step 4.
+    resumed = MetricsLog(tmp_path / "metrics.jsonl", resumed_at, lambda record: None, tensorboard=True)
+    for step in range(resumed_at + 1, 5):
+        resumed.write({"step": step, "loss": 10.0 * step})
+    assert scalars(tmp_path / "tensorboard", "loss") == losses(resumed)
+    # A rollback to step 3, then steps 4 and 5 again.
+    resumed.truncate(3)
+    for step in (4, 5):
+        resumed.write({"step": step, "loss": 100.0 * step})
+    assert scalars(tmp_path / "tensorboard", "loss") == losses(resumed)

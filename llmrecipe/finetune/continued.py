@@ -46,7 +46,8 @@ def pretrain_view(spec: FinetuneSpec, train_tokens: int) -> PretrainSpec:
         micro_batch_size=spec.micro_batch_size, grad_accum=spec.grad_accum, tokens_per_step=spec.tokens_per_step,
         total_steps=total, epochs=spec.epochs, eval_every=spec.eval_every, eval_batches=spec.eval_batches,
         early_stopping_patience=spec.early_stopping_patience, checkpoint_every=spec.checkpoint_every,
-        log_every=spec.log_every, device=spec.device, precision=spec.precision, compile=spec.compile, seed=spec.seed,
+        log_every=spec.log_every, tensorboard=spec.tensorboard, device=spec.device, precision=spec.precision,
+        compile=spec.compile, seed=spec.seed,
     )
 
 

@@ -55,16 +55,17 @@ class OnnxDecoder:
     """A graph written by `export.onnx.export_decoder`, one cache input and output per layer and side (B, K, P, E),
     and the fused graph that fused.py builds from its weights (where it serves the export).
 
-    A batch without padding (batch 1, prompts of one length) decodes with the fused graph, its cache updated in
-    place (a FusedCache); a left-padded batch, or an export fused.py does not recognise, with the portable graph
-    and numpy caches through plain `session.run`, which measured as fast as IOBinding there (a batch-1 cache is a
-    few hundred KB, and binding costs Python calls every step). The portable session is made on first need.
+    A batch without padding (batch 1, prompts of one length) decodes with the fused graph on the CPU, its cache
+    updated in place (a FusedCache); a left-padded batch, an export fused.py does not recognise, or any batch where
+    onnxruntime has a GPU, with the portable graph and numpy caches through plain `session.run`, which measured as
+    fast as IOBinding there (a batch-1 cache is a few hundred KB, and binding costs Python calls every step). The
+    portable session is made on first need.
     """
 
     def __init__(self, path: Path, shape: Any, threads: int | None = None, fused: bool = True):
         import onnx
 
-        from llmrecipe.export.onnx import decoder_output_names, past_names
+        from llmrecipe.export.onnx import decoder_output_names, onnx_providers, past_names
         from llmrecipe.generate.fused import fused_graph, read_weights
 
         self.path, self.threads = Path(path), threads
@@ -72,8 +73,10 @@ class OnnxDecoder:
         self.past_names, self.output_names = past_names(shape.n_layer), decoder_output_names(shape.n_layer)
         proto = onnx.load(str(path), load_external_data=False)  # inline weights come along; external ones stay
         self.input_names = [i.name for i in proto.graph.input]
-        weights = read_weights(proto, shape) if fused and self.past_names[0] in self.input_names else None
-        # On CPU whatever the machine: its caches are bound as host memory, and it exists for CPU decoding.
+        # The fused graph runs on the CPU (its caches are bound as host memory): where the portable graph would run
+        # on a GPU, it keeps every batch.
+        on_cpu = "CUDAExecutionProvider" not in onnx_providers()
+        weights = read_weights(proto, shape) if fused and on_cpu and self.past_names[0] in self.input_names else None
         self.fused_session = (
             _session(fused_graph(weights, shape).SerializeToString(), threads, ["CPUExecutionProvider"])
             if weights else None

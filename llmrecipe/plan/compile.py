@@ -118,8 +118,8 @@ def process_count(recipe: Recipe, host: Host) -> int:
         return recipe.run.nproc
     if recipe.run.nproc not in (1, launched):
         raise RecipeError(
-            f"run.nproc = {recipe.run.nproc}, but torchrun started {launched} processes; "
-            f"drop run.nproc (the launch decides) or start torchrun with --nproc-per-node {recipe.run.nproc}"
+            f"run.nproc = {recipe.run.nproc}, but torchrun started {launched} processes in all; "
+            f"drop run.nproc (the launch decides) or launch {recipe.run.nproc} processes (--nnodes x --nproc-per-node)"
         )
     return launched
 
@@ -248,11 +248,10 @@ class _PlanBuilder:
     ) -> None:
         version = self.versions[kind]
         spec_json = spec.model_dump(mode="json")
-        fingerprinted = {k: v for k, v in spec_json.items() if k not in spec.NOT_FINGERPRINTED}
         fp = fingerprint(
             kind,
             version,
-            fingerprinted,
+            spec.fingerprinted(),
             {role: self.fingerprints[upstream] for role, upstream in inputs.items()},
             [(f.source, f.name, f.sha256) for f in external],
         )

@@ -111,8 +111,8 @@ def pretrain_spec(step: PretrainStep, tokenizer: TokenizerStep, device: str, hos
     batch_size = _batch_size(step, shape)
     if batch_size % nproc:
         raise DerivationError(
-            f"batch_size = {batch_size} sequences do not split evenly over run.nproc = {nproc} processes; "
-            f"pick a batch size that is a multiple of {nproc}"
+            f"batch_size = {batch_size} sequences do not split evenly over {nproc} processes (run.nproc or the "
+            f"torchrun launch); pick a batch size that is a multiple of {nproc}"
         )
     share = batch_size // nproc
     micro = step.micro_batch_size or share

@@ -6,7 +6,7 @@ step must not change a fingerprint.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from llmrecipe.plan.plan import Frozen
 from llmrecipe.recipe.data import DataOp, Source, Split
@@ -18,6 +18,10 @@ from llmrecipe.recipe.pretrain import OptimConfig
 class Spec(Frozen):
     NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset()
     """Fields that cannot change the step's outputs; each subclass says why for each one."""
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """The spec as the step's identity sees it: without the fields that cannot change its outputs."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.NOT_FINGERPRINTED}
 
 
 class DataSpec(Spec):
@@ -127,6 +131,13 @@ class PretrainSpec(TrainingSpec):
 
 
 class FinetuneSpec(TrainingSpec):
+    def fingerprinted(self) -> dict[str, Any]:
+        identity = super().fingerprinted()
+        # A process's micro-batch is its share of the global one, which is what is trained: 1 process x 4 sequences
+        # and 2 processes x 2 are the same step (and the same store entry, whoever launched the processes).
+        identity["micro_batch_size"] = self.micro_batch_size * self.nproc
+        return identity
+
     """A `finetune` step resolved: the starting model's shape, the output shape, the chat template text, the LoRA
     targets and the batch arithmetic. The dataset is named by its file name; its content digest is in the step's
     external files (see llmrecipe/finetune/locate.py)."""

@@ -37,7 +37,8 @@ def current_world() -> World:
 def init_process_group(device: str) -> World:
     """Join the group described by the environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)."""
     if not dist.is_initialized():
-        backend = "nccl" if device == "cuda" else "gloo"
+        # On GPUs, NCCL for the model's tensors and gloo for the few CPU ones (loss sums, control messages).
+        backend = "cpu:gloo,cuda:nccl" if device == "cuda" else "gloo"
         dist.init_process_group(backend)
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -30,6 +30,9 @@ class MetricsLog:
         """Forget records past `step` (after rolling back to the checkpoint of that step)."""
         self.records = [r for r in self.records if r["step"] <= step]
         self._rewrite()
+        if self._board is not None:  # a writer that purges the events past `step`, as the lines were dropped
+            self._board.close()
+            self._board = _tensorboard_writer(self.path.parent / TENSORBOARD, step)
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -63,8 +66,9 @@ def _tensorboard_writer(folder: Path, resume_step: int):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise StepError("tensorboard = true needs the tensorboard package: pip install tensorboard") from None
-    # On resume, events past the checkpoint (written before the kill) are dropped, as the JSONL lines are.
-    return SummaryWriter(str(folder), purge_step=resume_step + 1 if resume_step else None)
+    # Events past the checkpoint (written before a kill, or before a rollback) are dropped, as the JSONL lines are;
+    # from step 0 too: a run killed before its first checkpoint starts again from the beginning.
+    return SummaryWriter(str(folder), purge_step=resume_step + 1)
 
 
 def _read(path: Path) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ torchrun starts the same command in every process. Only rank 0 schedules: it tak
 steps, runs the data steps and writes the run record, exactly as a one-process run does. When it starts a step
 whose executor trains in a process group (`Executor.joins_group`), it first tells the other ranks the step's kind,
 spec and folders; they run that step's training with it, then wait for the next. When the run has finished,
-rank 0 dismisses them. If rank 0 fails it exits with an error and torchrun stops the other ranks.
+rank 0 dismisses them. If rank 0 fails it reports the error and exits; the other ranks, waiting for its next word,
+see it gone and exit quietly, or torchrun stops them.
 
 Messages are JSON on a gloo group of their own with a long timeout: the other ranks may wait for hours while
 rank 0 prepares data, far longer than a training collective should ever wait.
@@ -70,7 +71,10 @@ class Crew:
 
     def _receive(self) -> dict[str, Any] | None:
         size = torch.zeros(1, dtype=torch.int64)
-        dist.broadcast(size, src=0, group=self._channel)
+        try:
+            dist.broadcast(size, src=0, group=self._channel)
+        except RuntimeError:  # rank 0 has gone: it failed and said why; a traceback here would only bury that
+            raise SystemExit(1) from None
         payload = torch.empty(int(size.item()), dtype=torch.uint8)
         dist.broadcast(payload, src=0, group=self._channel)
         return json.loads(payload.numpy().tobytes())
