@@ -12,9 +12,11 @@ larger than a resident memory limit (`--limit-mb`) that this script enforces on 
 
     pip install -e '.[bench]' && python benchmarks/data_pipeline.py [--docs 205000] [--workers 2]
 
-Prints its figures; the last line is one JSON object. At a load average of about 10 on 2 cores, our step
-took 161 s and datatrove 450 s on the 205k-document corpus, and the streaming run (1.2 GB) takes minutes
-more; `--skip-datatrove` / `--skip-stream` leave parts out.
+Prints its figures; the last line is one JSON object. On the 205k-document corpus with other benchmarks
+running on the 2 cores (load averages 2-7), our step took 39-54 s and datatrove 195-348 s, ratios 4.6-7.8
+as the load shifted between the two halves; on a quiet machine before the step's last speed-ups, 27.8 s and
+98.9 s. The streaming run (1.2 GB) takes 4-10 minutes more;
+`--skip-datatrove` / `--skip-stream` leave parts out, and `--docs` sets the corpus size of both sides.
 """
 
 from __future__ import annotations

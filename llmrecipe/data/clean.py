@@ -54,7 +54,19 @@ def normalize(frame: pl.DataFrame, op: Normalize) -> OpResult:
 
 
 def spaced(text: pl.Series, op: Normalize) -> pl.Series:
-    return pl.select(clean_whitespace(pl.lit(text))).to_series().alias(text.name) if op.whitespace else text
+    """`clean_whitespace` applied: its replacements only where a literal search (far cheaper than the regexes)
+    shows they could change something, its strip everywhere."""
+    if not op.whitespace:
+        return text
+    contains = text.str.contains
+    changing = (contains("\r", literal=True) | contains(" \n", literal=True) | contains("\t\n", literal=True)
+                | contains("\n\n\n", literal=True) | text.str.ends_with(" ") | text.str.ends_with("\t"))
+    rows = changing.fill_null(False).arg_true()
+    stripped = text.str.strip_chars()
+    if rows.is_empty():
+        return stripped
+    cleaned = pl.select(clean_whitespace(pl.lit(text.gather(rows)))).to_series()
+    return stripped.scatter(rows, cleaned)
 
 
 def canonical(text: pl.Series, op: Normalize) -> pl.Series:
@@ -104,7 +116,10 @@ def fix_mojibake(text: pl.Series) -> tuple[pl.Series, int]:
     """ftfy's encoding repair on the documents that show mojibake; returns the texts and how many changed."""
     import ftfy  # imported here: only this op needs it
 
-    return _rewrite_some(text, text.str.contains(MOJIBAKE), ftfy.fix_encoding)
+    # mojibake is non-ASCII: the regex runs only on texts with a multi-byte character
+    candidates = (text.str.len_bytes() != text.str.len_chars()).fill_null(False).arg_true()
+    suspect = pl.Series([False] * len(text)).scatter(candidates, text.gather(candidates).str.contains(MOJIBAKE))
+    return _rewrite_some(text, suspect, ftfy.fix_encoding)
 
 
 def strip_markup(text: pl.Series) -> tuple[pl.Series, int]:

@@ -17,10 +17,16 @@ import numpy as np
 import polars as pl
 
 from llmrecipe.data.minhash import band_keys, signatures
+from llmrecipe.data.quality import sorted_keys
+from llmrecipe.data.words import WordHashes
 from llmrecipe.recipe.data import DedupExact, DedupNear
 
 VERIFY_CHUNK = 1 << 14
 """Candidate pairs whose signatures are compared at once (bounds the rows read into memory)."""
+READ_GAP = 64
+"""Rows at most this far apart are read together, the rows between them with them."""
+READ_SPAN = 1 << 12
+"""Rows read together lie in one aligned block of this many rows (bounds one read's buffer)."""
 
 
 @dataclass
@@ -55,8 +61,9 @@ class ExactDedup:
         self.absorb(self.observation(self.op, text))
 
     @staticmethod
-    def observation(op: DedupExact, text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        """What deciding needs from one batch (computed where the batch is, possibly a worker process)."""
+    def observation(op: DedupExact, text: pl.Series, words: WordHashes | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """What deciding needs from one batch (computed where the batch is, possibly a worker process); `words`
+        (the texts' lower-cased word hashes, when known) are not needed."""
         return content_key(text, op.compare == "normalized"), text.hash(seed=303).to_numpy()
 
     def absorb(self, observation: tuple[np.ndarray, np.ndarray]) -> None:
@@ -64,9 +71,17 @@ class ExactDedup:
         self.keys.append(keys)
         self.digests.append(digests)
 
-    def decide(self) -> Decision:
+    def decide(self, among: np.ndarray | None = None) -> Decision:
+        """Which documents stay; with `among` (bool per observed document), deciding among those only (see
+        `widened`)."""
         keys = np.concatenate(self.keys) if self.keys else np.zeros((0, 2), dtype=np.uint64)
         digests = np.concatenate(self.digests) if self.digests else np.zeros(0, dtype=np.uint64)
+        if among is not None:
+            return widened(ExactDedup._decided(keys[among], digests[among]), among)
+        return ExactDedup._decided(keys, digests)
+
+    @staticmethod
+    def _decided(keys: np.ndarray, digests: np.ndarray) -> Decision:
         # sorted by key, then digest, then position (lexsort is stable): each group's first row is its keeper
         order = np.lexsort((digests, keys[:, 1], keys[:, 0]))
         ordered = keys[order]  # [docs, 2]
@@ -96,9 +111,10 @@ class NearDedup:
         self.absorb(self.observation(self.op, text))
 
     @staticmethod
-    def observation(op: DedupNear, text: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Signatures, band keys and content digests of one batch (computed where the batch is)."""
-        signature = signatures(text, op.shingle_size, op.num_perm)  # [docs, num_perm]
+    def observation(op: DedupNear, text: pl.Series, words: WordHashes | None = None) -> tuple[np.ndarray, ...]:
+        """Signatures, band keys and content digests of one batch (computed where the batch is); `words`: the
+        texts' `lowercase_word_hashes` when already known."""
+        signature = signatures(text, op.shingle_size, op.num_perm, words)  # [docs, num_perm]
         return signature, band_keys(signature, op.bands), text.hash(seed=303).to_numpy()  # keys: [docs, bands]
 
     def absorb(self, observation: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
@@ -108,36 +124,73 @@ class NearDedup:
             file.write(np.ascontiguousarray(keys[:, band]).tobytes())
         self.digests.append(digests)
 
-    def decide(self) -> Decision:
+    def decide(self, among: np.ndarray | None = None) -> Decision:
+        """Which documents stay; with `among` (bool per observed document), deciding among those only (see
+        `widened`)."""
         for file in [self.signature_file, *self.band_files]:
             file.close()
-        n = sum(len(d) for d in self.digests)
+        observed = sum(len(d) for d in self.digests)
+        rows = np.arange(observed) if among is None else np.flatnonzero(among)  # observed row of each candidate
+        n = len(rows)
         if n == 0:
             shutil.rmtree(self.folder)
-            return Decision(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64), "near_duplicate")
-        bands = (np.fromfile(self.folder / f"band-{band}.u64", dtype=np.uint64) for band in range(self.op.bands))
+            return widened(Decision(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64), "near_duplicate"), among)
+        bands = (np.fromfile(self.folder / f"band-{band}.u64", dtype=np.uint64)[rows] for band in range(self.op.bands))
         left, right = candidate_pairs(bands, n)
-        similar = verified(self.folder / "signatures.u32", (n, self.op.num_perm), left, right, self.op.threshold)
+        similar = verified(self.folder / "signatures.u32", (observed, self.op.num_perm), rows[left], rows[right],
+                           self.op.threshold)
         label = components(n, left[similar], right[similar])
-        keeper = cluster_keepers(label, np.concatenate(self.digests))
+        keeper = cluster_keepers(label, np.concatenate(self.digests)[rows])
         shutil.rmtree(self.folder)
         keep = keeper[label] == np.arange(n)
-        return Decision(keep, np.where(keep, -1, keeper[label]), "near_duplicate")
+        return widened(Decision(keep, np.where(keep, -1, keeper[label]), "near_duplicate"), among)
+
+
+def widened(decision: Decision, among: np.ndarray | None) -> Decision:
+    """A decision made among some observed documents (`among`, bool per observed document) stated for all of
+    them: the others are kept (an earlier decision already removes them) and row numbers are observed rows.
+    This lets a pass observe several dedup ops at once, each deciding among the previous one's survivors."""
+    if among is None:
+        return decision
+    rows = np.flatnonzero(among)
+    keep = np.ones(len(among), dtype=bool)
+    keep[rows] = decision.keep
+    duplicate_of = np.full(len(among), -1, dtype=np.int64)
+    duplicate_of[rows] = np.where(decision.duplicate_of >= 0, rows[np.maximum(decision.duplicate_of, 0)], -1)
+    return Decision(keep, duplicate_of, decision.reason)
 
 
 def candidate_pairs(bands: Iterable[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of documents sharing a band key: in each band, neighbours in key order with equal keys (a chain
-    through each bucket, so a bucket of k documents gives k - 1 pairs, not k^2). Unique, smaller index first."""
+    through each bucket, so a bucket of k documents gives k - 1 pairs, not k^2), documents in index order
+    inside a bucket. Unique, smaller index first.
+
+    Keys are sorted packed with their index (`sorted_keys`: one sort instead of a slower stable argsort); in
+    the rare band where two different keys share the top bits the packing keeps, it falls back to the
+    argsort."""
     unique = np.zeros(0, dtype=np.int64)
     for keys in bands:
-        order = np.argsort(keys, kind="stable")
+        truncated, order = sorted_keys(keys)
         ordered = keys[order]
-        same = np.flatnonzero(ordered[1:] == ordered[:-1])
-        del ordered
-        left, right = order[same], order[same + 1]
+        same_key = ordered[1:] == ordered[:-1]
+        if not np.array_equal(same_key, truncated[1:] == truncated[:-1]):
+            order = np.argsort(keys, kind="stable")
+            ordered = keys[order]
+            same_key = ordered[1:] == ordered[:-1]
+        same = np.flatnonzero(same_key)
+        del ordered, truncated
+        left, right = order[same], order[same + 1]  # left < right: equal keys are in index order
         # merged band by band: most pairs recur in many bands, so the union stays far smaller than their sum
-        unique = np.union1d(unique, np.minimum(left, right).astype(np.int64) * (n + 1) + np.maximum(left, right))
+        unique = sorted_unique(np.concatenate([unique, left * (n + 1) + right]))
     return unique // (n + 1), unique % (n + 1)
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by a sort (numpy's default hash-based unique is several times slower on these arrays)."""
+    ordered = np.sort(values)
+    first = np.ones(len(ordered), dtype=bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return ordered[first]
 
 
 def verified(path: Path, shape: tuple[int, int], left: np.ndarray, right: np.ndarray, threshold: float) -> np.ndarray:
@@ -149,7 +202,7 @@ def verified(path: Path, shape: tuple[int, int], left: np.ndarray, right: np.nda
     with open(path, "rb") as file:
         for start in range(0, len(left), VERIFY_CHUNK):
             a, b = left[start : start + VERIFY_CHUNK], right[start : start + VERIFY_CHUNK]
-            rows = np.unique(np.concatenate([a, b]))
+            rows = sorted_unique(np.concatenate([a, b]))
             signature = read_rows(file.fileno(), rows, shape[1])  # [rows, num_perm]
             same = signature[np.searchsorted(rows, a)] == signature[np.searchsorted(rows, b)]
             similar[start : start + VERIFY_CHUNK] = same.mean(axis=1) >= threshold
@@ -157,11 +210,20 @@ def verified(path: Path, shape: tuple[int, int], left: np.ndarray, right: np.nda
 
 
 def read_rows(fd: int, rows: np.ndarray, width: int) -> np.ndarray:
-    """[len(rows), width] uint32: the given rows of a row-major uint32 file, one positioned read each."""
+    """[len(rows), width] uint32: the given rows (ascending) of a row-major uint32 file. Rows close together
+    are read with one positioned read of the span between them (in spans of at most READ_SPAN rows), which
+    costs far fewer system calls than one read per row when duplicates are common."""
     found = np.empty((len(rows), width), dtype=np.uint32)
+    if not len(rows):
+        return found
     size = width * 4
-    for k, row in enumerate(rows.tolist()):
-        os.preadv(fd, [memoryview(found[k]).cast("B")], row * size)
+    breaks = np.flatnonzero((np.diff(rows) > READ_GAP) | (np.diff(rows // READ_SPAN) != 0)) + 1
+    starts, ends = np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [len(rows)]]).tolist()
+    for start, end in zip(starts, ends):
+        first, last = int(rows[start]), int(rows[end - 1])
+        span = np.empty((last - first + 1, width), dtype=np.uint32)
+        os.preadv(fd, [memoryview(span).cast("B")], first * size)
+        found[start:end] = span[rows[start:end] - first]
     return found
 
 

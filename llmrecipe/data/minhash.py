@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from llmrecipe.data.quality import Words
+from llmrecipe.data.words import WordHashes, lowercase_word_hashes
 
 SHINGLE_MIX = np.uint64(0x9E3779B97F4A7C15)
 EMPTY = np.uint64(1 << 32)
@@ -29,11 +29,11 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def shingles(text: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]:
+def shingles(text: pl.Series, size: int, words: WordHashes | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Hashes of each document's word shingles (lower-cased whitespace-separated words, `size` per shingle) and each
-    shingle's document. A document with fewer words than `size` gets one shingle of all its words."""
-    words = Words.of(text.str.to_lowercase())
-    doc, hashes = words.doc, words.hashes
+    shingle's document. A document with fewer words than `size` gets one shingle of all its words. `words`: the
+    texts' `lowercase_word_hashes` when already known."""
+    doc, hashes = words if words is not None else lowercase_word_hashes(text)
     n = len(hashes)
     starts = np.searchsorted(doc, np.arange(len(text)))  # first word of each document
     lengths = np.bincount(doc, minlength=len(text))
@@ -57,9 +57,9 @@ def _short_grams(hashes: np.ndarray, starts: np.ndarray, lengths: np.ndarray) ->
     return gram
 
 
-def signatures(text: pl.Series, size: int, num_perm: int) -> np.ndarray:
-    """[docs, num_perm] uint32 signatures (densified one-permutation MinHash)."""
-    values, owners = shingles(text, size)
+def signatures(text: pl.Series, size: int, num_perm: int, words: WordHashes | None = None) -> np.ndarray:
+    """[docs, num_perm] uint32 signatures (densified one-permutation MinHash); `words` as for `shingles`."""
+    values, owners = shingles(text, size, words)
     n_docs = len(text)
     bins = ((values >> np.uint64(32)) * np.uint64(num_perm)) >> np.uint64(32)
     table = np.full(n_docs * num_perm, EMPTY, dtype=np.uint64)
@@ -72,13 +72,16 @@ def densify(table: np.ndarray) -> np.ndarray:
     borrowed values differ from the originals. A document without shingles gets a constant signature."""
     n_docs, num_perm = table.shape
     filled = table != EMPTY
-    position = np.where(filled, np.arange(num_perm), 2 * num_perm)
-    doubled = np.concatenate([position, position + num_perm], axis=1)
-    nearest = np.minimum.accumulate(doubled[:, ::-1], axis=1)[:, ::-1][:, :num_perm]  # [docs, num_perm]
-    nearest = np.minimum(nearest, 2 * num_perm - 1)
-    distance = (nearest - np.arange(num_perm)).astype(np.uint64)
-    borrowed = np.take_along_axis(table, nearest % num_perm, axis=1)
-    mixed = np.where(filled, table, splitmix64(borrowed + distance * SHINGLE_MIX) & np.uint64(0xFFFFFFFF))
+    # the column of the nearest filled bin at or after each column, over the row written twice (cyclic)
+    position = np.where(filled, np.arange(num_perm, dtype=np.int32), np.int32(2 * num_perm))
+    doubled = np.concatenate([position, position + num_perm], axis=1)[:, ::-1].copy()  # reversed, contiguous
+    nearest = np.minimum.accumulate(doubled, axis=1)[:, ::-1][:, :num_perm]  # [docs, num_perm]
+    rows, columns = np.nonzero(~filled)  # only empty bins borrow
+    source = np.minimum(nearest[rows, columns], 2 * num_perm - 1)
+    distance = (source - columns).astype(np.uint64)
+    borrowed = table[rows, source % num_perm]
+    mixed = table.copy()
+    mixed[rows, columns] = splitmix64(borrowed + distance * SHINGLE_MIX) & np.uint64(0xFFFFFFFF)
     return mixed.astype(np.uint32)
 
 

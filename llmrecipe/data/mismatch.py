@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from llmrecipe.data.quality import Words
+from llmrecipe.data.words import lowercase_word_hashes
 
 BUCKETS = 1 << 20
 LENGTH_EDGES = np.array([0, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, np.inf])
@@ -35,11 +35,18 @@ class ProfilePart:
     counts: np.ndarray
 
     @classmethod
-    def of(cls, text: pl.Series) -> "ProfilePart":
+    def of(cls, text: pl.Series, buckets: np.ndarray | None = None) -> "ProfilePart":
+        """The profile of `text`; `buckets`: the `word_buckets` of its words when already known."""
         chars = text.str.len_chars().to_numpy()
-        words = Words.of(text.str.to_lowercase())
-        buckets, counts = np.unique(words.hashes % np.uint64(BUCKETS), return_counts=True)
-        return cls(len(chars), int(chars.sum()), np.histogram(chars, bins=LENGTH_EDGES)[0], buckets.astype(np.int64), counts)
+        per_word = buckets if buckets is not None else word_buckets(lowercase_word_hashes(text)[1])
+        dense = np.bincount(per_word, minlength=BUCKETS)  # cheaper than a sort
+        present = np.flatnonzero(dense)
+        return cls(len(chars), int(chars.sum()), np.histogram(chars, bins=LENGTH_EDGES)[0], present, dense[present])
+
+
+def word_buckets(hashes: np.ndarray) -> np.ndarray:
+    """The bucket (int64 below BUCKETS) each lower-cased word hash is counted in."""
+    return (hashes % np.uint64(BUCKETS)).astype(np.int64)
 
 
 class SplitProfile:

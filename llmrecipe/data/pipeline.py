@@ -3,9 +3,10 @@
 Memory stays bounded by the batch size: documents live in Parquet shards of about `batch_mb` of text in
 a work folder, and each pass reads one shard, applies the document ops, and writes it back. A corpus op
 (dedup) is a barrier: it observes every shard during a pass (keeping compact keys), decides once, and the
-next pass applies its decision while reading the shards again. Worker processes run the shards of a pass
-(llmrecipe.data.shardwork); this process reads the sources, merges their results in shard order, decides,
-and merges the split parts into train/val/test by streaming.
+next pass applies its decision while reading the shards again; consecutive corpus ops (dedup_exact then
+dedup_near) are observed in one pass and decide one after the other. Worker processes run the shards of a
+pass (llmrecipe.data.shardwork), the first pass's as soon as they are read; this process reads the sources,
+merges their results in shard order, decides, and merges the split parts into train/val/test by streaming.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import polars as pl
@@ -47,6 +48,8 @@ class Shard:
 
     path: Path
     rows: int
+    words: bool = False
+    """Its documents' lower-cased word buckets are saved next to it (shardwork.save_words)."""
 
 
 @dataclass
@@ -83,16 +86,11 @@ class Pipeline:
 
     def _run(self, out_dir: Path) -> Outcome:
         shards, sources = self.read_sources()
-        if not sum(s.docs for s in sources):
-            bad = sum(sum(s.bad_records.values()) for s in sources)
-            raise StepError(
-                f"the sources gave no documents ({sum(s.files for s in sources)} files read, {bad} bad records); "
-                "check that the files hold text and that `unit`, `format` and `text_field` fit them"
-            )
+        if self.spec.mix_seed is not None:  # mixing draws from every shard: read them all first
+            shards = list(shards)
         pending = self.mixing(shards, sources)
-        for index, op in enumerate(self.spec.ops):
-            if op.op in CORPUS_OPS:
-                shards, pending = self.corpus_pass(shards, pending, index, op)
+        for group in self.corpus_groups():
+            shards, pending = self.corpus_pass(shards, pending, group)
         outcome = self.write_splits(shards, pending, out_dir)
         self.ledger.write_dropped(out_dir / "dropped.parquet")
         shutil.rmtree(self.work, ignore_errors=True)
@@ -101,7 +99,9 @@ class Pipeline:
 
     # reading
 
-    def read_sources(self) -> tuple[list[Shard], list[SourceLog]]:
+    def read_sources(self) -> tuple[Iterator[Shard], list[SourceLog]]:
+        """The shards the sources make, written as they are consumed (so the first pass can work on the first
+        shards while later ones are read), and the sources' logs, complete once the shards are."""
         groups: list[list[ExternalFile]] = [[] for _ in self.spec.sources]
         for file in self.external:
             if not 0 <= file.source < len(groups):
@@ -110,12 +110,22 @@ class Pipeline:
         readers = [Reader(source, index, self.spec.on_bad_record, self.metadata, self.downloads,
                           block_bytes=min(BLOCK_BYTES, self.batch_bytes))
                    for index, source in enumerate(self.spec.sources)]
+        return self.shards_read(readers, groups), [reader.log for reader in readers]
+
+    def shards_read(self, readers: list[Reader], groups: list[list[ExternalFile]]) -> Iterator[Shard]:
         frames = (frame for reader, files in zip(readers, groups) for frame in reader.documents(files))
-        shards = [self.write_shard(batch) for batch in self.rebatched(frames)]
+        for batch in self.rebatched(frames):
+            yield self.write_shard(batch)
         for reader in readers:
             self.log(f"sources[{reader.index}]: {reader.log.docs} documents from {reader.log.files} files"
                      + (f", {sum(reader.log.bad_records.values())} bad records skipped" if reader.log.bad_records else ""))
-        return shards, [reader.log for reader in readers]
+        sources = [reader.log for reader in readers]
+        if not sum(s.docs for s in sources):
+            bad = sum(sum(s.bad_records.values()) for s in sources)
+            raise StepError(
+                f"the sources gave no documents ({sum(s.files for s in sources)} files read, {bad} bad records); "
+                "check that the files hold text and that `unit`, `format` and `text_field` fit them"
+            )
 
     def rebatched(self, frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
         """Frames regrouped into batches of about `batch_bytes` of text."""
@@ -135,41 +145,47 @@ class Pipeline:
         return path
 
     def write_shard(self, frame: pl.DataFrame) -> Shard:
+        if self._shard_count == 1:  # a second shard: the passes will have work for several workers
+            self.workers.start()
         path = self.next_path()
         frame.write_parquet(path, compression="uncompressed")  # read back once, soon: speed over size
         return Shard(path, len(frame))
 
     # passes
 
-    def jobs(self, shards: list[Shard], pending: Pending | None, ops: list[tuple[int, DataOp]],
-             observe: DataOp | None = None, split_bounds: dict | None = None) -> Iterator[ShardJob]:
-        """One job per shard, each with its slice of the pending decision."""
-        replacement = self.replacement_ids(shards, pending)
+    def jobs(self, shards: Iterable[Shard], pending: list[Pending], ops: list[tuple[int, DataOp]],
+             observe: list[DataOp] | None = None, split_bounds: dict | None = None,
+             save_words: bool = False) -> Iterator[ShardJob]:
+        """One job per shard, each with its slices of the pending decisions. Shards may still be being read
+        when there is no pending decision (one needs them all)."""
+        if pending:
+            shards = list(shards)
+        replacements = [self.replacement_ids(shards, decided) for decided in pending]
         offset = 0
         for shard in shards:
-            piece = None
-            if pending is not None:
-                rows = slice(offset, offset + shard.rows)
-                keep = pending.decision.keep[rows]
+            rows = slice(offset, offset + shard.rows)
+            pieces = []
+            for decided, replacement in zip(pending, replacements):
+                keep = decided.decision.keep[rows]
                 duplicates = None
                 if replacement is not None:
-                    duplicates = replacement(pending.decision.duplicate_of[rows][~keep])
-                piece = PendingSlice(pending.stage.label, pending.stage.op, pending.decision.reason, keep, duplicates)
+                    duplicates = replacement(decided.decision.duplicate_of[rows][~keep])
+                pieces.append(PendingSlice(decided.stage.label, decided.stage.op, decided.decision.reason, keep, duplicates))
             offset += shard.rows
-            yield ShardJob(shard.path, self.next_path(), piece, ops, observe, split_bounds)
+            reuse_words = shard.words and split_bounds is not None and not ops
+            yield ShardJob(shard.path, self.next_path(), pieces, ops, observe or [], split_bounds, save_words, reuse_words)
 
     def run_jobs(self, jobs: Iterator[ShardJob]) -> Iterator[tuple[ShardJob, ShardResult]]:
         """Each job with its result, in shard order, its ledger part merged."""
-        jobs = list(jobs)
-        for job, result in zip(jobs, self.workers.run(iter(jobs), len(jobs))):
+        for job, result in self.workers.run(jobs):
             self.ledger.merge(result.ledger)
             yield job, result
 
-    def replacement_ids(self, shards: list[Shard], pending: Pending | None) -> Callable[[np.ndarray], pl.Series] | None:
+    def replacement_ids(self, shards: list[Shard], pending: Pending) -> Callable[[np.ndarray], pl.Series] | None:
         """When the pending decision names which document replaced each dropped one (dedup): a lookup from
         those documents' row numbers to their ids, so the report can say `duplicate_of`. Only the ids of
         documents that replaced another are kept in memory."""
-        if pending is None or not (pending.decision.duplicate_of >= 0).any():
+        if not (pending.decision.duplicate_of >= 0).any():
             return None
         wanted = np.unique(pending.decision.duplicate_of[pending.decision.duplicate_of >= 0])
         found, offset = [], 0
@@ -183,10 +199,10 @@ class Pipeline:
 
     # mixing
 
-    def mixing(self, shards: list[Shard], sources: list[SourceLog]) -> Pending | None:
+    def mixing(self, shards: list[Shard], sources: list[SourceLog]) -> list[Pending]:
         """When sources have weights: which documents the mix keeps, as a pending decision."""
         if self.spec.mix_seed is None:
-            return None
+            return []
         weights = np.array([s.weight if s.weight is not None else 1.0 for s in self.spec.sources])
         have = np.array([s.docs for s in sources], dtype=np.float64)
         share = weights / weights.sum()
@@ -203,7 +219,7 @@ class Pipeline:
                 keep[rows[np.argsort(draw[rows], kind="stable")[:wanted]]] = True
         self.log("mix: " + ", ".join(f"sources[{i}] {q} of {int(h)}" for i, (q, h) in enumerate(zip(quota, have))))
         decision = Decision(keep, np.full(len(keep), -1), "mixing")
-        return Pending(self.ledger.stage("mix", "mix"), decision)
+        return [Pending(self.ledger.stage("mix", "mix"), decision)]
 
     # ops
 
@@ -220,19 +236,49 @@ class Pipeline:
         for index, op in document_ops:
             self.ledger.stage(stage_label(index, op), op.op)
 
-    def corpus_pass(self, shards: list[Shard], pending: Pending | None, index: int, op: DataOp):
-        document_ops = self.ops_before(index)
-        corpus = CORPUS_OPS[op.op](op, self.work)
+    def corpus_groups(self) -> list[list[int]]:
+        """The indices of the corpus ops, consecutive ones (no document op between them) grouped: one pass
+        observes a group, and its ops decide one after the other."""
+        groups: list[list[int]] = []
+        for index, op in enumerate(self.spec.ops):
+            if op.op in CORPUS_OPS:
+                if groups and groups[-1][-1] == index - 1:
+                    groups[-1].append(index)
+                else:
+                    groups.append([index])
+        return groups
+
+    def corpus_pass(self, shards: Iterable[Shard], pending: list[Pending], group: list[int]):
+        """One pass observing a group of corpus ops, then their decisions: each op decides among the
+        documents the ops before it in the group keep (their observations are filtered, not made again)."""
+        document_ops = self.ops_before(group[0])
+        ops = [self.spec.ops[index] for index in group]
+        corpora = [CORPUS_OPS[op.op](op, self.work) for op in ops]
+        save_words = self.split_reuses_words(group)
         self.stages_for(document_ops)
         out = []
-        for job, result in self.run_jobs(self.jobs(shards, pending, document_ops, observe=op)):
+        for job, result in self.run_jobs(self.jobs(shards, pending, document_ops, observe=ops, save_words=save_words)):
             if result.rows:
-                corpus.absorb(result.observation)
-                out.append(Shard(job.target, result.rows))
+                for corpus, observation in zip(corpora, result.observations):
+                    corpus.absorb(observation)
+                out.append(Shard(job.target, result.rows, words=save_words))
         self.check_not_empty()
-        stage = self.ledger.stage(stage_label(index, op), op.op)
-        self.log(f"ops[{index}] {op.op}: deciding over the whole corpus")
-        return out, Pending(stage, corpus.decide())
+        decided, among = [], None
+        for index, op, corpus in zip(group, ops, corpora):
+            stage = self.ledger.stage(stage_label(index, op), op.op)
+            self.log(f"ops[{index}] {op.op}: deciding over the whole corpus")
+            decision = corpus.decide(among)
+            decided.append(Pending(stage, decision))
+            among = decision.keep if among is None else among & decision.keep
+        return out, decided
+
+    def split_reuses_words(self, group: list[int]) -> bool:
+        """Whether the pass observing `group` should save its documents' lower-cased words for the split
+        profiles: when near-dedup splits the texts into them anyway, and the split pass comes next with the
+        texts unchanged (no document op after the group, no stratified pass between)."""
+        last = group[-1] == max(i for i, op in enumerate(self.spec.ops) if op.op in CORPUS_OPS)
+        near = any(self.spec.ops[index].op == "dedup_near" for index in group)
+        return last and near and not self.ops_before(len(self.spec.ops)) and not self.spec.split.stratify
 
     def check_not_empty(self) -> None:
         """After a pass: the first stage that let nothing through removed the last documents."""
@@ -242,15 +288,16 @@ class Pipeline:
 
     # splits
 
-    def write_splits(self, shards: list[Shard], pending: Pending | None, out_dir: Path) -> Outcome:
+    def write_splits(self, shards: Iterable[Shard], pending: list[Pending], out_dir: Path) -> Outcome:
         """The last pass: the pending decision and the trailing document ops applied, documents cut into split
         parts, then each split's parts merged into one file by streaming."""
         document_ops = self.ops_before(len(self.spec.ops))
         bounds = fixed_bounds(self.spec.split, range(len(self.spec.sources)))
         if self.spec.split.stratify:
-            if pending is not None or document_ops:
-                shards, pending = self.document_pass(shards, pending, document_ops), None
+            if pending or document_ops:
+                shards, pending = self.document_pass(shards, pending, document_ops), []
                 document_ops = []
+            shards = list(shards)  # read twice: positions first
             bounds = stratified_bounds(*self.positions_by_source(shards), self.spec.split)
         self.stages_for(document_ops)
         self.log("splitting")
@@ -270,7 +317,8 @@ class Pipeline:
                 # them so large that merging a big corpus would hold most of it.
                 mean_bytes = max(profiles[name].chars / max(profiles[name].docs, 1), 1.0)
                 rows = int(min(max(self.batch_bytes / mean_bytes, 1), 1 << 17))
-                pl.scan_parquet(parts[name], low_memory=True).sink_parquet(target, row_group_size=rows)
+                # zstd's fastest level: about a third less CPU than its default for a slightly larger file
+                pl.scan_parquet(parts[name], low_memory=True).sink_parquet(target, row_group_size=rows, compression_level=1)
             else:
                 pl.DataFrame(schema=self.schema).write_parquet(target)
         return Outcome(
@@ -280,7 +328,8 @@ class Pipeline:
             mismatch=mismatch_report(profiles),
         )
 
-    def document_pass(self, shards: list[Shard], pending: Pending | None, document_ops: list[tuple[int, DataOp]]) -> list[Shard]:
+    def document_pass(self, shards: Iterable[Shard], pending: list[Pending],
+                      document_ops: list[tuple[int, DataOp]]) -> list[Shard]:
         """The pending decision and `document_ops` applied and written out (so a later pass can read twice)."""
         self.stages_for(document_ops)
         out = [Shard(job.target, result.rows)

@@ -11,14 +11,18 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from llmrecipe.data.clean import OpResult, first_reason, replaced_where
+from llmrecipe.data.clean import OpResult, first_reason
 from llmrecipe.data.read import PARAGRAPH
+from llmrecipe.data.words import WordSet, hash_words, split_words
 from llmrecipe.recipe.data import Quality
 
-BULLETS = r"(?m)^[ \t]*[•‣⁃◦▪▫●○■□\-\*]"
+BULLET_START = r"^[ \t]*[•‣⁃◦▪▫●○■□\-\*]"
+BULLETS = r"(?m)" + BULLET_START
 ELLIPSIS_LINES = r"(?m)(?:\.\.\.|…)[ \t]*$"
 NONEMPTY_LINES = r"(?m)^.*\S.*$"
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
+STOP_FORMS = WordSet([form for word in STOP_WORDS for form in (word, word.title(), word.upper())])
+"""The stop words in lower, Title and UPPER case, grouped by word (three forms each)."""
 MIX = np.uint64(0x9E3779B97F4A7C15)
 DOC_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 
@@ -28,10 +32,16 @@ def quality(frame: pl.DataFrame, op: Quality) -> OpResult:
     words = Words.of(text)
     drop = first_reason(gopher_rules(text, words, op))
     survivors = drop.is_null().arg_true()
-    if len(survivors):
+    if len(survivors) * 2 > len(text):
+        # most pass: the rules are per document, so run them on all and read the survivors' verdicts (cheaper
+        # than gathering the survivors' words)
+        repeated = [(name, rule.gather(survivors)) for name, rule in repetition_rules(text, words, op)]
+    elif len(survivors):
         repeated = repetition_rules(text.gather(survivors), words.subset(survivors.to_numpy()), op)
-        if repeated:
-            drop = drop.scatter(survivors, first_reason(repeated))
+    else:
+        repeated = []
+    if repeated:
+        drop = drop.scatter(survivors, first_reason(repeated))
     return OpResult(frame, drop=drop)
 
 
@@ -43,10 +53,8 @@ def gopher_rules(text: pl.Series, words: "Words", op: Quality) -> list[tuple[str
     stats = pl.DataFrame({"text": text}).select(
         symbols=pl.col("text").str.count_matches("#", literal=True) + pl.col("text").str.count_matches("...", literal=True)
         + pl.col("text").str.count_matches("…", literal=True),
-        lines=pl.col("text").str.count_matches(NONEMPTY_LINES),
-        bullets=pl.col("text").str.count_matches(BULLETS),
         ellipsis_lines=pl.col("text").str.count_matches(ELLIPSIS_LINES),
-    )
+    ).with_columns(lines=line_counts(text, NONEMPTY_LINES, r"\S"), bullets=line_counts(text, BULLETS, BULLET_START))
     n_words = words.per_doc(np.ones(len(words.hashes)))
     # A ratio over zero words or lines counts as 0 (no evidence), leaving such texts to min_words.
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -69,6 +77,17 @@ def gopher_rules(text: pl.Series, words: "Words", op: Quality) -> list[tuple[str
             ("min_stop_words", lambda: pl.Series(words.distinct_stop_words() < op.min_stop_words)),
         ]
         return [(name, rule()) for name, rule in candidates if on(op, name)]
+
+
+def line_counts(text: pl.Series, per_line: str, one_line: str) -> pl.Series:
+    """How many lines of each text match the multi-line pattern `per_line`. A text without a line break
+    has one line, which matches iff `one_line` does: a search that stops early, where `per_line` scans every
+    character of the text (most documents are one paragraph)."""
+    counts = text.str.contains(one_line).cast(pl.UInt32)
+    several = text.str.contains("\n", literal=True).arg_true()
+    if len(several):
+        counts = counts.scatter(several, text.gather(several).str.count_matches(per_line))
+    return counts
 
 
 def repetition_rules(text: pl.Series, words: "Words", op: Quality) -> list[tuple[str, pl.Series]]:
@@ -154,20 +173,16 @@ class Words:
         self.words = words
         """The words themselves; None for a subset (which needs only hashes and lengths)."""
         self.doc = doc
-        self.hashes = words.hash(seed=11).to_numpy() if hashes is None else hashes
+        self.hashes = hash_words(words) if hashes is None else hashes
         self.lengths = words.str.len_chars().to_numpy().astype(np.float64) if lengths is None else lengths
         self.n_docs = n_docs
         self.total = self.per_doc(self.lengths)
 
     @classmethod
     def of(cls, text: pl.Series) -> "Words":
-        """Whitespace-separated words (splitting on a space is far faster than a regex, so other whitespace is
-        turned into spaces first)."""
-        spaced = replaced_where(text, r"[\t\n\r\f\v\u00a0]", " ")
-        flat = pl.DataFrame({"text": spaced}).with_row_index("doc").select(
-            "doc", word=pl.col("text").str.split(" ")
-        ).explode("word").filter(pl.col("word") != "")
-        return cls(flat["word"], flat["doc"].to_numpy().astype(np.int64), len(text))
+        """Whitespace-separated words."""
+        words, doc = split_words(text)
+        return cls(words, doc, len(text))
 
     def subset(self, docs: np.ndarray) -> "Words":
         """The words of `docs` only, renumbered 0..len(docs)-1 in that order (docs ascending)."""
@@ -184,16 +199,12 @@ class Words:
 
     def distinct_stop_words(self) -> np.ndarray:
         """Per document, how many of the Gopher stop words occur (any of lower, Title or UPPER case)."""
-        forms = [form for word in STOP_WORDS for form in (word, word.title(), word.upper())]
-        form_hashes = pl.Series(forms).hash(seed=11).to_numpy()
-        order = np.argsort(form_hashes)
-        ordered = form_hashes[order]
-        slot = np.minimum(np.searchsorted(ordered, self.hashes), len(ordered) - 1)
-        hit = ordered[slot] == self.hashes
-        word_index = order[slot[hit]] // 3  # forms are grouped by word, three per word
+        form = STOP_FORMS.lookup(self.hashes)
+        hit = form >= 0
         k = len(STOP_WORDS)
-        present = np.bincount(self.doc[hit] * k + word_index, minlength=self.n_docs * k).reshape(self.n_docs, k) > 0
-        return present.sum(axis=1)
+        present = np.zeros(self.n_docs * k, dtype=bool)
+        present[self.doc[hit] * k + form[hit] // 3] = True  # forms are grouped by word, three per word
+        return present.reshape(self.n_docs, k).sum(axis=1)
 
     def ngram_keys(self, n: int, starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Positions (all, or the given `starts`) where an n-gram lies inside one document, and its key (n-gram

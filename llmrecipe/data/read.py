@@ -172,7 +172,7 @@ class Reader:
         any_line = False
         for chunk in chunks:
             lines = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
-            if chunk.strip():
+            if chunk and not chunk.isspace():  # not all whitespace (without copying the chunk as strip() would)
                 any_line = True
                 rows = self._json_rows(chunk, file, first_line)
                 if rows is not None:
@@ -235,7 +235,10 @@ class Reader:
         ids = (pl.col(self.source.id_field).cast(pl.String) if self.source.id_field in rows.columns
                else pl.lit(f"{file.name}#") + pl.col("_line").cast(pl.String))
         keep = [name for name in self.metadata if name in rows.columns]
-        yield rows.select(id=ids, text=pl.col(field_name).str.replace_all("\x00", "", literal=True), *keep)
+        text, column = pl.col(field_name), rows[field_name]
+        if column.dtype == pl.String and column.str.contains("\x00", literal=True).any():  # a JSON \u0000: rare
+            text = text.str.replace_all("\x00", "", literal=True)
+        yield rows.select(id=ids, text=text, *keep)
 
     def _table(self, content: bytes, fmt: str, file: ExternalFile) -> Iterator[pl.DataFrame]:
         try:

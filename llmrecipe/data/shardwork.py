@@ -17,9 +17,10 @@ import numpy as np
 import polars as pl
 
 from llmrecipe.data.ledger import Ledger, LedgerPart
-from llmrecipe.data.mismatch import ProfilePart
+from llmrecipe.data.mismatch import ProfilePart, word_buckets
 from llmrecipe.data.ops import CORPUS_OPS, DOCUMENT_OPS
 from llmrecipe.data.split import SPLITS, Bounds, positions, split_codes
+from llmrecipe.data.words import WordHashes, lowercase_word_hashes
 from llmrecipe.recipe.data import DataOp
 
 
@@ -31,7 +32,7 @@ class PendingSlice:
     op: str
     reason: str
     keep: np.ndarray
-    """bool per row of the shard."""
+    """bool per row of the shard as read (rows an earlier slice of the same job drops are True)."""
     duplicate_of: pl.Series | None = None
     """For each dropped row (in row order) the id of the document kept in its place, when the decision says."""
 
@@ -41,13 +42,19 @@ class ShardJob:
     source: Path
     target: Path
     """The next generation's shard, or in a split pass the stem of the split parts."""
-    pending: PendingSlice | None
+    pending: list[PendingSlice]
+    """Corpus decisions to apply, in order."""
     ops: list[tuple[int, DataOp]]
     """Document ops with their index in the recipe's `ops`."""
-    observe: DataOp | None = None
-    """The corpus op whose observation of the surviving documents is wanted."""
+    observe: list[DataOp] = field(default_factory=list)
+    """The corpus ops whose observations of the surviving documents are wanted."""
     split_bounds: dict[int, Bounds] | None = None
     """Set in the last pass: write split parts instead of a shard."""
+    save_words: bool = False
+    """Keep the surviving documents' lower-cased word buckets next to the written shard (`words_path`)."""
+    reuse_words: bool = False
+    """The source shard has its word buckets saved and its texts reach the split parts unchanged: the split
+    profiles count them instead of splitting the texts into words again."""
 
 
 @dataclass
@@ -55,7 +62,8 @@ class ShardResult:
     rows: int
     """Documents that survived the pass (0: nothing was written)."""
     ledger: LedgerPart
-    observation: Any = None
+    observations: list[Any] = field(default_factory=list)
+    """One per op in the job's `observe`."""
     parts: dict[str, Path] = field(default_factory=dict)
     profiles: dict[str, ProfilePart] = field(default_factory=dict)
 
@@ -63,29 +71,64 @@ class ShardResult:
 def run_shard(job: ShardJob) -> ShardResult:
     frame = pl.read_parquet(job.source)
     job.source.unlink()
+    words = load_words(job.source) if job.reuse_words and not job.ops else None
+    words_path(job.source).unlink(missing_ok=True)
     ledger = Ledger(None)
-    if job.pending is not None:
-        frame = apply_pending(frame, job.pending, ledger)
+    alive = np.arange(len(frame))  # the rows of the shard as read that are still in `frame`
+    for piece in job.pending:
+        frame, alive = apply_pending(frame, piece, alive, ledger)
     if len(frame):  # ops need at least a row to say anything
         frame = apply_document_ops(frame, job.ops, ledger)
     result = ShardResult(len(frame), ledger.part())
     if job.split_bounds is not None:
-        write_split_parts(frame, job, result)
+        write_split_parts(frame, job, result, words, alive)
     elif len(frame):
-        if job.observe is not None:
-            result.observation = CORPUS_OPS[job.observe.op].observation(job.observe, frame["text"])
+        text = frame["text"]
+        lowered = lowercase_word_hashes(text) if job.save_words else None  # split once, used twice
+        result.observations = [CORPUS_OPS[op.op].observation(op, text, lowered) for op in job.observe]
         frame.write_parquet(job.target, compression="uncompressed")  # read back once, soon: speed over size
+        if lowered is not None:
+            save_words(job.target, lowered, len(frame))
     return result
 
 
-def apply_pending(frame: pl.DataFrame, pending: PendingSlice, ledger: Ledger) -> pl.DataFrame:
-    keep = pl.Series(pending.keep)
+def words_path(shard: Path) -> Path:
+    return shard.with_suffix(".words.npz")
+
+
+def save_words(shard: Path, lowered: WordHashes, n_docs: int) -> None:
+    """Per document its word count, and per word its split-profile bucket, next to the shard."""
+    doc, hashes = lowered
+    np.savez(words_path(shard), counts=np.bincount(doc, minlength=n_docs), buckets=word_buckets(hashes).astype(np.uint32))
+
+
+def load_words(shard: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`save_words`' word counts and buckets of the shard as written."""
+    with np.load(words_path(shard)) as saved:
+        return saved["counts"], saved["buckets"]
+
+
+def words_of_rows(words: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """The saved buckets of the words of the given rows (of the shard as written), in row order."""
+    counts, buckets = words
+    starts = np.cumsum(counts) - counts
+    lengths = counts[rows]
+    offsets = np.cumsum(lengths) - lengths
+    positions = np.arange(int(lengths.sum())) - np.repeat(offsets - starts[rows], lengths)
+    return buckets[positions].astype(np.int64)
+
+
+def apply_pending(frame: pl.DataFrame, pending: PendingSlice, alive: np.ndarray,
+                  ledger: Ledger) -> tuple[pl.DataFrame, np.ndarray]:
+    """`frame` (the shard's rows `alive`) with the rows the decision drops removed, and the rows left."""
+    kept_rows = pending.keep[alive]
+    keep = pl.Series(kept_rows)
     dropped = frame.filter(~keep).with_columns(reason=pl.lit(pending.reason))
     if pending.duplicate_of is not None and len(dropped):
         dropped = dropped.with_columns(duplicate_of=pending.duplicate_of)
     kept = frame.filter(keep)
     ledger.passed(ledger.stage(pending.label, pending.op), frame, kept, dropped)
-    return kept
+    return kept, alive[kept_rows]
 
 
 def apply_document_ops(frame: pl.DataFrame, ops: list[tuple[int, DataOp]], ledger: Ledger) -> pl.DataFrame:
@@ -109,14 +152,19 @@ def stage_label(index: int, op: DataOp) -> str:
     return f"ops[{index}] {op.op}"
 
 
-def write_split_parts(frame: pl.DataFrame, job: ShardJob, result: ShardResult) -> None:
+def write_split_parts(frame: pl.DataFrame, job: ShardJob, result: ShardResult,
+                      words: tuple[np.ndarray, np.ndarray] | None, alive: np.ndarray) -> None:
+    """`frame` (the source shard's rows `alive`) cut into split parts, with their profiles (from the saved
+    `words` of the shard when given)."""
     if not len(frame):
         return
     codes = split_codes(positions(frame["text"]), frame["source"].to_numpy(), job.split_bounds)
     for code, name in enumerate(SPLITS):
-        part = frame.filter(pl.Series(codes == code))
+        chosen = codes == code
+        part = frame.filter(pl.Series(chosen))
         if len(part):
             path = job.target.with_name(f"{job.target.stem}-{name}.parquet")
             part.write_parquet(path, compression="uncompressed")
             result.parts[name] = path
-            result.profiles[name] = ProfilePart.of(part["text"])
+            buckets = words_of_rows(words, alive[chosen]) if words is not None else None
+            result.profiles[name] = ProfilePart.of(part["text"], buckets)

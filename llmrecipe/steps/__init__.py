@@ -30,7 +30,7 @@ class Executor:
 
 
 EXECUTORS: dict[str, Executor] = {
-    "data": Executor("llmrecipe.steps.data", version=2),
+    "data": Executor("llmrecipe.steps.data", version=3),  # 3: consecutive dedups in one pass (dropped.parquet order)
     "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
     "pretrain": Executor("llmrecipe.steps.pretrain", version=3, joins_group="train_and_save"),  # 3: fused AdamW on CPU too
