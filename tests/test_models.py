@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from llmrecipe.models import ARCHITECTURES, build_model
+from llmrecipe.models import ARCHITECTURES, attention, build_model
 from llmrecipe.plan.derive import parameter_count
 from llmrecipe.plan.specs import ModelShape
 
@@ -37,6 +37,25 @@ def test_decoders_do_not_look_ahead(arch):
     changed[:, 8:] = (changed[:, 8:] + 1) % 64  # change only the future of position 7
     with torch.no_grad():
         assert torch.allclose(model(idx)[:, :8], model(changed)[:, :8], atol=1e-6)
+
+
+def test_explicit_attention_equals_the_fused_kernel_and_serves_cpu_bf16_training(monkeypatch):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 16, requires_grad=True) for _ in range(3))  # (B, H, T, E)
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    explicit = attention._explicit(q, k, v)
+    assert torch.allclose(explicit, fused, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(explicit.square().sum(), (q, k, v)), torch.autograd.grad(fused.square().sum(), (q, k, v))):
+        assert torch.allclose(a, b, atol=1e-5)
+    taken = []
+    monkeypatch.setattr(attention, "_explicit", lambda *args: taken.append(True) or fused)
+    attention.causal_attention(q, k, v, 0.0)  # fp32: the fused kernel
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attention.causal_attention(q, k, v, 0.1)  # dropout: the fused kernel
+        attention.causal_attention(q, k, v, 0.0)
+        with torch.no_grad():  # inference: the fused kernel
+            attention.causal_attention(q, k, v, 0.0)
+    assert taken == [True]
 
 
 def test_the_encoder_looks_both_ways():

@@ -14,9 +14,10 @@ from llmrecipe.plan.specs import ModelShape, PretrainSpec
 from llmrecipe.recipe.pretrain import OptimConfig
 from llmrecipe.run.context import StepContext
 from llmrecipe.run.reporter import LineReporter, LineProgress
-from llmrecipe.training.batches import TokenFile
+from llmrecipe.training.batches import TokenFile, tiled_offsets, validation_offsets
 from llmrecipe.training.checkpoint import latest_checkpoint, model_tensors
-from llmrecipe.training.loop import TrainData, train
+from llmrecipe.training.distributed import World
+from llmrecipe.training.loop import TrainData, score_best_weights, train, validation_loss
 from llmrecipe.training.schedule import learning_rate
 
 SHAPE = ModelShape(arch="llama", n_layer=2, n_head=2, n_kv_head=1, d_model=32, head_dim=16, ffn_hidden=64,
@@ -147,6 +148,29 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     vals = [r["val_loss"] for r in summary["metrics_records"] if "val_loss" in r]
     assert summary["best_val_loss"] == min(vals) and vals[-1] > min(vals)
     assert (tmp_path / "early" / "scratch" / "best" / "model.safetensors").is_file()
+
+
+def test_final_evaluation_scores_the_best_weights_on_other_windows(tmp_path):
+    spec = make_spec(total_steps=200, eval_every=2, early_stopping_patience=1, final_eval_batches=5,
+                     optim=OptimConfig(lr=0.3, warmup=1))
+    model, summary = train_once(tmp_path, "final", spec)
+    vals = {r["step"]: r["val_loss"] for r in summary["metrics_records"] if "val_loss" in r}
+    assert vals[summary["best_step"]] == summary["best_val_loss"] == min(vals.values())
+    data = token_files(tmp_path)
+    ctx = StepContext(name="final", inputs={}, out_dir=tmp_path, scratch_dir=tmp_path / "final" / "scratch",
+                      device="cpu", reporter=LineReporter())
+    final = score_best_weights(spec, model, data, ctx, World())
+    periodic = validation_loss(model, data.val, validation_offsets(spec.seed, 2 * spec.batch_size, 600, 16), spec, World())
+    assert periodic == summary["best_val_loss"]  # the best weights are back in the model
+    assert final != periodic and abs(final - periodic) < 0.5  # other windows, the same weights
+    assert score_best_weights(spec.model_copy(update={"final_eval_batches": None}), model, data, ctx, World()) is None
+
+
+def test_tiled_windows_cover_the_split_once_or_spread_over_it():
+    whole = tiled_offsets(1000, n_tokens=600, seq_len=16)
+    assert whole.tolist() == list(range(0, 584, 16))  # every target position predicted exactly once
+    spread = tiled_offsets(5, n_tokens=600, seq_len=16)
+    assert spread.tolist() == [0, 144, 288, 432, 576] and set(spread.tolist()) <= set(whole.tolist())
 
 
 class NaNAt(torch.nn.Module):

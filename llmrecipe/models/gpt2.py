@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from llmrecipe.models.attention import causal_attention
 from llmrecipe.plan.specs import ModelShape
 
 if TYPE_CHECKING:
@@ -32,8 +33,10 @@ class Attention(nn.Module):
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, E)
         dropout = self.dropout if self.training else 0.0
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal)  # (B, H, T, E)
+        if cache is None and self.causal:
+            y = causal_attention(q, k, v, dropout)  # (B, H, T, E)
+        elif cache is None:  # the bidirectional encoder (bert)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, H, T, E)
         else:  # decoding: attend over cached keys too, through an explicit mask (is_causal is wrong with a past)
             k, v = cache.extend(layer, k, v)  # (B, H, P + T, E)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask)  # (B, H, T, E)

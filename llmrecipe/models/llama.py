@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from llmrecipe.models.attention import causal_attention
 from llmrecipe.plan.specs import ModelShape
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class Attention(nn.Module):
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         dropout = self.dropout if self.training else 0.0
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (B, H, T, E)
+            y = causal_attention(q, k, v, dropout)  # (B, H, T, E)
         else:  # is_causal aligns to the top left, wrong with a past (PITFALLS.md): an explicit mask instead
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask)  # (B, H, T, E)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, D))

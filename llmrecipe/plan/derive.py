@@ -140,6 +140,7 @@ def pretrain_spec(step: PretrainStep, tokenizer: TokenizerStep, device: str, hos
         epochs=step.budget.epochs,
         eval_every=step.eval_every,
         eval_batches=step.eval_batches,
+        final_eval_batches=step.final_eval_batches,
         early_stopping_patience=step.early_stopping_patience,
         on_nonfinite=step.on_nonfinite,
         activation_checkpointing=step.activation_checkpointing,

@@ -114,6 +114,8 @@ class TrainingSpec(Spec):
 
 
 class PretrainSpec(TrainingSpec):
+    final_eval_batches: int | None = None
+    """Batches of non-overlapping validation windows on which the best weights are scored at the end (None: not done)."""
     on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
     activation_checkpointing: bool = False
     nproc: int = 1
@@ -129,8 +131,6 @@ class PretrainSpec(TrainingSpec):
         }
     )
 
-
-class FinetuneSpec(TrainingSpec):
     def fingerprinted(self) -> dict[str, Any]:
         identity = super().fingerprinted()
         # A process's micro-batch is its share of the global one, which is what is trained: 1 process x 4 sequences
@@ -138,6 +138,8 @@ class FinetuneSpec(TrainingSpec):
         identity["micro_batch_size"] = self.micro_batch_size * self.nproc
         return identity
 
+
+class FinetuneSpec(TrainingSpec):
     """A `finetune` step resolved: the starting model's shape, the output shape, the chat template text, the LoRA
     targets and the batch arithmetic. The dataset is named by its file name; its content digest is in the step's
     external files (see llmrecipe/finetune/locate.py)."""

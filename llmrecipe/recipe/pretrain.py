@@ -113,6 +113,11 @@ class PretrainStep(Section):
     """Measure validation loss every this many steps (and at the end)."""
     eval_batches: int = Field(default=20, ge=1)
     """Batches of validation data per measurement."""
+    final_eval_batches: int | None = Field(default=None, ge=1)
+    """Once training ends, score the best weights on up to this many batches of non-overlapping windows spread
+    evenly over the validation split (the whole split when it holds no more) and report that as `best_val_loss`:
+    free of the bias of taking the best of several noisy measurements, so the periodic ones can stay small.
+    Unset: `best_val_loss` is the best periodic measurement."""
     early_stopping_patience: int | None = Field(default=None, ge=1)
     """Stop when this many validations in a row bring no new best validation loss; unset to train to the end."""
     on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"

@@ -33,7 +33,7 @@ EXECUTORS: dict[str, Executor] = {
     "data": Executor("llmrecipe.steps.data", version=3),  # 3: consecutive dedups in one pass (dropped.parquet order)
     "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
-    "pretrain": Executor("llmrecipe.steps.pretrain", version=3, joins_group="train_and_save"),  # 3: fused AdamW on CPU too
+    "pretrain": Executor("llmrecipe.steps.pretrain", version=4, joins_group="train_and_save"),  # 4: best_step; final_eval_batches
     "finetune": Executor("llmrecipe.steps.finetune", version=2),  # 2: sft held out by prompt; max_seq_len recorded
     "evaluate": Executor("llmrecipe.steps.evaluate", version=3),  # 3: suites' plots kept; classifiers
     "export": Executor("llmrecipe.steps.export", version=3),  # 3: per-layer past key/values from the lean decode step

@@ -24,7 +24,7 @@ from llmrecipe.training.checkpoint import save_weights
 from llmrecipe.training.device import prepare_device
 from llmrecipe.training.distributed import World, init_process_group, launched_by_torchrun
 from llmrecipe.training.launch import launch
-from llmrecipe.training.loop import TrainData, train
+from llmrecipe.training.loop import TrainData, score_best_weights, train
 from llmrecipe.training.metrics import write_training_outputs
 
 
@@ -51,6 +51,8 @@ def train_and_save(raw_spec: dict[str, Any], ctx: StepContext, world: World) -> 
     summary = train(spec, model, data, ctx, world)
     records = summary.pop("metrics_records")
     save_weights(model, ctx.out_dir / "model.safetensors", world)  # collective under FSDP
+    if (final := score_best_weights(spec, model, data, ctx, world)) is not None:  # after the last weights are saved
+        summary["selection_val_loss"], summary["best_val_loss"] = summary["best_val_loss"], final
     if not world.is_main:
         return
     config = spec.model.model_dump_json(indent=2)

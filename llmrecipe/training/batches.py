@@ -40,6 +40,15 @@ def validation_offsets(seed: int, count: int, n_tokens: int, seq_len: int) -> to
     return torch.randint(0, n_tokens - seq_len, (count,), generator=generator)
 
 
+def tiled_offsets(count: int, n_tokens: int, seq_len: int) -> torch.Tensor:
+    """Up to `count` non-overlapping windows spread evenly over the file: all of them (every token predicted once)
+    when it holds no more. No sampling, so a score over all of them has no sampling noise."""
+    tiles = torch.arange(0, n_tokens - seq_len, seq_len)  # (M,) each window also needs its next token
+    if count >= len(tiles):
+        return tiles
+    return tiles[torch.linspace(0, len(tiles) - 1, count).round().long()]
+
+
 IGNORE = -100
 """Target id that the loss skips (`F.cross_entropy(ignore_index=...)`): positions that are not predicted."""
 

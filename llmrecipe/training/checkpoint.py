@@ -98,17 +98,22 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: str) -> dict[str, Any]:
     """Restore weights and optimizer in place (each process takes its shard under FSDP); returns the counters."""
-    full = StateDictOptions(full_state_dict=True)
-    weights = load_file(path / "model.safetensors", device=device)
-    if any(isinstance(p, DTensor) for p in model.parameters()):
-        tied = {"lm_head.weight": weights["embed.weight"]} if getattr(model.shape, "tie_embeddings", False) else {}
-        set_model_state_dict(model, {**weights, **tied}, options=full)
-    else:
-        load_weights(model, weights)
+    load_model_weights(path / "model.safetensors", model, device)
     saved = json.loads((path / "state.json").read_text())
     moments = load_file(path / "optimizer.safetensors", device=device)
-    set_optimizer_state_dict(model, optimizer, _unflatten_optimizer(moments, saved["optimizer"]), options=full)
+    set_optimizer_state_dict(model, optimizer, _unflatten_optimizer(moments, saved["optimizer"]),
+                             options=StateDictOptions(full_state_dict=True))
     return saved["counters"]
+
+
+def load_model_weights(path: Path, model: nn.Module, device: str) -> None:
+    """Put the full weights of a safetensors file into `model` (each process takes its shard under FSDP)."""
+    weights = load_file(path, device=device)
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        tied = {"lm_head.weight": weights["embed.weight"]} if getattr(model.shape, "tie_embeddings", False) else {}
+        set_model_state_dict(model, {**weights, **tied}, options=StateDictOptions(full_state_dict=True))
+    else:
+        load_weights(model, weights)
 
 
 def _flatten_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

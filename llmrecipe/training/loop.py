@@ -21,8 +21,10 @@ from llmrecipe.errors import StepError
 from llmrecipe.plan.derive import flops_per_token, parameter_count
 from llmrecipe.plan.specs import PretrainSpec
 from llmrecipe.run.context import StepContext
-from llmrecipe.training.batches import IGNORE, TokenFile, mask_seed, step_batch, step_offsets, validation_offsets
-from llmrecipe.training.checkpoint import latest_checkpoint, load_checkpoint, save_best, save_checkpoint
+from llmrecipe.training.batches import (
+    IGNORE, TokenFile, mask_seed, step_batch, step_offsets, tiled_offsets, validation_offsets,
+)
+from llmrecipe.training.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_best, save_checkpoint
 from llmrecipe.training.distributed import World, barrier, sum_over_processes, wrap
 from llmrecipe.training.metrics import MetricsLog
 from llmrecipe.training.optim import build_optimizer
@@ -52,8 +54,8 @@ def train(spec: PretrainSpec, model: nn.Module, data: TrainData, ctx: StepContex
     wrapped = wrap(model, spec.sharding, world)  # before the optimizer: FSDP replaces parameters by shards
     optimizer = build_optimizer(model, spec.optim, spec.device)
     # Everything the loop carries from step to step; saved in each checkpoint so a resume continues it.
-    counters: dict[str, Any] = {"step": 0, "tokens": 0, "best_val_loss": None, "evals_without_improvement": 0,
-                                "skip_steps": [], "unlogged_losses": []}
+    counters: dict[str, Any] = {"step": 0, "tokens": 0, "best_val_loss": None, "best_step": None,
+                                "evals_without_improvement": 0, "skip_steps": [], "unlogged_losses": []}
     checkpoints = ctx.scratch_dir / "checkpoints"
     if (checkpoint := latest_checkpoint(checkpoints)) is not None:
         counters = {**counters, **load_checkpoint(checkpoint, model, optimizer, spec.device)}
@@ -116,7 +118,7 @@ def train(spec: PretrainSpec, model: nn.Module, data: TrainData, ctx: StepContex
             last_val = validation_loss(forward, data.val, val_offsets, spec, world)
             metrics.write({"step": step, "val_loss": last_val})
             if counters["best_val_loss"] is None or last_val < counters["best_val_loss"]:
-                counters["best_val_loss"], counters["evals_without_improvement"] = last_val, 0
+                counters["best_val_loss"], counters["best_step"], counters["evals_without_improvement"] = last_val, step, 0
                 save_best(ctx.scratch_dir / "best", model, world)
             else:
                 counters["evals_without_improvement"] += 1
@@ -138,6 +140,7 @@ def train(spec: PretrainSpec, model: nn.Module, data: TrainData, ctx: StepContex
         "train_loss": train_losses[-1] if train_losses else None,
         "val_loss": last_val,
         "best_val_loss": counters["best_val_loss"],
+        "best_step": counters["best_step"],
         "stopped_early": stopped_early,
         "skipped_steps": counters["skip_steps"],
         "tokens_per_s": round(speed.tokens_per_s(), 1),
@@ -188,6 +191,18 @@ def validation_loss(forward: nn.Module, val: TokenFile, offsets: torch.Tensor, s
         count += int((ym != IGNORE).sum())
     forward.train(was_training)
     return sum_over_processes(total, world) / max(1.0, sum_over_processes(count, world))
+
+
+def score_best_weights(spec: PretrainSpec, model: nn.Module, data: TrainData, ctx: StepContext, world: World) -> float | None:
+    """The best weights' loss on `final_eval_batches` batches of non-overlapping validation windows spread over the
+    split (all of it when it holds no more), not only those that chose the weights; None without a final
+    evaluation or without validation. Leaves the best weights in `model`."""
+    best = ctx.scratch_dir / "best" / "model.safetensors"
+    if spec.final_eval_batches is None or data.val is None or not best.is_file():
+        return None
+    load_model_weights(best, model, spec.device)
+    offsets = tiled_offsets(spec.final_eval_batches * spec.batch_size, len(data.val), spec.model.seq_len)
+    return validation_loss(model, data.val, offsets, spec, world)
 
 
 class Speed:
