@@ -176,6 +176,10 @@ def accumulate_gradients(forward: nn.Module, spec: PretrainSpec, tokens: TokenFi
     return sum_over_processes(step_loss, world)
 
 
+EVAL_LOGITS = 1 << 22
+"""Logits (windows x positions x vocabulary) per validation forward pass: 16 MB in fp32."""
+
+
 @torch.no_grad()
 def validation_loss(forward: nn.Module, val: TokenFile, offsets: torch.Tensor, spec: PretrainSpec, world: World) -> float:
     """Mean loss per predicted token over the fixed validation windows (each process scores its slice)."""
@@ -183,8 +187,11 @@ def validation_loss(forward: nn.Module, val: TokenFile, offsets: torch.Tensor, s
     forward.eval()
     x, y = step_batch(val, offsets, spec.model, mask_seed(spec.seed, -1))  # (N, T) each
     share = math.ceil(len(x) / world.size)
+    # No activations are kept for a backward pass, so windows go through in chunks bounded by their logits, not by
+    # the training micro-batch: tiny forwards of a small model spend more time in overhead than in matmuls.
+    chunk = max(spec.micro_batch_size, EVAL_LOGITS // (spec.model.seq_len * spec.model.vocab_size))
     total, count = 0.0, 0
-    for xm, ym in zip(x[world.rank * share :][:share].split(spec.micro_batch_size), y[world.rank * share :][:share].split(spec.micro_batch_size)):
+    for xm, ym in zip(x[world.rank * share :][:share].split(chunk), y[world.rank * share :][:share].split(chunk)):
         with _autocast(spec):
             logits = forward(xm.to(spec.device))  # (b, T, V)
         total += F.cross_entropy(logits.float().flatten(0, 1), ym.to(spec.device).flatten(), ignore_index=IGNORE, reduction="sum").item()
