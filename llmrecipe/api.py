@@ -16,7 +16,7 @@ from llmrecipe.data.locate import external_files
 from llmrecipe.errors import RecipeError
 from llmrecipe.evals.locate import evaluate_files
 from llmrecipe.finetune.locate import finetune_files
-from llmrecipe.host import probe_host, torchrun_world
+from llmrecipe.host import launched_by_torchrun, probe_host, torchrun_world
 from llmrecipe.plan.compile import compile_plan
 from llmrecipe.plan.plan import Plan
 from llmrecipe.recipe.explain import did_you_mean
@@ -123,7 +123,7 @@ def run(
     only, force = set(only), set(force)
     _check_step_names(plan, only, "--only")
     _check_step_names(plan, force, "--force")
-    if torchrun_world()[1] is not None:
+    if launched_by_torchrun():
         return _run_in_torchrun(loaded, plan, only, force, reporter)
     return _run_here(loaded, plan, only, force, reporter, EXECUTORS)
 

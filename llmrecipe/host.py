@@ -12,6 +12,10 @@ def probe_host() -> Host:
     return Host(cuda=_has_cuda(), cpu_bf16=_cpu_has_bf16(), torchrun_processes=torchrun_world()[1])
 
 
+def launched_by_torchrun() -> bool:
+    return torchrun_world()[1] is not None
+
+
 def torchrun_world() -> tuple[int, int | None]:
     """(RANK, WORLD_SIZE) when torchrun (or another torch.distributed launcher) started this process, else (0, None)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:

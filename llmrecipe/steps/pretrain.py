@@ -16,13 +16,14 @@ from typing import Any
 import torch
 
 from llmrecipe.errors import StepError
+from llmrecipe.host import launched_by_torchrun
 from llmrecipe.models import build_model
 from llmrecipe.plan.specs import PretrainSpec
 from llmrecipe.run.context import StepContext
 from llmrecipe.training.batches import TokenFile
 from llmrecipe.training.checkpoint import save_weights
 from llmrecipe.training.device import prepare_device
-from llmrecipe.training.distributed import World, init_process_group, launched_by_torchrun
+from llmrecipe.training.distributed import World, init_process_group
 from llmrecipe.training.launch import launch
 from llmrecipe.training.loop import TrainData, score_best_weights, train
 from llmrecipe.training.metrics import write_training_outputs
