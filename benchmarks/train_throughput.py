@@ -23,13 +23,13 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 
 from llmrecipe.host import probe_host
 from llmrecipe.models import build_model
 from llmrecipe.plan.derive import flops_per_token, parameter_count, round_up
 from llmrecipe.plan.specs import ModelShape
 from llmrecipe.recipe.pretrain import OptimConfig
+from llmrecipe.training.loss import cross_entropy_sum
 from llmrecipe.training.optim import build_optimizer
 from llmrecipe.training.peak import matmul_peak_flops
 
@@ -89,8 +89,8 @@ class Trainer:
                 loss = self.forward(input_ids=self.x, labels=self.x).loss
             else:
                 logits = self.forward(self.x)  # (B, T, V)
-        if not self.hf:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), self.y.flatten())
+        if not self.hf:  # the loss our trainer computes, as a mean over the batch's tokens
+            loss = cross_entropy_sum(logits, self.y) / self.y.numel()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()

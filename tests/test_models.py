@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from llmrecipe.models import ARCHITECTURES, attention, build_model
+from llmrecipe.models import ARCHITECTURES, attention, build_model, llama, pointwise
 from llmrecipe.plan.derive import parameter_count
 from llmrecipe.plan.specs import ModelShape
 
@@ -56,6 +56,28 @@ def test_explicit_attention_equals_the_fused_kernel_and_serves_cpu_bf16_training
         with torch.no_grad():  # inference: the fused kernel
             attention.causal_attention(q, k, v, 0.0)
     assert taken == [True]
+
+
+
+def test_rms_norm_equals_the_textbook_formulation_in_value_and_gradient():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    textbook = x * (x.square().mean(-1, keepdim=True) + 1e-5).rsqrt() * weight
+    assert torch.allclose(pointwise.rms_norm(x, weight, 1e-5), textbook)
+    assert torch.autograd.gradcheck(lambda x, w: pointwise.rms_norm(x, w, 1e-5), (x, weight))
+
+
+def test_rotary_rotates_each_pair_of_halves_by_its_angle():
+    torch.manual_seed(0)
+    T, E = 7, 8
+    cos, signed_sin = llama.rotary_tables(T, E, theta=10000.0)  # (T, E)
+    x = torch.randn(2, 3, T, E, dtype=torch.float64)
+    rotated = pointwise.rotary(x, cos.double(), signed_sin.double())
+    angle = torch.outer(torch.arange(T, dtype=torch.float64), 10000.0 ** (-torch.arange(0, E, 2, dtype=torch.float64) / E))
+    first, second = x[..., : E // 2], x[..., E // 2 :]  # pair i: (first[i], second[i])
+    expected = torch.cat([first * angle.cos() - second * angle.sin(), first * angle.sin() + second * angle.cos()], -1)
+    assert torch.allclose(rotated, expected, atol=1e-6)
 
 
 def test_the_encoder_looks_both_ways():

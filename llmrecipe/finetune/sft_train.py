@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llmrecipe.errors import StepError
@@ -24,6 +23,7 @@ from llmrecipe.run.context import StepContext
 from llmrecipe.training.batches import IGNORE
 from llmrecipe.training.checkpoint import latest_checkpoint, load_checkpoint, save_best, save_checkpoint
 from llmrecipe.training.distributed import World
+from llmrecipe.training.loss import cross_entropy_sum
 from llmrecipe.training.metrics import MetricsLog
 from llmrecipe.training.optim import build_optimizer
 from llmrecipe.training.schedule import learning_rate
@@ -129,7 +129,7 @@ def accumulate(forward: nn.Module, spec: FinetuneSpec, packed: Packed, index: to
         x, y, layout = rows(packed, micro, spec.device)  # (b, T), (b, T)
         with autocast(spec):
             logits = forward(x, cache=layout)  # (b, T, V)
-        loss_sum = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        loss_sum = cross_entropy_sum(logits, y)
         (loss_sum / count).backward()
         step_loss += loss_sum.item() / count
     return step_loss, count
@@ -146,7 +146,7 @@ def validation_loss(forward: nn.Module, val: Packed, spec: FinetuneSpec) -> floa
         x, y, layout = rows(val, micro, spec.device)
         with autocast(spec):
             logits = forward(x, cache=layout)  # (b, T, V)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum").item()
+        total += cross_entropy_sum(logits, y).item()
         count += int((y != IGNORE).sum())
     forward.train(was_training)
     return total / max(1, count)

@@ -49,10 +49,9 @@ class LlamaStep:
                 for block in model.blocks
             ]
             self.norm, self.lm_head = model.norm.weight.detach(), model.lm_head.weight.detach()
-            half = shape.head_dim // 2
             self.cos = model.rope_cos.detach()  # (S, E)
-            # rotate_half(x) * sin == roll(x, E/2) * [-sin_first_half, sin_second_half]: one roll, no cat or neg
-            self.signed_sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1)  # (S, E)
+            # rotate_half(x) * sin == roll(x, E/2) * signed_sin (models/pointwise.py): one roll, no cat or neg
+            self.signed_sin = model.rope_signed_sin.detach()  # (S, E)
 
     def _qkv_weight(self, attn: nn.Module) -> torch.Tensor:
         """q, k and v projections, then q and k again with each head's rows rolled by E/2: the one matmul also

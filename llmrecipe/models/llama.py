@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from llmrecipe.models.attention import causal_attention
+from llmrecipe.models.pointwise import rms_norm, rotary
 from llmrecipe.plan.specs import ModelShape
 
 if TYPE_CHECKING:
@@ -32,22 +33,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rotary_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables, (T, E), for rotary position embeddings (Su et al., 2021)."""
+    """cos and signed sin tables, (T, E), for rotary position embeddings (Su et al., 2021) in the rotate-half
+    layout: pair (x[i], x[i + E/2]) turns by angle i, so the sin of the first half carries the minus sign."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (E/2,)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (T, E/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (T, E): the same angle for both halves
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[i], x[i + E/2]) by the position's angle. x: (B, H, T, E); cos, sin: (T, E)."""
-    first, second = x.chunk(2, dim=-1)
-    rotated = torch.cat([-second, first], dim=-1)
-    return x * cos + rotated * sin
+    return torch.cat([angles.cos(), angles.cos()], dim=-1), torch.cat([-angles.sin(), angles.sin()], dim=-1)
 
 
 class Attention(nn.Module):
@@ -62,13 +56,13 @@ class Attention(nn.Module):
         self.dropout = shape.dropout
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: DecodeState | None = None, layer: int = 0
+        self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, cache: DecodeState | None = None, layer: int = 0
     ) -> torch.Tensor:
         B, T, D = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, E)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, E)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, E)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = rotary(q, cos, signed_sin), rotary(k, cos, signed_sin)
         if cache is not None:  # decoding: this step's keys and values join the cached ones of earlier positions
             k, v = cache.extend(layer, k, v)  # (B, K, P + T, E)
         if self.n_kv_head != self.n_head:  # grouped-query attention: each K/V head serves H/K query heads
@@ -107,9 +101,9 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(shape.dropout)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: DecodeState | None = None, layer: int = 0
+        self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, cache: DecodeState | None = None, layer: int = 0
     ) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache, layer))
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, signed_sin, cache, layer))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -123,10 +117,10 @@ class Llama(nn.Module):
         self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layer))
         self.norm = RMSNorm(shape.d_model, shape.norm_eps)
         self.lm_head = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
-        cos, sin = rotary_tables(shape.seq_len, shape.head_dim, shape.rope_theta)
+        cos, signed_sin = rotary_tables(shape.seq_len, shape.head_dim, shape.rope_theta)
         # Not saved with the weights: they are a function of the shape.
         self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_signed_sin", signed_sin, persistent=False)
         self.reset_parameters()
         self.tie_weights()
 
@@ -152,13 +146,17 @@ class Llama(nn.Module):
         """
         T = idx.size(1)
         if cache is None:
-            cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, E)
+            cos, signed_sin = self.rope_cos[:T], self.rope_signed_sin[:T]  # (T, E)
         else:
-            cos, sin = self.rope_cos[cache.positions][:, None], self.rope_sin[cache.positions][:, None]  # (B, 1, T, E)
+            cos = self.rope_cos[cache.positions][:, None]  # (B, 1, T, E)
+            signed_sin = self.rope_signed_sin[cache.positions][:, None]
+        if torch.is_autocast_enabled(idx.device.type):  # rotate in the precision q and k arrive in, as HF does:
+            dtype = torch.get_autocast_dtype(idx.device.type)  # fp32 tables would promote the rotation and
+            cos, signed_sin = cos.to(dtype), signed_sin.to(dtype)  # the attention inputs to fp32: twice the traffic
         x = self.embed(idx)  # (B, T, D)
         for layer, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = checkpoint(block, x, cos, signed_sin, use_reentrant=False)
             else:
-                x = block(x, cos, sin, cache, layer)
+                x = block(x, cos, signed_sin, cache, layer)
         return self.lm_head(self.norm(x))  # (B, T, V)

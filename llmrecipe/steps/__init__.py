@@ -33,9 +33,9 @@ EXECUTORS: dict[str, Executor] = {
     "data": Executor("llmrecipe.steps.data", version=3),  # 3: consecutive dedups in one pass (dropped.parquet order)
     "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
-    "pretrain": Executor("llmrecipe.steps.pretrain", version=4, joins_group="train_and_save"),  # 4: best_step; final_eval_batches
-    "finetune": Executor("llmrecipe.steps.finetune", version=2),  # 2: sft held out by prompt; max_seq_len recorded
-    "evaluate": Executor("llmrecipe.steps.evaluate", version=3),  # 3: suites' plots kept; classifiers
+    "pretrain": Executor("llmrecipe.steps.pretrain", version=5, joins_group="train_and_save"),  # 5: chunked fp32 loss, RMSNorm by hand
+    "finetune": Executor("llmrecipe.steps.finetune", version=3),  # 3: chunked fp32 loss, RMSNorm by hand
+    "evaluate": Executor("llmrecipe.steps.evaluate", version=4),  # 4: LLaMA forward with RMSNorm by hand
     "export": Executor("llmrecipe.steps.export", version=3),  # 3: per-layer past key/values from the lean decode step
 }
 

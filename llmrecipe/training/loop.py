@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
@@ -26,6 +25,7 @@ from llmrecipe.training.batches import (
 )
 from llmrecipe.training.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_best, save_checkpoint
 from llmrecipe.training.distributed import World, barrier, sum_over_processes, wrap
+from llmrecipe.training.loss import cross_entropy_sum
 from llmrecipe.training.metrics import MetricsLog
 from llmrecipe.training.optim import build_optimizer
 from llmrecipe.training.peak import matmul_peak_flops, peak_memory_bytes
@@ -170,7 +170,7 @@ def accumulate_gradients(forward: nn.Module, spec: PretrainSpec, tokens: TokenFi
         with _no_gradient_sync(forward, last):
             with _autocast(spec):
                 logits = forward(xm.to(spec.device))  # (b, T, V)
-            loss_sum = F.cross_entropy(logits.float().flatten(0, 1), ym.to(spec.device).flatten(), ignore_index=IGNORE, reduction="sum")
+            loss_sum = cross_entropy_sum(logits, ym.to(spec.device))
             (loss_sum * (world.size / count)).backward()
         step_loss += loss_sum.item() / count
     return sum_over_processes(step_loss, world)
@@ -194,7 +194,7 @@ def validation_loss(forward: nn.Module, val: TokenFile, offsets: torch.Tensor, s
     for xm, ym in zip(x[world.rank * share :][:share].split(chunk), y[world.rank * share :][:share].split(chunk)):
         with _autocast(spec):
             logits = forward(xm.to(spec.device))  # (b, T, V)
-        total += F.cross_entropy(logits.float().flatten(0, 1), ym.to(spec.device).flatten(), ignore_index=IGNORE, reduction="sum").item()
+        total += cross_entropy_sum(logits, ym.to(spec.device)).item()
         count += int((ym != IGNORE).sum())
     forward.train(was_training)
     return sum_over_processes(total, world) / max(1.0, sum_over_processes(count, world))
