@@ -6,7 +6,7 @@ few warm-up steps, then several timed rounds interleaved with its peer (so load 
 the best round counts. MFU = model FLOPs per token (6N + attention, as `llmrecipe plan` derives them) x tokens/s
 over the measured matmul peak of the same precision.
 
-    python benchmarks/train_throughput.py [--compile] [--steps 6] [--rounds 3] [--sizes 6x384] [--archs llama]
+    python benchmarks/train_throughput.py [--compile] [--steps 4] [--rounds 5] [--sizes 6x384] [--archs llama]
 
 With --compile, compiled rows also give `warmup_seconds`: the first steps including the compile (cold unless
 inductor's cache already holds these graphs). The matmul peak is the fastest of many single matmuls over 2 s.
@@ -132,8 +132,8 @@ def compare(arch: str, size_name: str, precision: str, compiled: bool, args) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6, help="training steps per timed round")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per model (the best counts)")
+    parser.add_argument("--steps", type=int, default=4, help="training steps per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per model (the best counts: short rounds dodge bursts of load)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time our models under torch.compile (cold compiles take ~40 s each)")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))

@@ -23,6 +23,11 @@ def torchrun_world() -> tuple[int, int | None]:
     return 0, None
 
 
+def core_count() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _has_cuda() -> bool:
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False

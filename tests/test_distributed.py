@@ -16,15 +16,18 @@ from safetensors.torch import load_file
 
 from llmrecipe import api
 from llmrecipe.errors import RecipeError
+from llmrecipe.host import core_count
 from llmrecipe.models import build_model
 from llmrecipe.plan.specs import PretrainSpec
 from llmrecipe.run.context import StepContext
+from llmrecipe.run.record import StepEvents
 from llmrecipe.run.reporter import LineReporter
 from llmrecipe.training.batches import TokenFile
 from llmrecipe.training.checkpoint import save_weights
 from llmrecipe.training.distributed import World
 from llmrecipe.training.launch import launch
 from llmrecipe.training.loop import TrainData, train
+from llmrecipe.training.torchrun import on_every_core
 from tests.conftest import write_tiny_recipe
 from tests.test_training import SHAPE, make_spec, token_files
 
@@ -49,7 +52,7 @@ def run_with(tmp_path: Path, name: str, spec: PretrainSpec, nproc: int, checkpoi
     if checkpoint_from is not None:
         shutil.copytree(checkpoint_from, scratch / "checkpoints" / checkpoint_from.name)
     ctx = StepContext(name=name, inputs={}, out_dir=scratch / "out", scratch_dir=scratch, device="cpu",
-                      reporter=LineReporter())
+                      reporter=LineReporter(), event=StepEvents(str(scratch / "events.jsonl"), name))
     if nproc == 1:
         train_target(spec.model_dump(mode="json"), ctx, World())
     else:
@@ -73,6 +76,11 @@ def test_two_processes_follow_one_and_checkpoints_move_between_process_counts(tm
     two, two_losses = run_with(tmp_path, "two", spec, nproc=2)
     assert two_losses == pytest.approx(one_losses, rel=1e-4)
     assert_close(two, one)
+    for name in ("one", "two"):  # rank 0 of a spawned group logs to the run's events like a one-process step
+        events = [json.loads(line) for line in (tmp_path / "runs" / name / "events.jsonl").read_text().splitlines()]
+        logged = [e["metrics"]["loss"] for e in events if e["event"] == "metrics" and "loss" in e["metrics"]]
+        assert logged == (one_losses if name == "one" else two_losses)
+        assert {e["step"] for e in events} == {name}
 
     # A checkpoint written by 2 processes resumes in 1, and one written by 1 resumes in 2.
     resumed_in_one, _ = run_with(tmp_path, "2to1", spec, 1, tmp_path / "runs" / "two" / "checkpoints" / "step-00000010")
@@ -126,3 +134,14 @@ def test_run_nproc_that_disagrees_with_the_torchrun_launch_is_a_recipe_error(tmp
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RecipeError, match="torchrun started 2 processes"):
         api.compile(api.load(recipe))
+
+
+def test_steps_rank_0_runs_alone_under_torchrun_use_every_core():
+    threads = torch.get_num_threads()
+    seen = []
+    torch.set_num_threads(1)  # what torchrun's OMP_NUM_THREADS=1 gives each rank
+    try:
+        on_every_core(lambda spec, ctx: seen.append(torch.get_num_threads()) or {})({}, None)
+        assert seen == [core_count()] and torch.get_num_threads() == 1  # restored for the next training step
+    finally:
+        torch.set_num_threads(threads)

@@ -19,17 +19,13 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Iterable, Iterator
 
 from llmrecipe.data.shardwork import ShardJob, ShardResult, run_shard
+from llmrecipe.host import core_count
 
 THREADS_VARIABLE = "POLARS_MAX_THREADS"
 """Read by polars once, when a process imports it: set while the workers are spawned."""
 AHEAD = 2
 """Jobs in flight per worker: enough to keep each busy while the main process merges, few enough that
 finished results waiting their turn stay a handful of batches."""
-
-
-def core_count() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def worker_count(asked: int) -> int:

@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 import uuid
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,31 @@ class RunRecord:
         (self.dir / filename).write_text(text, encoding="utf-8")
 
     def event(self, record: dict[str, Any]) -> None:
-        line = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), **record}
-        self._events.write(json.dumps(line) + "\n")
+        self._events.write(_event_line(record))
         self._events.flush()
+
+    def step_events(self, step: str) -> StepEvents:
+        return StepEvents(str(self.dir / "events.jsonl"), step)
 
     def close(self) -> None:
         self._events.close()
+
+
+@dataclass(frozen=True)
+class StepEvents:
+    """Appends one step's records (metrics lines, warnings) to the run's events.jsonl. Plain data, so the
+    training processes that `run.nproc` spawns can be handed one and log like a step run in-process."""
+
+    path: str
+    step: str
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as events:  # one write per line: appends stay whole
+            events.write(_event_line({"step": self.step, **record}))
+
+
+def _event_line(record: dict[str, Any]) -> str:
+    return json.dumps({"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), **record}) + "\n"
 
 
 def environment(device: str) -> dict[str, Any]:

@@ -76,7 +76,7 @@ class Scheduler:
             device=plan.device,
             reporter=self.reporter,
             external=step.external,
-            event=lambda rec: record.event({"step": step.name, **rec}),
+            event=record.step_events(step.name),
             downloads_dir=self.store.workdir / "downloads",
         )
         self.reporter.step_started(step.name, step.kind, resumed)

@@ -14,7 +14,9 @@ from typing import Any, Callable
 import torch
 import torch.multiprocessing as mp
 
+from llmrecipe.host import core_count
 from llmrecipe.run.context import StepContext
+from llmrecipe.run.record import StepEvents
 from llmrecipe.run.reporter import LineReporter
 from llmrecipe.training.distributed import World, init_process_group
 
@@ -29,23 +31,27 @@ def launch(target: Target, raw_spec: dict[str, Any], ctx: StepContext, nproc: in
 
 
 def context_fields(ctx: StepContext) -> dict[str, Any]:
-    """What another process needs to rebuild `ctx`: its name and folders (JSON, so it can cross process borders)."""
+    """What another process needs to rebuild `ctx`: its name, folders and event log (JSON, so it can cross process
+    borders)."""
+    events = ctx.event.path if isinstance(ctx.event, StepEvents) else None
     return {"name": ctx.name, "inputs": {k: str(v) for k, v in ctx.inputs.items()}, "out_dir": str(ctx.out_dir),
-            "scratch_dir": str(ctx.scratch_dir), "device": ctx.device}
+            "scratch_dir": str(ctx.scratch_dir), "device": ctx.device, "events": events}
 
 
 def context_from(fields: dict[str, Any], world: World) -> StepContext:
-    """The step context of one process of a group: rank 0 reports, the others are silent."""
-    reporter = LineReporter() if world.is_main else _Silent()
-    return StepContext(name=fields["name"], inputs={k: Path(v) for k, v in fields["inputs"].items()},
-                       out_dir=Path(fields["out_dir"]), scratch_dir=Path(fields["scratch_dir"]), device=fields["device"],
-                       reporter=reporter)
+    """The step context of one process of a group: rank 0 reports and logs events, the others are silent."""
+    ctx = StepContext(name=fields["name"], inputs={k: Path(v) for k, v in fields["inputs"].items()},
+                      out_dir=Path(fields["out_dir"]), scratch_dir=Path(fields["scratch_dir"]), device=fields["device"],
+                      reporter=LineReporter() if world.is_main else _Silent())
+    if world.is_main and fields.get("events"):
+        ctx.event = StepEvents(fields["events"], fields["name"])
+    return ctx
 
 
 def _process(rank: int, nproc: int, port: int, target: Target, raw_spec: dict[str, Any], paths: dict, device: str) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+    torch.set_num_threads(max(1, core_count() // nproc))
     world = init_process_group(device)
     try:
         target(raw_spec, context_from(paths, world), world)

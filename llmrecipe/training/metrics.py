@@ -40,7 +40,7 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        self.event({"event": "metrics", **record})
+        self.event({"event": "metrics", "metrics": record})  # nested: the run log's "step" is the recipe step
         if self._board is not None:
             for name, value in record.items():
                 if name != "step" and isinstance(value, (int, float)):

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from llmrecipe.errors import StepError
+from llmrecipe.host import core_count
 from llmrecipe.run.context import StepContext
 from llmrecipe.training.distributed import init_process_group
 from llmrecipe.training.launch import context_fields, context_from
@@ -39,7 +40,7 @@ class Crew:
 
     def leading(self, executors: Mapping[str, Any]) -> dict[str, StepRunner]:
         """Rank 0's executors: one that trains in a group first calls the other ranks to join it."""
-        return {kind: self._calling_crew(kind, executor) if executor.joins_group else executor
+        return {kind: self._calling_crew(kind, executor) if executor.joins_group else on_every_core(executor)
                 for kind, executor in executors.items()}
 
     def follow(self, executors: Mapping[str, Any]) -> None:
@@ -78,3 +79,19 @@ class Crew:
         payload = torch.empty(int(size.item()), dtype=torch.uint8)
         dist.broadcast(payload, src=0, group=self._channel)
         return json.loads(payload.numpy().tobytes())
+
+
+def on_every_core(executor: StepRunner) -> StepRunner:
+    """A step rank 0 runs alone, on all of this node's cores: torchrun gives every rank one thread
+    (OMP_NUM_THREADS=1) so that the training ranks do not oversubscribe the node, but while rank 0 finetunes or
+    evaluates alone the other ranks only wait for its next message."""
+
+    def run(spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(core_count())
+        try:
+            return executor(spec, ctx)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
