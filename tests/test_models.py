@@ -59,6 +59,19 @@ def test_explicit_attention_equals_the_fused_kernel_and_serves_cpu_bf16_training
 
 
 
+
+def test_grouped_query_attention_equals_attention_over_repeated_heads():
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 10, 8, requires_grad=True)  # (B, H, T, E)
+    k, v = (torch.randn(2, 2, 10, 8, requires_grad=True) for _ in range(2))  # (B, K, T, E): 2 query heads each
+    repeated = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), is_causal=True)
+    assert torch.allclose(attention.causal_attention(q, k, v, 0.0), repeated, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the explicit formulation
+        grouped = attention.causal_attention(q, k, v, 0.0)
+    assert torch.allclose(grouped.float(), repeated, atol=3e-2)
+    assert all(g is not None for g in torch.autograd.grad(grouped.float().sum(), (q, k, v)))
+
 def test_rms_norm_equals_the_textbook_formulation_in_value_and_gradient():
     torch.manual_seed(0)
     x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)

@@ -18,11 +18,15 @@ EXPLICIT_MAX_LEN = 256
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-    """Causal attention of q over k, v (each (B, H, T, E)) -> (B, H, T, E)."""
+    """Causal attention of q (B, H, T, E) over k, v (B, K, T, E) -> (B, H, T, E). With K < H (grouped-query
+    attention) each key/value head serves H/K consecutive query heads; SDPA reads them without copies."""
+    grouped = k.size(1) != q.size(1)
     # The length is read last: exporters trace with a symbolic length and no autocast, and must not branch on it.
     if dropout == 0.0 and _cpu_bf16_training(q) and q.size(-2) <= EXPLICIT_MAX_LEN:
+        if grouped:
+            k, v = (t.repeat_interleave(q.size(1) // k.size(1), dim=1) for t in (k, v))  # (B, H, T, E)
         return _explicit(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=grouped)
 
 
 def _cpu_bf16_training(q: torch.Tensor) -> bool:

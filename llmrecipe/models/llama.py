@@ -65,14 +65,12 @@ class Attention(nn.Module):
         q, k = rotary(q, cos, signed_sin), rotary(k, cos, signed_sin)
         if cache is not None:  # decoding: this step's keys and values join the cached ones of earlier positions
             k, v = cache.extend(layer, k, v)  # (B, K, P + T, E)
-        if self.n_kv_head != self.n_head:  # grouped-query attention: each K/V head serves H/K query heads
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, H, T, E)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        # Grouped-query attention (K < H): each key/value head serves H/K query heads, read in place.
         dropout = self.dropout if self.training else 0.0
         if cache is None:
             y = causal_attention(q, k, v, dropout)  # (B, H, T, E)
         else:  # is_causal aligns to the top left, wrong with a past (PITFALLS.md): an explicit mask instead
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask)  # (B, H, T, E)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask, enable_gqa=self.n_kv_head != self.n_head)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, D))
 
 
