@@ -1,6 +1,7 @@
 """LLaMA-style decoder: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention, no biases.
 
-Reads top to bottom: RMSNorm -> rotary -> Attention -> MLP -> Block -> Llama.
+Reads top to bottom: RMSNorm -> rotary tables -> Attention -> MLP -> Block -> Llama; the norm's and the
+rotation's arithmetic is in models/pointwise.py.
 Shapes: B batch, T time (sequence), D d_model, H query heads, K key/value heads, E head_dim, V vocab.
 Rotary embeddings use the "rotate half" layout of Hugging Face's LlamaForCausalLM, so exported
 weights need no permutation.
