@@ -9,7 +9,8 @@ over the measured matmul peak of the same precision.
     python benchmarks/train_throughput.py [--compile] [--steps 4] [--rounds 5] [--sizes 6x384] [--archs llama]
 
 With --compile, compiled rows also give `warmup_seconds`: the first steps including the compile (cold unless
-inductor's cache already holds these graphs). The matmul peak is the fastest of many single matmuls over 2 s.
+inductor's cache already holds these graphs). The matmul peak is the fastest of many single matmuls, probed
+between the timed rounds all through the run (the printed rows use the best so far, the last line the best of all).
 
 The last line is one JSON object; its headline keys are for the default settings (first size, bf16 autocast
 where the CPU supports it, eager).
@@ -31,7 +32,7 @@ from llmrecipe.plan.specs import ModelShape
 from llmrecipe.recipe.pretrain import OptimConfig
 from llmrecipe.training.loss import cross_entropy_sum
 from llmrecipe.training.optim import build_optimizer
-from llmrecipe.training.peak import matmul_peak_flops
+from llmrecipe.training.peak import measure_matmul_flops
 
 SIZES = {
     # PEERS.md's reference size for transformers on this machine, and a smaller one.
@@ -103,7 +104,7 @@ class Trainer:
         return steps * self.x.numel() / (time.perf_counter() - start)
 
 
-def compare(arch: str, size_name: str, precision: str, compiled: bool, args) -> dict:
+def compare(arch: str, size_name: str, precision: str, compiled: bool, peaks: Peaks, args) -> dict:
     size = SIZES[size_name]
     shape = our_shape(arch, size)
     ours = Trainer(build_model(shape), shape, size["batch"], precision, hf=False, compiled=compiled)
@@ -118,16 +119,33 @@ def compare(arch: str, size_name: str, precision: str, compiled: bool, args) -> 
     for _ in range(args.rounds):  # interleaved, so a burst of load from elsewhere hits both
         best_ours = max(best_ours, ours.rate(args.steps))
         best_theirs = max(best_theirs, theirs.rate(args.steps))
-    flops = flops_per_token(shape, parameter_count(shape))
-    peak = matmul_peak_flops("cpu", precision, seconds=2.0)  # best single matmul of many: robust to passing load
+        peaks.probe(precision)
     row = {"arch": arch, "size": size_name, "precision": precision, "compiled": compiled,
            "tokens_per_s": round(best_ours, 1), "hf_tokens_per_s": round(best_theirs, 1),
-           "ratio": round(best_ours / best_theirs, 3), "mfu": round(best_ours * flops / peak, 3),
-           "hf_mfu": round(best_theirs * flops / peak, 3), "peak_gflops": round(peak / 1e9, 1)}
+           "ratio": round(best_ours / best_theirs, 3), "flops_per_token": flops_per_token(shape, parameter_count(shape))}
     if compiled:  # what the first steps cost with a cold compile (inductor's cache may make it warm)
         row["warmup_seconds"] = round(warmup_seconds["ours"], 1)
-    print(json.dumps(row), flush=True)
+    print(json.dumps(peaks.with_mfu(row)), flush=True)
     return row
+
+
+class Peaks:
+    """The matmul peak per precision: the best of short probes taken between the timed rounds of the whole run.
+    Like the best round of a model, the best probe is the one that load from elsewhere disturbed least; one probe
+    taken in a slow moment would make every MFU of the run too high (above 1, even)."""
+
+    def __init__(self):
+        self.best: dict[str, float] = {}
+
+    def probe(self, precision: str) -> None:
+        self.best[precision] = max(self.best.get(precision, 0.0), measure_matmul_flops("cpu", precision, seconds=0.4))
+
+    def with_mfu(self, row: dict) -> dict:
+        peak = self.best[row["precision"]]
+        return {**row, "mfu": round(row["tokens_per_s"] * row["flops_per_token"] / peak, 3),
+                "hf_mfu": round(row["hf_tokens_per_s"] * row["flops_per_token"] / peak, 3),
+                "peak_gflops": round(peak / 1e9, 1)}
+
 
 
 def main() -> None:
@@ -141,13 +159,14 @@ def main() -> None:
     args = parser.parse_args()
     default_precision = "bf16" if probe_host().cpu_bf16 else "fp32"
     precisions = [default_precision] + (["fp32"] if default_precision != "fp32" else [])
-    rows = []
+    rows, peaks = [], Peaks()
     for size_name in args.sizes:
         for precision in precisions:
             for arch in args.archs:
-                rows.append(compare(arch, size_name, precision, False, args))
+                rows.append(compare(arch, size_name, precision, False, peaks, args))
                 if args.compile:
-                    rows.append(compare(arch, size_name, precision, True, args))
+                    rows.append(compare(arch, size_name, precision, True, peaks, args))
+    rows = [peaks.with_mfu(row) for row in rows]  # against the best peak of the whole run
     headline = {r["arch"]: r for r in rows
                 if r["size"] == args.sizes[0] and r["precision"] == default_precision and not r["compiled"]}
     figures = {}

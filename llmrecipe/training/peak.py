@@ -17,7 +17,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 @functools.cache
 def matmul_peak_flops(device: str, precision: str, seconds: float = 0.3) -> float:
-    """FLOP/s of the fastest of repeated square matmuls in `precision` within `seconds`, cached per process.
+    """`measure_matmul_flops`, measured once per process."""
+    return measure_matmul_flops(device, precision, seconds)
+
+
+def measure_matmul_flops(device: str, precision: str, seconds: float) -> float:
+    """FLOP/s of the fastest of repeated square matmuls in `precision` within `seconds`.
 
     Each matmul is timed alone and the best counts: on a shared machine another process takes the cores now and
     then, and an average (or a batch of matmuls) would report that as a slower peak, and an MFU above 1 later.
