@@ -50,12 +50,12 @@ class _CrossEntropySum(torch.autograd.Function):
         row_scale = grad.float() * counted  # (N,): d loss / d row loss, 0 where ignored
         # The gradient overwrites the logits: nothing reads them after the loss, and a fresh (N, V) buffer is
         # tens of MB that the allocator maps and the kernel zero-fills page by page on every step.
-        grad_logits = logits
+        upcast = logits.dtype != torch.float32  # fp32 logits are worked on in place; others through an fp32 chunk
         for rows in _row_chunks(*logits.shape):
-            probs = logits[rows].float().sub_(log_normalizer[rows, None])  # (n, V); fp32 logits: in place
+            probs = logits[rows].float().sub_(log_normalizer[rows, None])  # (n, V)
             probs.exp_()  # softmax
             probs.scatter_add_(1, targets[rows, None], probs.new_full((probs.size(0), 1), -1.0))  # - one-hot
             probs.mul_(row_scale[rows, None])
-            if probs.data_ptr() != grad_logits[rows].data_ptr():
-                grad_logits[rows] = probs
-        return grad_logits, None
+            if upcast:
+                logits[rows] = probs
+        return logits, None
