@@ -88,3 +88,17 @@ def write_tiny_recipe(
 @pytest.fixture
 def tiny_recipe(tmp_path: Path) -> Path:
     return write_tiny_recipe(tmp_path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests exist everywhere and run only where torch sees a GPU (benchmarks/gpu_check.py runs them there)."""
+    if not any("cuda" in item.keywords for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
