@@ -45,8 +45,8 @@ from llmrecipe.generate.artifact import load_model  # noqa: E402
 from llmrecipe.generate.decoders import OnnxDecoder  # noqa: E402
 from llmrecipe.generate.engine import Engine  # noqa: E402
 from llmrecipe.generate.sampling import SamplingParams  # noqa: E402
-from llmrecipe.models import build_model  # noqa: E402
-from llmrecipe.plan.specs import ModelShape  # noqa: E402
+from llmrecipe.models.build import build_model  # noqa: E402
+from llmrecipe.models.shape import ModelShape  # noqa: E402
 from llmrecipe.tokenizer.train import train_bpe  # noqa: E402
 
 PROMPT = list(range(1, 17))  # 16 prompt tokens

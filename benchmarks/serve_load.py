@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import save_file
 
 from llmrecipe.generate.artifact import load_model
-from llmrecipe.models import build_model
-from llmrecipe.plan.specs import ModelShape
+from llmrecipe.models.build import build_model
+from llmrecipe.models.shape import ModelShape
 from llmrecipe.serve.app import ServeSettings
 from llmrecipe.serve.server import background_server
 from llmrecipe.tokenizer.train import train_bpe

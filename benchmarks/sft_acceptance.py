@@ -23,12 +23,11 @@ from tokenizers import Tokenizer
 
 from llmrecipe import api
 from llmrecipe.finetune.chat_data import conversation, load_examples, read_rows
-from llmrecipe.finetune.model_io import starting_model
-from llmrecipe.finetune.packing import pack
-from llmrecipe.finetune.sft_train import validation_loss
 from llmrecipe.generate.sampling import SamplingParams
-from llmrecipe.models import load_trained
+from llmrecipe.models.build import load_trained
 from llmrecipe.plan.specs import FinetuneSpec
+from llmrecipe.steps.finetune.model_io import starting_model
+from llmrecipe.training.tasks.packed import Packed, PackedTask, pack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,12 +78,23 @@ def response_losses(spec: FinetuneSpec, sft_dir: Path, base_dir: Path, base_toke
                     tokenizer: Tokenizer, held_out: list) -> dict[str, float]:
     """Mean loss per response token on the packed held-out examples, fp32, for the SFT model and its base."""
     packed = pack(held_out, spec.seq_len)
-    measure = spec.model_copy(update={"precision": "fp32", "device": "cpu", "eval_batches": len(packed)})
     sft, _ = load_trained(sft_dir)
     base_tokenizer = Tokenizer.from_file(str(base_tokenizer_dir / "tokenizer.json"))
     new_ids = [tokenizer.token_to_id(t) for t in spec.special_tokens if base_tokenizer.token_to_id(t) is None]
     base = starting_model(spec, base_dir, new_ids, base_tokenizer.get_vocab_size(with_added_tokens=True)).eval()
-    return {"sft": validation_loss(sft, packed, measure), "base": validation_loss(base, packed, measure)}
+    return {"sft": held_out_loss(sft, packed), "base": held_out_loss(base, packed)}
+
+
+@torch.no_grad()
+def held_out_loss(model: torch.nn.Module, packed: Packed) -> float:
+    """The SFT task's validation loss over every packed row, fp32 on the CPU."""
+    task = PackedTask(packed, packed, seed=0, batch_size=len(packed), eval_batches=1, micro_batch_size=8)
+    objective = task.objective(model.eval())
+    totals: dict[str, torch.Tensor] = {}
+    for batch in task.validation_batches():
+        for name, value in objective(**batch).items():
+            totals[name] = totals.get(name, 0) + value
+    return task.validation_metrics(totals)["val_loss"]
 
 
 def greedy_stops(sft_dir: Path, data_path: Path, spec: FinetuneSpec, max_new_tokens: int) -> dict:

@@ -26,9 +26,10 @@ import time
 import torch
 
 from llmrecipe.host import probe_host
-from llmrecipe.models import build_model
-from llmrecipe.plan.derive import flops_per_token, parameter_count, round_up
-from llmrecipe.plan.specs import ModelShape
+from llmrecipe.models.build import build_model
+from llmrecipe.models.family import round_up
+from llmrecipe.plan.derive import flops_per_token
+from llmrecipe.models.shape import ModelShape
 from llmrecipe.recipe.pretrain import OptimConfig
 from llmrecipe.training.loss import cross_entropy_sum
 from llmrecipe.training.optim import build_optimizer
@@ -122,7 +123,7 @@ def compare(arch: str, size_name: str, precision: str, compiled: bool, peaks: Pe
         peaks.probe(precision)
     row = {"arch": arch, "size": size_name, "precision": precision, "compiled": compiled,
            "tokens_per_s": round(best_ours, 1), "hf_tokens_per_s": round(best_theirs, 1),
-           "ratio": round(best_ours / best_theirs, 3), "flops_per_token": flops_per_token(shape, parameter_count(shape))}
+           "ratio": round(best_ours / best_theirs, 3), "flops_per_token": flops_per_token(shape)}
     if compiled:  # what the first steps cost with a cold compile (inductor's cache may make it warm)
         row["warmup_seconds"] = round(warmup_seconds["ours"], 1)
     print(json.dumps(peaks.with_mfu(row)), flush=True)

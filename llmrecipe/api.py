@@ -16,7 +16,7 @@ from llmrecipe.data.locate import external_files
 from llmrecipe.errors import RecipeError
 from llmrecipe.evals.locate import evaluate_files
 from llmrecipe.finetune.locate import finetune_files
-from llmrecipe.host import launched_by_torchrun, probe_host, torchrun_world
+from llmrecipe.host import probe_host, torchrun_world
 from llmrecipe.plan.compile import compile_plan
 from llmrecipe.plan.plan import Plan
 from llmrecipe.recipe.explain import did_you_mean
@@ -123,29 +123,17 @@ def run(
     only, force = set(only), set(force)
     _check_step_names(plan, only, "--only")
     _check_step_names(plan, force, "--force")
-    if launched_by_torchrun():
-        return _run_in_torchrun(loaded, plan, only, force, reporter)
-    return _run_here(loaded, plan, only, force, reporter, EXECUTORS)
+    from llmrecipe.steps.processes import process_executors
+
+    with process_executors(EXECUTORS, plan.device) as executors:
+        if executors is None:  # a torchrun rank other than 0: it has trained along in rank 0's training steps
+            return None
+        return _run_here(loaded, plan, only, force, reporter, executors)
 
 
 def is_follower() -> bool:
     """This process is a rank other than 0 of a torchrun launch: it trains along and reports nothing."""
     return torchrun_world()[0] != 0
-
-
-def _run_in_torchrun(loaded: LoadedRecipe, plan: Plan, only: set[str], force: set[str], reporter: Reporter | None):
-    from llmrecipe.training.torchrun import Crew
-
-    crew = Crew(plan.device)
-    try:
-        if is_follower():
-            crew.follow(EXECUTORS)
-            return None
-        report = _run_here(loaded, plan, only, force, reporter, crew.leading(EXECUTORS))
-        crew.dismiss()  # only after success: on failure rank 0 exits with the error and torchrun stops the rest
-        return report
-    finally:
-        crew.close()
 
 
 def _run_here(loaded: LoadedRecipe, plan: Plan, only: set[str], force: set[str], reporter: Reporter | None,

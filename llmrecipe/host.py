@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,7 +10,9 @@ from llmrecipe.plan.plan import Host
 
 
 def probe_host() -> Host:
-    return Host(cuda=_has_cuda(), cpu_bf16=_cpu_has_bf16(), torchrun_processes=torchrun_world()[1])
+    return Host(cuda=gpu_count() > 0, gpus=gpu_count(), cpu_bf16=_cpu_has_bf16(), cpu_cores=core_count(),
+                matmul_peak=measured_peaks(), torchrun_processes=torchrun_world()[1],
+                torchrun_local_processes=_int_env("LOCAL_WORLD_SIZE") if launched_by_torchrun() else None)
 
 
 def launched_by_torchrun() -> bool:
@@ -28,11 +31,36 @@ def core_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _has_cuda() -> bool:
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    # The NVIDIA kernel driver exposes this file; whether torch can use it is checked when a step starts.
-    return Path("/proc/driver/nvidia/version").exists()
+def gpu_count() -> int:
+    """NVIDIA GPUs visible to this process: the driver's count, narrowed by CUDA_VISIBLE_DEVICES. Whether torch can
+    use them is checked when a step starts."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return 0
+    gpus = Path("/proc/driver/nvidia/gpus")  # one folder per GPU, exposed by the NVIDIA kernel driver
+    installed = len(list(gpus.iterdir())) if gpus.is_dir() else (1 if Path("/proc/driver/nvidia/version").exists() else 0)
+    if visible is None:
+        return installed
+    return min(installed, len([d for d in visible.split(",") if d.strip()]))
+
+
+def peak_cache_file() -> Path:
+    """Where training runs record the matmul peak they measured, so the next plan's compile estimate uses it."""
+    root = os.environ.get("LLMRECIPE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmrecipe"
+    return Path(root) / "matmul_peak.json"
+
+
+def measured_peaks() -> dict[str, float]:
+    try:
+        peaks = json.loads(peak_cache_file().read_text())
+    except (OSError, ValueError):  # none measured yet, or a file cut short: the plan uses nominal figures
+        return {}
+    return {k: float(v) for k, v in peaks.items() if isinstance(v, (int, float))} if isinstance(peaks, dict) else {}
+
+
+def _int_env(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value and value.isdigit() else None
 
 
 def _cpu_has_bf16() -> bool:

@@ -79,8 +79,8 @@ def plan_tables(plan: Plan, states: dict[str, str]) -> list[Table]:
     for step in plan.steps:
         if step.derived:
             derived = Table(title=f"{step.name}: derived values", title_justify="left", show_header=False)
-            derived.add_column(no_wrap=True)
-            derived.add_column(no_wrap=True)
+            derived.add_column(no_wrap=True, min_width=max(len(key) for key in step.derived))
+            derived.add_column(overflow="fold")  # a long value (the compile choice's reason) wraps, keys stay whole
             for key, value in step.derived.items():
                 derived.add_row(key, _human(value))
             tables.append(derived)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
+
+# Training runs record the matmul peak they measure for later plans; tests keep theirs away from the user's cache.
+os.environ.setdefault("LLMRECIPE_CACHE_DIR", tempfile.mkdtemp(prefix="llmrecipe-test-cache-"))
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

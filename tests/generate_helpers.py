@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from llmrecipe.models import build_model
-from llmrecipe.plan.specs import ModelShape
+from llmrecipe.models.build import build_model
+from llmrecipe.models.shape import ModelShape
 from llmrecipe.tokenizer.train import train_bpe
 
 EOT = "<|endoftext|>"

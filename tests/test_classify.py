@@ -14,21 +14,26 @@ import torch
 from llmrecipe import api
 from llmrecipe.cli import main
 from llmrecipe.errors import StepError
-from llmrecipe.evals.classification import expected_calibration_error
+from llmrecipe.classification import expected_calibration_error
 from llmrecipe.evals.classification_suite import METRICS, metric_columns
 from llmrecipe.evals.stats import value
-from llmrecipe.finetune.classify import adapt, run_classify, write_outputs
-from llmrecipe.finetune.classify_data import Fields, class_weights, encode, held_out, label_set, pad_right, read_splits
-from llmrecipe.finetune.classify_model import Classifier, load_classifier
-from llmrecipe.finetune.classify_train import EncodedSplit, accumulate_gradients, train_classifier
+from llmrecipe.finetune.classify_data import Fields, class_weights, encode, held_out, label_set, read_splits
 from llmrecipe.generate.artifact import ArtifactError, load_model
-from llmrecipe.models import build_model
-from llmrecipe.plan.specs import FinetuneSpec, ModelShape
+from llmrecipe.models.build import build_model
+from llmrecipe.models.classifier import Classifier, load_classifier, pad_right
+from llmrecipe.models.registry import family
+from llmrecipe.models.shape import ModelShape
+from llmrecipe.plan.specs import FinetuneSpec
 from llmrecipe.run.context import StepContext
 from llmrecipe.run.reporter import LineReporter
+from llmrecipe.steps.finetune.classify import adapt, run_classify
+from llmrecipe.steps.finetune.model_io import write_model
+from llmrecipe.steps.training import train_config
 from llmrecipe.tokenizer.train import train_char
 from llmrecipe.training.checkpoint import latest_checkpoint, model_tensors
 from llmrecipe.training.distributed import World
+from llmrecipe.training.tasks.classify import ClassifyTask, LabelledRows
+from llmrecipe.training.trainer import Trainer
 from tests.conftest import REPO, SUBJECTS, VERBS, write_tiny_recipe
 from tests.test_training import Crash, CrashingReporter
 
@@ -71,10 +76,10 @@ def tokenizer():
     return train_char(iter(texts), vocab_size=300, min_frequency=1, eot_token="<|endoftext|>")
 
 
-def encoded_split(tokenizer, rows: list[dict], labels: list[str], pooling: str = "last") -> EncodedSplit:
+def encoded_split(tokenizer, rows: list[dict], labels: list[str], pooling: str = "last") -> LabelledRows:
     eot = tokenizer.token_to_id("<|endoftext|>")
     ids = encode(tokenizer, [row["text"] for row in rows], SHAPE.seq_len, eot, pooling)
-    return EncodedSplit(ids, torch.tensor([labels.index(row["label"]) for row in rows]))
+    return LabelledRows(ids, torch.tensor([labels.index(row["label"]) for row in rows]))
 
 
 # ---- data and labels -----------------------------------------------------------------------------------------------
@@ -121,7 +126,7 @@ def test_a_label_mismatch_fails_the_step_before_training(tmp_path, tokenizer):
     ctx = StepContext(name="ft", inputs={"model": tmp_path / "no-model-needed", "tokenizer": tmp_path / "tok"},
                       out_dir=tmp_path / "out", scratch_dir=tmp_path / "scratch", device="cpu", reporter=LineReporter())
     with pytest.raises(StepError, match=r"labels \['sea'\] that `labels` does not list.*\['river'\]"):
-        run_classify(make_spec(dataset_file=str(data), labels=["castle", "river"]), ctx)
+        run_classify(make_spec(dataset_file=str(data), labels=["castle", "river"]), ctx, World())
     assert not (tmp_path / "scratch").exists()  # nothing trained, nothing checkpointed
 
 
@@ -164,7 +169,11 @@ def test_balanced_class_weights_and_the_weighted_loss_whatever_the_micro_batchin
     for micro in (8, 4, 1):
         torch.manual_seed(0)
         model = Classifier(build_model(SHAPE), ["castle", "sea"], "last")
-        losses.append(accumulate_gradients(model, make_spec(micro_batch_size=micro), train, torch.arange(8), weights, World()))
+        task = ClassifyTask(train, None, 2, weights, seed=0, batch_size=8, eval_batches=1, micro_batch_size=micro)
+        batch = task.train_batch(0, range(8), micro)  # one epoch of the 8 rows, in micro-batches
+        objective = task.objective(model)
+        with torch.no_grad():
+            losses.append(float(sum(objective(**m)["loss"] for m in batch.micro_batches)) / batch.normalizer)
     torch.manual_seed(0)
     model = Classifier(build_model(SHAPE), ["castle", "sea"], "last")
     ids, lengths = pad_right(train.rows)
@@ -183,7 +192,9 @@ def train_tiny(tmp_path: Path, name: str, tokenizer, reporter=None, **overrides)
     ctx = StepContext(name=name, inputs={}, out_dir=tmp_path / name / "out", scratch_dir=tmp_path / name / "scratch",
                       device="cpu", reporter=reporter or LineReporter())
     ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-    return model, train_classifier(model, train, val, spec, spec.total_steps, None, ctx)
+    task = ClassifyTask(train, val, len(labels), None, spec.seed, spec.batch_size, spec.eval_batches,
+                        spec.micro_batch_size)
+    return model, Trainer(model, task, train_config(spec, family(SHAPE.arch)), ctx).fit()
 
 
 def test_training_learns_a_separable_set_and_resumes_byte_identically(tmp_path, tokenizer):
@@ -218,7 +229,8 @@ def test_lora_trains_adapters_and_the_head_and_the_artifact_loads_to_the_same_lo
     ctx = StepContext(name="lora", inputs={"tokenizer": tmp_path / "tok"}, out_dir=tmp_path / "out",
                       scratch_dir=tmp_path / "lora" / "scratch", device="cpu", reporter=LineReporter())
     ctx.out_dir.mkdir()
-    write_outputs(model, make_spec(lora=lora), ctx, summary["metrics_records"], summary)
+    write_model(model_tensors(model), make_spec(lora=lora), ctx.out_dir, ctx.scratch_dir / "best" / "model.safetensors",
+                json.dumps(model.config()))
     assert (ctx.out_dir / "adapter.safetensors").is_file() and (ctx.out_dir / "best" / "model.safetensors").is_file()
     loaded = load_classifier(ctx.out_dir)
     ids, lengths = pad_right([[5, 9, 11, 0], [7, 3]])

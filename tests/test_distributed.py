@@ -17,29 +17,24 @@ from safetensors.torch import load_file
 from llmrecipe import api
 from llmrecipe.errors import RecipeError
 from llmrecipe.host import core_count
-from llmrecipe.models import build_model
+from llmrecipe.models.build import build_model
 from llmrecipe.plan.specs import PretrainSpec
 from llmrecipe.run.context import StepContext
 from llmrecipe.run.record import StepEvents
 from llmrecipe.run.reporter import LineReporter
-from llmrecipe.training.batches import TokenFile
+from llmrecipe.steps.processes import on_every_core, train_in_group
 from llmrecipe.training.checkpoint import save_weights
 from llmrecipe.training.distributed import World
-from llmrecipe.training.launch import launch
-from llmrecipe.training.loop import TrainData, train
-from llmrecipe.training.torchrun import on_every_core
 from tests.conftest import write_tiny_recipe
-from tests.test_training import SHAPE, make_spec, token_files
+from tests.test_training import SHAPE, make_spec, token_files, trainer
 
 
 def train_target(raw_spec: dict, ctx: StepContext, world: World) -> None:
     """One process of a run: trains on the token files next to its scratch folder; rank 0 saves the results."""
     spec = PretrainSpec.model_validate(raw_spec)
-    folder = ctx.scratch_dir.parent.parent
-    data = TrainData(TokenFile(folder / "train.bin", "uint16"), TokenFile(folder / "val.bin", "uint16"))
     torch.manual_seed(spec.seed)
     model = build_model(spec.model)
-    summary = train(spec, model, data, ctx, world)
+    summary = trainer(spec, model, ctx.scratch_dir.parent.parent, ctx, world).fit()
     save_weights(model, ctx.scratch_dir / "final.safetensors", world)  # collective under FSDP
     if world.is_main:
         (ctx.scratch_dir / "records.json").write_text(json.dumps(summary["metrics_records"]))
@@ -53,10 +48,7 @@ def run_with(tmp_path: Path, name: str, spec: PretrainSpec, nproc: int, checkpoi
         shutil.copytree(checkpoint_from, scratch / "checkpoints" / checkpoint_from.name)
     ctx = StepContext(name=name, inputs={}, out_dir=scratch / "out", scratch_dir=scratch, device="cpu",
                       reporter=LineReporter(), event=StepEvents(str(scratch / "events.jsonl"), name))
-    if nproc == 1:
-        train_target(spec.model_dump(mode="json"), ctx, World())
-    else:
-        launch(train_target, spec.model_dump(mode="json"), ctx, nproc, "cpu")
+    train_in_group(train_target, spec.model_dump(mode="json"), ctx, nproc, "cpu")
     losses = [r["loss"] for r in json.loads((scratch / "records.json").read_text()) if "loss" in r]
     return load_file(scratch / "final.safetensors"), losses
 
@@ -70,6 +62,7 @@ def assert_close(a: dict, b: dict) -> None:
 def test_two_processes_follow_one_and_checkpoints_move_between_process_counts(tmp_path, sharding):
     token_files(tmp_path)
     # Batch 4: one process takes it as 2 micro-batches of 2, two processes one micro-batch of 2 each.
+    # Each process's micro-batch is its share of the batch (the plan divides it): 2 = 4 sequences over 2 processes.
     spec = make_spec(total_steps=12, log_every=1, checkpoint_every=5, micro_batch_size=2, sharding=sharding,
                      model=SHAPE.model_copy(update={"dropout": 0.0}))
     one, one_losses = run_with(tmp_path, "one", spec, nproc=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from llmrecipe.evals.classification import (
+from llmrecipe.classification import (
     class_scores,
     confident_mistakes,
     confusion_matrix,
@@ -16,7 +16,7 @@ from llmrecipe.evals.classification import (
     plot_confusion_matrix,
 )
 from llmrecipe.evals.generation import METRICS as GENERATION_METRICS
-from llmrecipe.evals.generation import cut_at_stop, text_columns
+from llmrecipe.evals.generation import text_columns
 from llmrecipe.evals.qa import leading_answer
 from llmrecipe.evals.stats import Metric, confidence_interval, paired_comparison, value
 from llmrecipe.evals.text_metrics import exact_match, normalize_answer, rouge_l, token_f1
@@ -57,9 +57,7 @@ def test_rouge_l_by_hand():
     assert rouge_l("", "x") == 0.0
 
 
-def test_stop_strings_and_leading_answers():
-    assert cut_at_stop("Yes.\nQuestion: more", ["\n"]) == "Yes."
-    assert cut_at_stop("no stop here", ["\n", ""]) is None
+def test_leading_answers():
     assert leading_answer("Yes. Frost is common.", ["yes", "no"]) == "yes"
     assert leading_answer("  no, never", ["yes", "no"]) == "no"
     assert leading_answer("Nobody knows", ["yes", "no"]) is None  # whole words only

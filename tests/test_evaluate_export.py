@@ -14,10 +14,11 @@ from safetensors.torch import save_file
 
 from llmrecipe.errors import StepError
 from llmrecipe.evals.perplexity import score_stream, unigram_baseline, windows
-from llmrecipe.evals.sampling import sample
+from llmrecipe.evals.decoding import complete, suite_engine
 from llmrecipe.export.onnx import export_onnx
-from llmrecipe.models import build_model, load_trained
-from llmrecipe.plan.specs import ModelShape
+from llmrecipe.generate.sampling import SamplingParams
+from llmrecipe.models.build import build_model, load_trained
+from llmrecipe.models.shape import ModelShape
 from llmrecipe.run.context import StepContext
 from llmrecipe.run.reporter import LineReporter
 from llmrecipe.tokenizer.train import train_bpe
@@ -126,25 +127,36 @@ def test_unigram_baseline_on_a_known_distribution():
 # ---- sampling --------------------------------------------------------------------------------------------------
 
 
-def test_greedy_sampling_is_deterministic_and_crops_the_context():
+def engine_of(model, eot_id=None, vocab_size=None):
+    """The suites' decoding engine over a bare model (no tokenizer: token ids only)."""
+    from types import SimpleNamespace
+
+    return suite_engine(SimpleNamespace(model=model, tokenizer=None, eot_id=eot_id,
+                                        vocab_size=vocab_size or model.shape.vocab_size))
+
+
+def test_suite_decoding_is_cached_deterministic_and_keeps_the_end_of_a_long_prompt():
     model = tiny_model(2)
-    prompt = list(range(10))
-    runs = [sample(model, prompt, 20, 0.0, None, torch.Generator().manual_seed(seed)) for seed in (1, 2)]
-    assert runs[0] == runs[1] and len(runs[0]) == 20  # 10 + 20 tokens > seq_len: the context was cropped
-    with torch.no_grad():
-        assert runs[0][0] == int(model(torch.tensor([prompt]))[0, -1].argmax())
-    top_1 = sample(model, prompt, 20, 1.0, 1, torch.Generator().manual_seed(3))
+    engine = engine_of(model)
+    prompt = list(range(30))  # longer than the context of 16
+    runs = [complete(engine, prompt, SamplingParams(max_tokens=6, temperature=0.0, seed=seed)).token_ids
+            for seed in (1, 2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 6
+    with torch.no_grad():  # the prompt kept its last 16 - 6 tokens, leaving room for the answer
+        assert runs[0][0] == int(model(torch.tensor([prompt[-10:]]))[0, -1].argmax())
+    top_1 = complete(engine, prompt, SamplingParams(max_tokens=6, temperature=1.0, top_k=1, seed=3)).token_ids
     assert top_1 == runs[0]
 
 
-def test_sampling_stops_at_eot_and_stays_in_the_vocabulary():
+def test_suite_decoding_stops_at_eot_and_stays_in_the_vocabulary():
     model = tiny_model(4)
-    greedy = sample(model, [1, 2, 3], 5, 0.0, None, torch.Generator())
-    assert sample(model, [1, 2, 3], 5, 0.0, None, torch.Generator(), eot_id=greedy[0]) == greedy[:1]
-    drawn = sample(model, [1, 2, 3], 30, 2.0, None, torch.Generator().manual_seed(0), vocab_size=10)
-    assert len(drawn) == 30 and max(drawn) < 10
-    again = sample(model, [1, 2, 3], 30, 2.0, None, torch.Generator().manual_seed(0), vocab_size=10)
-    assert drawn == again
+    greedy = complete(engine_of(model), [1, 2, 3], SamplingParams(max_tokens=5, temperature=0.0)).token_ids
+    stopped = complete(engine_of(model, eot_id=greedy[0]), [1, 2, 3], SamplingParams(max_tokens=5, temperature=0.0))
+    assert stopped.token_ids == greedy[:1] and stopped.finish_reason == "stop"
+    drawn = complete(engine_of(model, vocab_size=10), [1, 2, 3], SamplingParams(max_tokens=12, temperature=2.0, seed=0))
+    assert len(drawn.token_ids) == 12 and max(drawn.token_ids) < 10
+    again = complete(engine_of(model, vocab_size=10), [1, 2, 3], SamplingParams(max_tokens=12, temperature=2.0, seed=0))
+    assert drawn.token_ids == again.token_ids
 
 
 # ---- ONNX ------------------------------------------------------------------------------------------------------

@@ -13,12 +13,15 @@ from tokenizers import Tokenizer
 from llmrecipe import api
 from llmrecipe.errors import RecipeError, StepError
 from llmrecipe.finetune.chat_data import Example, assistant_spans, conversation, encode_example, load_examples, read_rows
-from llmrecipe.finetune.model_io import adapt
-from llmrecipe.finetune.packing import pack, rows
-from llmrecipe.finetune.sft import add_special_tokens
-from llmrecipe.finetune.sft_train import train_sft
-from llmrecipe.models import build_model, load_trained
-from llmrecipe.plan.specs import FinetuneSpec, ModelShape
+from llmrecipe.models.registry import family
+from llmrecipe.steps.finetune.model_io import adapt
+from llmrecipe.steps.finetune.sft import add_special_tokens
+from llmrecipe.steps.training import train_config
+from llmrecipe.training.tasks.packed import PackedRows, PackedTask, pack
+from llmrecipe.training.trainer import Trainer
+from llmrecipe.models.build import build_model, load_trained
+from llmrecipe.models.shape import ModelShape
+from llmrecipe.plan.specs import FinetuneSpec
 from llmrecipe.recipe.finetune import CHAT_TEMPLATES, DatasetConfig
 from llmrecipe.recipe.pretrain import OptimConfig
 from llmrecipe.run.context import StepContext
@@ -160,9 +163,9 @@ def test_an_example_has_the_same_logits_packed_with_others_as_alone(arch):
                 for n in (7, 5, 9)]
     packed = pack(examples, seq_len=24)
     assert len(packed) == 1  # all three share one row: 6 + 4 + 8 positions
-    x, _, layout = rows(packed, torch.tensor([0]), "cpu")
+    row = packed.rows(torch.tensor([0]))
     with torch.no_grad():
-        together = model(x, cache=layout)[0]  # (T, V)
+        together = model(row["inputs"], PackedRows(row["positions"], row["documents"]))[0]  # (T, V)
         start = 0
         for example in examples:
             alone = model(torch.tensor([example.ids[:-1]]))[0]  # (n - 1, V)
@@ -212,7 +215,8 @@ def sft_once(tmp_path: Path, name: str, spec: FinetuneSpec, reporter=None) -> tu
                       device="cpu", reporter=reporter or LineReporter())
     ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
     train, val = synthetic_packs()
-    return model, train_sft(spec, model, train, val, ctx)
+    task = PackedTask(train, val, spec.seed, spec.batch_size, spec.eval_batches, spec.micro_batch_size)
+    return model, Trainer(model, task, train_config(spec, family(spec.model.arch), score_start=True), ctx).fit()
 
 
 def crash_and_resume(tmp_path: Path, spec: FinetuneSpec, crash_after: int) -> tuple[torch.nn.Module, torch.nn.Module]:

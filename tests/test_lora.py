@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from llmrecipe.errors import RecipeError
-from llmrecipe.finetune.lora import LoraLinear, apply_lora, lora_state_dict, merge_adapter_tensors, merge_lora
-from llmrecipe.models import build_model
-from llmrecipe.plan.derive import LORA_TARGETS, lora_parameter_count
-from llmrecipe.plan.specs import ModelShape
+from llmrecipe.models.build import build_model
+from llmrecipe.models.lora import LoraLinear, apply_lora, lora_state_dict, merge_adapter_tensors, merge_lora
+from llmrecipe.models.registry import FAMILIES
+from llmrecipe.models.shape import ModelShape
+from llmrecipe.plan.derive import lora_parameter_count
 from llmrecipe.recipe.finetune import LoraConfig
 from llmrecipe.training.checkpoint import model_tensors
 from tests.test_finetune import SFT_STEP, compile_with, crash_and_resume, tiny_sft_spec
@@ -36,7 +37,7 @@ def randomized_adapters(model: torch.nn.Module) -> None:
 def test_lora_trains_under_5_percent_and_the_plan_counts_it_exactly(arch):
     torch.manual_seed(0)
     model = build_model(shape_of(arch))
-    config = LoraConfig(rank=4, targets=LORA_TARGETS[arch])
+    config = LoraConfig(rank=4, targets=list(FAMILIES[arch].lora_targets))
     trainable = apply_lora(model, config)
     total = sum(p.numel() for p in model.parameters())
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -51,7 +52,7 @@ def test_a_fresh_adapter_changes_nothing_and_merged_logits_match_unmerged(arch):
     model = build_model(shape_of(arch)).eval()
     ids = torch.randint(0, 256, (2, 32))
     before = model(ids)
-    apply_lora(model, LoraConfig(rank=4, targets=[*LORA_TARGETS[arch], "mlp.fc" if arch == "gpt2" else "up_proj"]))
+    apply_lora(model, LoraConfig(rank=4, targets=[*list(FAMILIES[arch].lora_targets), "mlp.fc" if arch == "gpt2" else "up_proj"]))
     assert torch.equal(model(ids), before)  # B = 0: the wrapped model is the original
     randomized_adapters(model)
     unmerged = model(ids)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from llmrecipe.training import loss
-from llmrecipe.training.batches import IGNORE
+from llmrecipe.training.loss import IGNORE
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -37,7 +37,7 @@ def test_implicit_tokenize_step_sits_between_data_tokenizer_and_pretrain(tmp_pat
 def test_derived_values_match_the_built_model(tmp_path):
     import torch
 
-    from llmrecipe.models import build_model
+    from llmrecipe.models.build import build_model
     from llmrecipe.plan.specs import PretrainSpec
 
     plan = compile_tiny(tmp_path)

@@ -40,18 +40,25 @@ def test_tensorboard_does_not_change_what_a_step_is(tmp_path):
     assert plain.step("base").fingerprint == logged.step("base").fingerprint
 
 
-def test_continued_pretraining_passes_every_training_setting_to_the_loop(tmp_path):
-    from llmrecipe.finetune.continued import pretrain_view
-    from llmrecipe.plan.specs import FinetuneSpec, TrainingSpec
+def test_every_training_step_hands_every_control_to_the_trainer(tmp_path):
+    from dataclasses import fields
+
+    from llmrecipe.models.registry import family
+    from llmrecipe.plan.specs import FinetuneSpec, PretrainSpec
+    from llmrecipe.steps.training import train_config
+    from llmrecipe.training.config import TrainConfig
 
     extra = ('\n[steps.domain]\nkind = "finetune"\ninit = "base"\ntask = "continue"\ndata = "corpus"\n'
              'budget = { steps = 5 }\noptim = { warmup = 1 }\nbatch_size = 2\ntensorboard = true\n')
     plan = api.compile(api.load(write_tiny_recipe(tmp_path, steps=20, extra=extra)))
-    spec = FinetuneSpec.model_validate(plan.step("domain").spec)
-    view = pretrain_view(spec, train_tokens=10_000)
-    assert view.tensorboard
-    carried = set(TrainingSpec.model_fields) - {"model"}  # the model's seq_len becomes the finetune's
-    assert {name: getattr(view, name) for name in carried} == {name: getattr(spec, name) for name in carried}
+    derived = {"fsdp_unit", "flops_per_token", "score_start"}  # from the family and the executor, not the spec
+    for name, kind in (("base", PretrainSpec), ("domain", FinetuneSpec)):
+        spec = kind.model_validate(plan.step(name).spec)
+        config = train_config(spec, family(spec.model.arch))
+        carried = {f.name for f in fields(TrainConfig)} - derived
+        assert carried <= set(kind.model_fields), carried - set(kind.model_fields)
+        assert {f: getattr(config, f) for f in carried} == {f: getattr(spec, f) for f in carried}
+    assert train_config(FinetuneSpec.model_validate(plan.step("domain").spec), family("llama")).tensorboard
 
 
 @pytest.mark.parametrize("resumed_at", [0, 2])

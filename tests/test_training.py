@@ -1,4 +1,5 @@
-"""The training loop: exact resume from a checkpoint, schedule shape, checkpoint round trips."""
+"""The trainer on windows of a token file: exact resume from a checkpoint, schedule shape, non-finite policies,
+early stopping and the final score of the best weights."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from llmrecipe.models import build_model
-from llmrecipe.plan.specs import ModelShape, PretrainSpec
+from llmrecipe.models.build import build_model
+from llmrecipe.models.registry import family
+from llmrecipe.models.shape import ModelShape
+from llmrecipe.plan.specs import PretrainSpec
 from llmrecipe.recipe.pretrain import OptimConfig
 from llmrecipe.run.context import StepContext
-from llmrecipe.run.reporter import LineReporter, LineProgress
-from llmrecipe.training.batches import TokenFile, tiled_offsets, validation_offsets
+from llmrecipe.run.reporter import LineProgress, LineReporter
+from llmrecipe.steps.training import train_config
 from llmrecipe.training.checkpoint import latest_checkpoint, model_tensors
 from llmrecipe.training.distributed import World
-from llmrecipe.training.loop import TrainData, score_best_weights, train, validation_loss
 from llmrecipe.training.schedule import learning_rate
+from llmrecipe.training.tasks.windows import TokenFile, WindowTask, tiled_offsets
+from llmrecipe.training.trainer import Trainer
 
 SHAPE = ModelShape(arch="llama", n_layer=2, n_head=2, n_kv_head=1, d_model=32, head_dim=16, ffn_hidden=64,
                    vocab_size=64, seq_len=16, dropout=0.1, rope_theta=10000.0, tie_embeddings=True)
@@ -32,13 +36,22 @@ def make_spec(**changes) -> PretrainSpec:
     return PretrainSpec(**values)
 
 
-def token_files(folder: Path) -> TrainData:
+def token_files(folder: Path) -> tuple[TokenFile, TokenFile]:
     rng = np.random.default_rng(0)
     for split, n in (("train", 4000), ("val", 600)):
         # A learnable stream: mostly counting upward mod 64, with some noise.
         ids = (np.arange(n) + (rng.random(n) < 0.1) * rng.integers(0, 64, n)) % 64
         ids.astype("<u2").tofile(folder / f"{split}.bin")
-    return TrainData(TokenFile(folder / "train.bin", "uint16"), TokenFile(folder / "val.bin", "uint16"))
+    return TokenFile(folder / "train.bin", "uint16"), TokenFile(folder / "val.bin", "uint16")
+
+
+def trainer(spec: PretrainSpec, model: torch.nn.Module, folder: Path, ctx, world: World = World()) -> Trainer:
+    """The trainer of a pretrain step, on the token files in `folder` (written by token_files)."""
+    train, val = TokenFile(folder / "train.bin", "uint16"), TokenFile(folder / "val.bin", "uint16")
+    arch = family(spec.model.arch)
+    task = WindowTask(spec.model, train, val, spec.seed, spec.batch_size, spec.eval_batches, spec.final_eval_batches,
+                      masked=arch.objective == "masked_lm")
+    return Trainer(model, task, train_config(spec, arch), ctx, world)
 
 
 class Crash(Exception):
@@ -64,13 +77,18 @@ class CrashingReporter(LineReporter):
         return Crashing(self.out, name, total, unit, completed, interval=1e9)
 
 
-def train_once(tmp_path: Path, name: str, spec: PretrainSpec, reporter=None) -> tuple[torch.nn.Module, dict]:
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model)
+def context(tmp_path: Path, name: str, reporter=None) -> StepContext:
     ctx = StepContext(name=name, inputs={}, out_dir=tmp_path / name / "out", scratch_dir=tmp_path / name / "scratch",
                       device="cpu", reporter=reporter or LineReporter())
     ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-    return model, train(spec, model, token_files(tmp_path), ctx)
+    return ctx
+
+
+def train_once(tmp_path: Path, name: str, spec: PretrainSpec, reporter=None, model=None) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(spec.seed)
+    model = model if model is not None else build_model(spec.model)
+    token_files(tmp_path)
+    return model, trainer(spec, model, tmp_path, context(tmp_path, name, reporter)).fit()
 
 
 def as_bytes(model: torch.nn.Module) -> dict[str, bytes]:
@@ -153,17 +171,19 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
 def test_final_evaluation_scores_the_best_weights_on_other_windows(tmp_path):
     spec = make_spec(total_steps=200, eval_every=2, early_stopping_patience=1, final_eval_batches=5,
                      optim=OptimConfig(lr=0.3, warmup=1))
-    model, summary = train_once(tmp_path, "final", spec)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model)
+    token_files(tmp_path)
+    final_run = trainer(spec, model, tmp_path, context(tmp_path, "final"))
+    summary = final_run.fit()
     vals = {r["step"]: r["val_loss"] for r in summary["metrics_records"] if "val_loss" in r}
     assert vals[summary["best_step"]] == summary["best_val_loss"] == min(vals.values())
-    data = token_files(tmp_path)
-    ctx = StepContext(name="final", inputs={}, out_dir=tmp_path, scratch_dir=tmp_path / "final" / "scratch",
-                      device="cpu", reporter=LineReporter())
-    final = score_best_weights(spec, model, data, ctx, World())
-    periodic = validation_loss(model, data.val, validation_offsets(spec.seed, 2 * spec.batch_size, 600, 16), spec, World())
+    final = final_run.score_best()
+    periodic = final_run.evaluate(final_run.runner, final_run.task.validation_batches())["val_loss"]
     assert periodic == summary["best_val_loss"]  # the best weights are back in the model
     assert final != periodic and abs(final - periodic) < 0.5  # other windows, the same weights
-    assert score_best_weights(spec.model_copy(update={"final_eval_batches": None}), model, data, ctx, World()) is None
+    without = trainer(spec.model_copy(update={"final_eval_batches": None}), model, tmp_path, context(tmp_path, "final"))
+    assert without.score_best() is None
 
 
 def test_tiled_windows_cover_the_split_once_or_spread_over_it():
@@ -197,14 +217,11 @@ def test_non_finite_loss_is_handled_by_policy(tmp_path, policy):
     spec = make_spec(total_steps=12, on_nonfinite=policy, micro_batch_size=4, grad_accum=1)
     torch.manual_seed(spec.seed)
     model = NaNAt(build_model(spec.model), bad_call=8)  # step 7 (0-based) gives NaN once
-    ctx = StepContext(name=policy, inputs={}, out_dir=tmp_path / "out", scratch_dir=tmp_path / policy,
-                      device="cpu", reporter=LineReporter())
-    ctx.scratch_dir.mkdir()
     if policy == "stop":
         with pytest.raises(StepError, match="loss became nan at step 7"):
-            train(spec, model, token_files(tmp_path), ctx)
+            train_once(tmp_path, policy, spec, model=model)
         return
-    summary = train(spec, model, token_files(tmp_path), ctx)
+    _, summary = train_once(tmp_path, policy, spec, model=model)
     assert summary["steps"] == 12 and summary["skipped_steps"] == [7]
     assert all(math.isfinite(p.sum().item()) for p in model.parameters())
     if policy == "rollback":  # restarted from the step-5 checkpoint, then trained through without step 7

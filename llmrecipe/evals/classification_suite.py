@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from llmrecipe.errors import StepError
-from llmrecipe.evals.classification import (
+from llmrecipe.classification import (
     CALIBRATION_BINS,
     class_scores,
     confident_mistakes,
@@ -22,7 +22,7 @@ from llmrecipe.evals.classification import (
 from llmrecipe.evals.stats import Metric
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, proportion
 from llmrecipe.finetune.classify_data import Example, Fields, encode, read_splits
-from llmrecipe.finetune.classify_model import Classifier, predict_probabilities
+from llmrecipe.models.classifier import Classifier, predict_probabilities
 from llmrecipe.recipe.evaluate import ClassificationSuite
 
 EXCERPT_CHARS = 240

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-import torch
 
+from llmrecipe.evals.decoding import complete, suite_engine
 from llmrecipe.evals.jsonl import read_jsonl
-from llmrecipe.evals.sampling import pick_token
 from llmrecipe.evals.stats import Metric
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, progress_bar
 from llmrecipe.evals.text_metrics import (
@@ -20,6 +17,7 @@ from llmrecipe.evals.text_metrics import (
     rouge_l,
     token_f1,
 )
+from llmrecipe.generate.sampling import SamplingParams
 from llmrecipe.recipe.evaluate import DecodingConfig, GenerationSuite
 
 BLEU_COLUMNS = [f"bleu_{i}" for i in range(10)]
@@ -69,41 +67,15 @@ def text_columns(predictions: list[str], references: list[str]) -> dict[str, np.
 
 
 def generate_all(env: SuiteEnv, prompts: list[str], decoding: DecodingConfig) -> list[str]:
-    generator = torch.Generator(device=env.device).manual_seed(env.seed)
+    """The answer to each prompt: decoded until the end-of-text token, a stop string or `max_new_tokens`, cut before
+    the stop string and stripped. Prompt i samples with seed + i."""
+    engine = suite_engine(env)
     progress = progress_bar(env, len(prompts), "prompts")
     answers = []
-    for prompt in prompts:
-        answers.append(generate_until(env, env.tokenizer.encode(prompt).ids or [env.eot_id], decoding, generator))
+    for number, prompt in enumerate(prompts):
+        params = SamplingParams(max_tokens=decoding.max_new_tokens, temperature=decoding.temperature,
+                                top_k=decoding.top_k, stop=tuple(s for s in decoding.stop if s), seed=env.seed + number)
+        answers.append(complete(engine, env.tokenizer.encode(prompt).ids or [env.eot_id], params).text.strip())
         progress.advance(1)
     progress.close()
     return answers
-
-
-@torch.no_grad()
-def generate_until(env: SuiteEnv, prompt_ids: list[int], decoding: DecodingConfig, generator: torch.Generator) -> str:
-    """Decode until the end-of-text token, a stop string or `max_new_tokens`; the text before the stop string."""
-    seq_len = env.model.shape.seq_len
-    context = torch.tensor([prompt_ids[-seq_len:]], dtype=torch.long, device=env.device)  # (1, T)
-    new_ids: list[int] = []
-    for _ in range(decoding.max_new_tokens):
-        logits = env.model(context[:, -seq_len:])[0, -1, : env.vocab_size].float()  # (V,)
-        next_id = pick_token(logits, decoding.temperature, decoding.top_k, generator)
-        if next_id == env.eot_id:
-            break
-        new_ids.append(next_id)
-        if cut_at_stop(decode(env.tokenizer, new_ids), decoding.stop) is not None:
-            break
-        context = torch.cat([context, context.new_tensor([[next_id]])], dim=1)  # (1, T + 1)
-    text = decode(env.tokenizer, new_ids)
-    cut = cut_at_stop(text, decoding.stop)
-    return (text if cut is None else cut).strip()
-
-
-def cut_at_stop(text: str, stops: list[str]) -> str | None:
-    """The text before the earliest stop string, or None when there is none (an empty stop never matches)."""
-    positions = [text.find(stop) for stop in stops if stop and stop in text]
-    return text[: min(positions)] if positions else None
-
-
-def decode(tokenizer: Any, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=False)

@@ -17,7 +17,7 @@ from llmrecipe.evals.stats import Metric
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, progress_bar
 from llmrecipe.recipe.evaluate import PerplexitySuite
 from llmrecipe.tokenizer.bytes import token_byte_lengths
-from llmrecipe.training.batches import TokenFile
+from llmrecipe.training.tasks.windows import TokenFile
 
 LN2 = math.log(2)
 EXCERPT_CHARS = 240

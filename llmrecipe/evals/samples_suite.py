@@ -7,12 +7,12 @@ import re
 from typing import Any
 
 import numpy as np
-import torch
 
-from llmrecipe.evals.sampling import sample
+from llmrecipe.evals.decoding import complete, suite_engine
+from llmrecipe.generate.sampling import SamplingParams
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult
 from llmrecipe.recipe.evaluate import SamplesSuite
-from llmrecipe.training.batches import TokenFile
+from llmrecipe.training.tasks.windows import TokenFile
 
 METRICS: dict = {}
 """Samples are for reading: nothing to average."""
@@ -26,13 +26,12 @@ def run(config: SamplesSuite, env: SuiteEnv) -> SuiteResult:
         note = "no held-out tokens to take prompts from: no samples" if config.count else "count = 0"
         return SuiteResult({}, [], [], extra={"count": 0}, note=note)
     prompts = document_prompts(splits[source], env.eot_id, config.prompt_tokens, config.count, env.seed)
-    generator = torch.Generator(device=env.device).manual_seed(env.seed)
+    engine = suite_engine(env)
     samples = []
-    for start, prompt_ids in prompts:
-        new_ids = sample(
-            env.model, prompt_ids, config.max_new_tokens, config.temperature, config.top_k, generator,
-            eot_id=env.eot_id, vocab_size=env.vocab_size,
-        )
+    for number, (start, prompt_ids) in enumerate(prompts):
+        params = SamplingParams(max_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
+                                seed=env.seed + number)
+        new_ids = complete(engine, prompt_ids, params).token_ids
         samples.append(
             {
                 "split": source,

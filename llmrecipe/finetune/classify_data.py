@@ -124,15 +124,6 @@ def encode(tokenizer, texts: list[str], seq_len: int, marker_id: int, pooling: s
     return rows
 
 
-def pad_right(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows padded on the right to the longest: ids (B, T) and lengths (B,)."""
-    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)  # (B,)
-    ids = torch.full((len(rows), int(lengths.max())), pad_id, dtype=torch.long)  # (B, T)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return ids, lengths
-
-
 def class_weights(label_ids: torch.Tensor, classes: int, mode: str) -> torch.Tensor | None:
     """`balanced`: n / (classes x n_c) per class (scikit-learn's rule), so each class weighs the same in total."""
     if mode == "none":

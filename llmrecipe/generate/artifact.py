@@ -11,8 +11,6 @@ from llmrecipe.generate.chat import NoChatTemplate, find_chat_template, render_c
 from llmrecipe.generate.engine import Engine
 
 Backend = Literal["auto", "torch", "onnx"]
-CAUSAL_ARCHITECTURES = ("llama", "gpt2")
-"""Architectures with a KV-cache path (`model(idx, cache=...)`)."""
 
 
 class ArtifactError(ValueError):
@@ -38,11 +36,13 @@ class LoadedModel:
         return render_chat(self.chat_template, messages, eos_token=eot, bos_token="")
 
 
-def load_model(folder: Path, backend: Backend = "auto", threads: int | None = None) -> LoadedModel:
-    """A pretrain artifact runs on torch; an export artifact on onnxruntime (or torch if it kept the weights)."""
+def load_model(folder: Path, backend: Backend = "auto", threads: int | None = None, device: str = "auto") -> LoadedModel:
+    """A pretrain artifact runs on torch (on the GPU where there is one, or on `device`); an export artifact on
+    onnxruntime (or torch if it kept the weights)."""
     from tokenizers import Tokenizer
 
-    from llmrecipe.plan.specs import ModelShape
+    from llmrecipe.models.registry import FAMILIES, family
+    from llmrecipe.models.shape import ModelShape
 
     folder = Path(folder)
     for needed in ("config.json", "tokenizer.json"):
@@ -63,14 +63,14 @@ def load_model(folder: Path, backend: Backend = "auto", threads: int | None = No
             "not text; generate from the step it started from (its `init`)"
         )
     shape = ModelShape.model_validate(config)
-    if shape.arch not in CAUSAL_ARCHITECTURES:
+    if not family(shape.arch).decodes:
+        decoders = ", ".join(name for name, f in FAMILIES.items() if f.decodes)
         raise ArtifactError(
-            f"{folder} holds a `{shape.arch}` model; generation runs decoders that predict left to right "
-            f"({', '.join(CAUSAL_ARCHITECTURES)})"
+            f"{folder} holds a `{shape.arch}` model; generation runs decoders that predict left to right ({decoders})"
         )
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     chosen = _choose_backend(folder, backend)
-    decoder = _onnx_decoder(folder, shape, threads) if chosen == "onnx" else _torch_decoder(folder)
+    decoder = _onnx_decoder(folder, shape, threads) if chosen == "onnx" else _torch_decoder(folder, device)
     engine = Engine(decoder, tokenizer, end_of_turn_id(folder, tokenizer) or end_of_text_id(tokenizer),
                     tokenizer.get_vocab_size())
     return LoadedModel(engine, folder, chosen, find_chat_template(folder))
@@ -90,11 +90,18 @@ def _choose_backend(folder: Path, backend: Backend) -> str:
     return backend
 
 
-def _torch_decoder(folder: Path):
-    from llmrecipe.generate.decoders import TorchDecoder
-    from llmrecipe.models import load_trained
+def _torch_decoder(folder: Path, device: str):
+    import torch
 
-    model, _ = load_trained(folder, "cpu")
+    from llmrecipe.generate.decoders import TorchDecoder
+    from llmrecipe.models.build import load_trained
+    from llmrecipe.training.device import prepare_device
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        prepare_device(device, tf32=True)
+    model, _ = load_trained(folder, device)
     return TorchDecoder(model)
 
 

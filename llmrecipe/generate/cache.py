@@ -4,7 +4,8 @@ Prompts of different lengths are left-padded to one batch. The cache holds one s
 included); `valid` marks the slots that hold real tokens, and each token's rotary position counts only
 the real tokens before it, so a padded row computes what it would alone.
 
-Two ways to keep keys and values, behind the one `extend` the attention layers call:
+Both states are attention layouts (models/attention.py): each attention layer hands them its new keys and values
+and gets the attention output. Two ways to keep keys and values:
 - KVCache + InPlaceState (torch decoding): buffers for the whole context allocated once, each step writing
   its new slots in place; attention reads a view of the filled slots. Nothing is copied or reallocated per
   token, which matters at batch 1, where a step's matmuls are small.
@@ -14,29 +15,35 @@ Two ways to keep keys and values, behind the one `extend` the attention layers c
 
 from __future__ import annotations
 
-from typing import Protocol
+from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
+
+from llmrecipe.models.attention import masked_attention
 
 LayerCache = tuple[torch.Tensor, torch.Tensor]
 """Keys and values of one layer, each (B, K, P, E): batch, key/value heads, past slots, head size."""
 
 
-class DecodeState(Protocol):
-    """Handed to `model(idx, cache=...)`: each attention layer passes its new keys/values through `extend`."""
+class DecodeState(ABC):
+    """What both ways share: the positions and mask of this step's tokens, and attention over past + new slots."""
 
     positions: torch.Tensor
     """(B, T) rotary position of each new token."""
     mask: torch.Tensor | None
     """(B, 1, T, P + T) bool, True = attend; None when every query may see every filled slot."""
 
+    @abstractmethod
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> LayerCache:
         """This step's (B, K, T, E) keys/values -> all of the layer's keys/values so far, (B, K, P + T, E)."""
-        ...
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k, v = self.extend(layer, k, v)  # (B, K, P + T, E)
+        return masked_attention(q, k, v, self.mask)  # (B, H, T, E)
 
 
-class GrowingState:
+class GrowingState(DecodeState):
     """Past tensors given per layer; `present` collects past + new (a copy), as the ONNX graph returns it."""
 
     def __init__(self, past: list[LayerCache], positions: torch.Tensor, valid: torch.Tensor):
@@ -79,7 +86,7 @@ class KVCache:
         return KVCache(self.keys[:, rows], self.values[:, rows], self.length)
 
 
-class InPlaceState:
+class InPlaceState(DecodeState):
     """Writes a step's keys/values into a KVCache at [length, length + T) and attends over a view of [0, length + T)."""
 
     def __init__(self, cache: KVCache, positions: torch.Tensor, valid: torch.Tensor):

@@ -17,15 +17,13 @@ import torch
 
 from llmrecipe.generate.cache import InPlaceState, KVCache
 from llmrecipe.generate.fused import FusedCache
-from llmrecipe.generate.step import decode_step
 
 
 class TorchDecoder:
-    """The model's decoding step (step.py) with a KVCache written in place: `present` is `past` itself, grown."""
+    """The model's own forward with a KVCache written in place: `present` is `past` itself, grown."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model.eval()
-        self.step = decode_step(model)
         shape = model.shape
         self.seq_len, self.vocab_size = shape.seq_len, shape.vocab_size
         self.cache_shape = (shape.n_layer, shape.n_kv_head, shape.head_dim)
@@ -43,7 +41,7 @@ class TorchDecoder:
     ) -> tuple[np.ndarray, KVCache]:
         ids, positions, valid = (torch.from_numpy(a).to(self.device) for a in (ids, positions, valid))
         state = InPlaceState(past, positions, valid)
-        logits = self.step(ids, state)  # (B, V)
+        logits = self.model(ids, state, last_only=True)  # (B, V)
         state.commit()
         return logits.float().cpu().numpy(), past
 

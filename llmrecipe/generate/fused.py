@@ -112,14 +112,18 @@ def _read_llama(weights: _Weights, shape: Any) -> LlamaWeights | None:
     L, H, K, E, D = shape.n_layer, shape.n_head, shape.n_kv_head, shape.head_dim, shape.d_model
     if len(norms) != 2 * L + 1 or len(tables) != 2 or len(embed) != 1:
         return None
-    # The step's fused projection also yields q and k rolled by half a head (generate/step.py): keep q, k, v.
-    expected = [(D, (2 * H + 3 * K) * E), (H * E, D), (D, 2 * shape.ffn_hidden), (shape.ffn_hidden, D)] * L
+    F = shape.ffn_hidden
+    # Per layer the model's q, k, v, o, gate, up and down projections, in the order its forward runs them.
+    expected = [(D, H * E), (D, K * E), (D, K * E), (H * E, D), (D, F), (D, F), (F, D)] * L
     if [m.shape for m in matmuls] != [*expected, (D, shape.vocab_size)]:
         return None
     cos, signed_sin = sorted((table for table, _ in tables), key=lambda table: -table[0, 0])  # position 0: cos 1
     half = E // 2
-    layers = [(norms[2 * i][0], matmuls[4 * i][:, : (H + 2 * K) * E], matmuls[4 * i + 1], norms[2 * i + 1][0],
-               matmuls[4 * i + 2], matmuls[4 * i + 3]) for i in range(L)]
+    layers = []
+    for i in range(L):
+        q, k, v, o, gate, up, down = matmuls[7 * i : 7 * i + 7]
+        layers.append((norms[2 * i][0], np.concatenate([q, k, v], axis=1), o, norms[2 * i + 1][0],
+                       np.concatenate([gate, up], axis=1), down))
     eps = _attribute(norms[0][1], "epsilon")
     return LlamaWeights(embed[0][0], cos[:, :half], signed_sin[:, half:], layers, norms[-1][0], matmuls[-1], eps)
 

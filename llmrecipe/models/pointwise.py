@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x / rms(x) * weight over the last dimension (Zhang & Sennrich, 2019). x: (..., D); weight: (D,)."""
-    if x.device.type != "cpu":  # GPUs have a fused kernel behind F.rms_norm
+    # GPUs have a fused kernel behind F.rms_norm; without a backward pass (inference, export) it is one operator too.
+    if x.device.type != "cpu" or not torch.is_grad_enabled() or torch.compiler.is_exporting():
         return F.rms_norm(x, (x.size(-1),), weight, eps)
     return _RMSNorm.apply(x, weight, eps)
 

@@ -14,7 +14,8 @@ from llmrecipe.plan import derive
 from llmrecipe.plan.fingerprint import fingerprint
 from llmrecipe.plan.graph import run_order
 from llmrecipe.plan.plan import ExternalFile, Host, Plan, PlanStep
-from llmrecipe.plan.specs import DataSpec, EvaluateSpec, ExportSpec, ModelShape, Spec, TokenizerSpec, TokenizeSpec
+from llmrecipe.models.shape import ModelShape
+from llmrecipe.plan.specs import DataSpec, EvaluateSpec, ExportSpec, Spec, TokenizerSpec, TokenizeSpec
 from llmrecipe.recipe.explain import did_you_mean
 from llmrecipe.recipe.evaluate import SUITES_WITH_DATA, EvaluateStep, SuiteConfig
 from llmrecipe.recipe.recipe import Recipe
@@ -203,7 +204,8 @@ def _add_finetune(builder: "_PlanBuilder", recipe: Recipe, name: str, device: st
     init_shape, token_bound = builder.models[step.init]
     dataset_file = external[0].path if external else None
     try:
-        spec = derive.finetune_spec(step, init_shape, token_bound, device, host, recipe.run.seed, dataset_file)
+        spec = derive.finetune_spec(step, init_shape, token_bound, device, host, recipe.run.seed, dataset_file,
+                                    process_count(recipe, host))
     except derive.DerivationError as problem:
         raise RecipeError(f"steps.{name}: {problem}") from None
     inputs = {"model": step.init, "tokenizer": tokenizer_of(recipe, step.init)}

@@ -10,8 +10,11 @@ import math
 import posixpath
 from typing import Any
 
+from llmrecipe.models.family import ShapeError, matches_target, round_up
+from llmrecipe.models.registry import family
+from llmrecipe.models.shape import ModelShape
 from llmrecipe.plan.plan import Host
-from llmrecipe.plan.specs import DataSpec, FinetuneSpec, ModelShape, PretrainSpec
+from llmrecipe.plan.specs import DataSpec, FinetuneSpec, PretrainSpec
 from llmrecipe.recipe.finetune import CHAT_TEMPLATES, FinetuneStep
 from llmrecipe.recipe.pretrain import OptimConfig, PretrainStep
 from llmrecipe.recipe.tokenizer import TokenizerStep
@@ -21,138 +24,74 @@ class DerivationError(ValueError):
     """A combination of settings that cannot work; the message names the fields and the fix."""
 
 
-def round_up(value: float, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple)
-
-
 def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 2**16 else "uint32"
 
 
-FFN_MULT = {"llama": 8 / 3, "gpt2": 4.0, "bert": 4.0, "lstm": 0.0}
-"""MLP width per architecture when `model.ffn_mult` is unset: SwiGLU's 8/3 has the parameters of a 4x GELU MLP."""
-
-
 def model_shape(step: PretrainStep, tokenizer: TokenizerStep) -> ModelShape:
-    m = step.model
-    attention = m.arch != "lstm"
-    if attention and m.d_model % m.n_head:
-        raise DerivationError(
-            f"model.d_model = {m.d_model} is not a multiple of model.n_head = {m.n_head}; "
-            f"pick d_model = {round_up(m.d_model, m.n_head)} or an n_head that divides it"
-        )
-    if m.n_kv_head is not None and m.arch != "llama":
-        raise DerivationError(f"model.n_kv_head: grouped-query attention is part of `llama`, not `{m.arch}`; remove it")
-    n_kv_head = m.n_kv_head or m.n_head
-    if m.n_head % n_kv_head:
-        raise DerivationError(
-            f"model.n_head = {m.n_head} is not a multiple of model.n_kv_head = {n_kv_head}; "
-            "each key/value head must serve the same number of query heads"
-        )
-    head_dim = m.d_model // m.n_head
-    if m.arch == "llama" and head_dim % 2:
-        raise DerivationError(f"head size d_model / n_head = {head_dim} is odd; rotary embeddings need an even head size")
-    ffn_mult = m.ffn_mult if m.ffn_mult is not None else FFN_MULT[m.arch]
-    # A masked-language model needs one extra id, the mask token, right after the tokenizer's vocabulary.
-    rows = tokenizer.vocab_size + (1 if m.arch == "bert" else 0)
-    return ModelShape(
-        arch=m.arch,
-        n_layer=m.n_layer,
-        n_head=m.n_head,
-        n_kv_head=n_kv_head,
-        d_model=m.d_model,
-        head_dim=head_dim,
-        ffn_hidden=round_up(ffn_mult * m.d_model, 64) if attention else 0,
-        vocab_size=round_up(rows, 64),
-        seq_len=m.seq_len,
-        dropout=m.dropout,
-        rope_theta=m.rope_theta,
-        tie_embeddings=m.tie_embeddings,
-        mask_token_id=tokenizer.vocab_size if m.arch == "bert" else None,
-        mask_fraction=m.mask_fraction,
-    )
+    try:
+        return family(step.model.arch).shape(step.model, tokenizer.vocab_size)
+    except ShapeError as problem:
+        raise DerivationError(str(problem)) from None
 
 
 def parameter_count(shape: ModelShape) -> int:
-    """Exactly the parameters of the built model (tests/test_models.py checks every architecture)."""
-    d, L = shape.d_model, shape.n_layer
-    embeddings = shape.vocab_size * d * (1 if shape.tie_embeddings else 2)
-    if shape.arch == "lstm":
-        # Per layer: input-to-hidden and hidden-to-hidden matrices for 4 gates, each with a bias (PyTorch keeps two).
-        return embeddings + L * (4 * d * d + 4 * d * d + 8 * d)
-    if shape.arch == "llama":
-        kv = shape.n_kv_head * shape.head_dim
-        attention = d * d + 2 * d * kv + d * d  # q, k, v, o projections, no biases
-        mlp = 3 * d * shape.ffn_hidden  # SwiGLU: gate, up, down
-        per_layer = attention + mlp + 2 * d  # two RMSNorm gains
-        return L * per_layer + embeddings + d  # + final norm
-    # gpt2 and bert: biases everywhere, LayerNorms with gain and bias.
-    attention = 4 * d * d + 4 * d  # q, k, v, o with biases
-    mlp = 2 * d * shape.ffn_hidden + shape.ffn_hidden + d
-    per_layer = attention + mlp + 4 * d  # two LayerNorms
-    positions = shape.seq_len * d
-    output_bias = shape.vocab_size if shape.arch == "bert" else 0
-    return L * per_layer + embeddings + positions + 2 * d + output_bias  # + final LayerNorm
+    """Exactly the parameters of the built model (tests/test_models.py checks every family)."""
+    return family(shape.arch).parameter_count(shape)
 
 
-def flops_per_token(shape: ModelShape, n_params: int) -> int:
+def flops_per_token(shape: ModelShape) -> int:
     """Training FLOPs per token: 6N for the matmuls plus 12·L·d·T for attention scores (PaLM, appendix B)."""
-    embedding_lookup = shape.vocab_size * shape.d_model if shape.tie_embeddings else 0
-    # With tied weights the embedding matrix is counted once, as the output projection (a real matmul).
-    matmul_params = n_params - (0 if shape.tie_embeddings else embedding_lookup)
-    if shape.arch in ("gpt2", "bert"):
-        matmul_params -= shape.seq_len * shape.d_model  # learned positions are a lookup, not a matmul
-    attention = 0 if shape.arch == "lstm" else 12 * shape.n_layer * shape.d_model * shape.seq_len
-    return 6 * matmul_params + attention
+    return family(shape.arch).flops_per_token(shape)
 
 
 def pretrain_spec(step: PretrainStep, tokenizer: TokenizerStep, device: str, host: Host, seed: int, nproc: int = 1) -> PretrainSpec:
     shape = model_shape(step, tokenizer)
-    batch_size = _batch_size(step, shape)
+    controls = training_controls(step, shape, shape.seq_len, _batch_size(step, shape), device, host, seed, nproc)
+    return PretrainSpec(model=shape, final_eval_batches=step.final_eval_batches, **controls)
+
+
+def training_controls(step: PretrainStep | FinetuneStep, shape: ModelShape, seq_len: int, batch_size: int, device: str,
+                      host: Host, seed: int, nproc: int) -> dict[str, Any]:
+    """The TrainingSpec fields every training step derives alike: the batch split over processes and micro-batches,
+    the budget in steps, the warmup, the precision and the compile choice."""
     if batch_size % nproc:
         raise DerivationError(
-            f"batch_size = {batch_size} sequences do not split evenly over {nproc} processes (run.nproc or the "
+            f"batch_size = {batch_size} examples do not split evenly over {nproc} processes (run.nproc or the "
             f"torchrun launch); pick a batch size that is a multiple of {nproc}"
+        )
+    if device == "cuda" and host.local_processes(nproc) > host.gpus:
+        raise DerivationError(
+            f"{host.local_processes(nproc)} training processes on this machine, but it has {host.gpus} visible "
+            f"GPU(s); launch at most one process per GPU (run.nproc, or torchrun --nproc-per-node)"
         )
     share = batch_size // nproc
     micro = step.micro_batch_size or share
     if share % micro:
-        who = f"batch_size = {batch_size}" if nproc == 1 else f"each process's share of {share} sequences"
+        who = f"batch_size = {batch_size}" if nproc == 1 else f"each process's share of {share} examples"
         raise DerivationError(
             f"{who} is not a multiple of micro_batch_size = {micro}; gradient accumulation needs whole micro-batches"
         )
-    tokens_per_step = batch_size * shape.seq_len
-    total_steps = step.budget.steps or (math.ceil(step.budget.tokens / tokens_per_step) if step.budget.tokens else None)
+    tokens_per_step = batch_size * seq_len
+    budget = step.budget
+    total_steps = budget.steps or (math.ceil(budget.tokens / tokens_per_step) if budget.tokens else None)
     optim = _resolved_warmup(step, total_steps)
     if total_steps is not None and optim.warmup >= total_steps:
         raise DerivationError(
             f"optim.warmup = {optim.warmup} steps is not shorter than the whole run ({total_steps} steps); "
             "lower the warmup or raise the budget"
         )
-    return PretrainSpec(
-        model=shape,
-        optim=optim,
-        batch_size=batch_size,
-        micro_batch_size=micro,
-        grad_accum=share // micro,
-        tokens_per_step=tokens_per_step,
-        total_steps=total_steps,
-        epochs=step.budget.epochs,
-        eval_every=step.eval_every,
-        eval_batches=step.eval_batches,
-        final_eval_batches=step.final_eval_batches,
-        early_stopping_patience=step.early_stopping_patience,
-        on_nonfinite=step.on_nonfinite,
-        activation_checkpointing=step.activation_checkpointing,
-        checkpoint_every=step.checkpoint_every,
-        log_every=step.log_every,
-        tensorboard=step.tensorboard,
-        device=device,
-        precision=_precision(step.precision, device, host, shape.d_model),
-        compile=_compile(step.compile, device),
-        nproc=nproc,
-        sharding=step.sharding,
-        seed=seed,
+    precision = _precision(step.precision, device, host, shape.d_model)
+    train_flops = family(shape.arch).flops_per_token(shape) * tokens_per_step * total_steps if total_steps else None
+    compiled, reason = compile_choice(step.compile, device, host, precision, train_flops)
+    return dict(
+        optim=OptimConfig.model_validate(optim.model_dump()), batch_size=batch_size, micro_batch_size=micro,
+        grad_accum=share // micro, tokens_per_step=tokens_per_step, total_steps=total_steps, epochs=budget.epochs,
+        eval_every=step.eval_every, eval_batches=step.eval_batches,
+        early_stopping_patience=step.early_stopping_patience, on_nonfinite=step.on_nonfinite,
+        activation_checkpointing=step.activation_checkpointing, checkpoint_every=step.checkpoint_every,
+        log_every=step.log_every, tensorboard=step.tensorboard, device=device, precision=precision,
+        compile=compiled, compile_reason=reason, nproc=nproc, sharding=step.sharding, seed=seed,
     )
 
 
@@ -167,7 +106,7 @@ def _batch_size(step: PretrainStep, shape: ModelShape) -> int:
     return step.batch_tokens // shape.seq_len
 
 
-def _resolved_warmup(step: PretrainStep, total_steps: int | None):
+def _resolved_warmup(step: PretrainStep | FinetuneStep, total_steps: int | None):
     """`warmup_fraction` turned into steps, so the spec (and the fingerprint) hold the number that is used."""
     optim = step.optim
     if optim.warmup_fraction is None:
@@ -183,7 +122,7 @@ def _resolved_warmup(step: PretrainStep, total_steps: int | None):
 def pretrain_summary(spec: PretrainSpec) -> dict[str, Any]:
     """The derived numbers a user wants to see before committing hours of compute."""
     n_params = parameter_count(spec.model)
-    flops = flops_per_token(spec.model, n_params)
+    flops = flops_per_token(spec.model)
     steps = spec.total_steps
     return {
         "head_dim": spec.model.head_dim,
@@ -199,11 +138,14 @@ def pretrain_summary(spec: PretrainSpec) -> dict[str, Any]:
         "total_tokens": spec.tokens_per_step * steps if steps else f"{spec.epochs} epochs of the train split",
         # fp32 weights + gradients + two AdamW moments (one for SGD); activations come on top.
         "train_state_bytes": (16 if spec.optim.name == "adamw" else 12) * n_params,
-        "device": spec.device,
-        "precision": spec.precision,
-        "compile": spec.compile,
-        "processes": spec.nproc,
+        **_execution(spec),
     }
+
+
+def _execution(spec: PretrainSpec | FinetuneSpec) -> dict[str, Any]:
+    return {"device": spec.device, "precision": spec.precision, "compile": spec.compile,
+            "compile_reason": spec.compile_reason, "processes": spec.nproc,
+            **({"sharding": spec.sharding} if spec.nproc > 1 else {})}
 
 
 def data_summary(spec: DataSpec) -> dict[str, Any]:
@@ -234,48 +176,61 @@ def _precision(choice: str, device: str, host: Host, d_model: int | None = None)
     return "bf16" if bf16_is_fast else "fp32"
 
 
-def _compile(choice: str, device: str) -> bool:
+COLD_COMPILE_SECONDS = 60.0
+"""What a cold torch.compile of a training step costs on a CPU (measured here: 36-75 s for 6-layer models)."""
+COMPILE_PAYS_AT = 5.0
+"""`compile = "auto"` compiles on a CPU when eager training is estimated to take this many cold compiles: a
+compiled model was measured 1.2-1.5x faster, so the saving then clearly exceeds the compile's cost."""
+EAGER_MFU = 0.3
+"""The share of the measured matmul peak that eager CPU training reaches, for the estimate (measured here:
+0.22-0.25 in bf16, 0.55-0.6 in fp32 at width 384; small models reach less, so the estimate errs short and `auto`
+compiles only runs that are clearly long)."""
+NOMINAL_CORE_FLOPS = {"fp32": 100e9, "bf16": 400e9}
+"""Matmul FLOP/s per core assumed before a training run has measured this machine's peak (measured here: 111 per
+core in fp32, 540 in bf16 on AMX cores)."""
+
+
+def compile_choice(choice: str, device: str, host: Host, precision: str, train_flops: int | None) -> tuple[bool, str]:
+    """Whether to torch.compile the model, and why (`llmrecipe plan` shows both)."""
     if choice != "auto":
-        return choice == "on"
-    # On a CPU a cold compile costs ~40 s and small models rarely win it back in one run; on CUDA it pays.
-    return device == "cuda"
+        return choice == "on", f"compile = '{choice}' in the recipe"
+    if device == "cuda":
+        return True, "CUDA: compiled kernels fuse the pointwise work that eager mode launches one kernel at a time"
+    if train_flops is None:
+        return False, "an epoch budget's length is known only when training starts; set compile = 'on' for long runs"
+    measured = host.matmul_peak.get(f"cpu/{precision}")
+    rate = NOMINAL_CORE_FLOPS["bf16" if precision == "bf16" and host.cpu_bf16 else "fp32"] * host.cpu_cores
+    peak = measured or rate
+    seconds = train_flops / (peak * EAGER_MFU)
+    pays = seconds >= COMPILE_PAYS_AT * COLD_COMPILE_SECONDS
+    source = "measured" if measured else "nominal (measured by the first training run)"
+    return pays, (f"eager training estimated at {_duration(seconds)} ({EAGER_MFU:.0%} of a {peak / 1e9:,.0f} GFLOP/s "
+                  f"{source} {precision} peak): {'at least' if pays else 'under'} {COMPILE_PAYS_AT:g}x a cold "
+                  f"compile (~{COLD_COMPILE_SECONDS:.0f} s)")
 
 
-LORA_TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj"], "gpt2": ["attn.qkv", "attn.proj"],
-                "bert": ["attn.qkv", "attn.proj"]}
-"""Default LoRA targets per architecture: the attention projections, as in Hu et al. (2021)."""
-
-
-def linear_layers(shape: ModelShape) -> dict[str, tuple[int, int]]:
-    """Module name -> (in, out) features of every nn.Linear of the built model (models/*.py)."""
-    d, f, kv = shape.d_model, shape.ffn_hidden, shape.n_kv_head * shape.head_dim
-    if shape.arch == "llama":
-        block = {"attn.q_proj": (d, d), "attn.k_proj": (d, kv), "attn.v_proj": (d, kv), "attn.o_proj": (d, d),
-                 "mlp.gate_proj": (d, f), "mlp.up_proj": (d, f), "mlp.down_proj": (f, d)}
-    elif shape.arch in ("gpt2", "bert"):
-        block = {"attn.qkv": (d, 3 * d), "attn.proj": (d, d), "mlp.fc": (d, f), "mlp.proj": (f, d)}
-    else:
-        block = {}
-    layers = {f"blocks.{i}.{name}": size for i in range(shape.n_layer) for name, size in block.items()}
-    return {**layers, "lm_head": (d, shape.vocab_size)}
-
-
-def matches_target(module_name: str, target: str) -> bool:
-    """A target names a module by a dotted suffix: `q_proj` and `attn.q_proj` both match `blocks.0.attn.q_proj`."""
-    return module_name == target or module_name.endswith("." + target)
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def lora_parameter_count(shape: ModelShape, targets: list[str], rank: int) -> int:
     """Adapter parameters: rank x (in + out) per adapted linear layer (A is rank x in, B is out x rank)."""
-    return sum(rank * (i + o) for name, (i, o) in linear_layers(shape).items() if any(matches_target(name, t) for t in targets))
+    layers = family(shape.arch).linear_layers(shape)
+    return sum(rank * (i + o) for name, (i, o) in layers.items() if any(matches_target(name, t) for t in targets))
 
 
 def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device: str, host: Host, seed: int,
-                  dataset_file: str | None) -> FinetuneSpec:
+                  dataset_file: str | None, nproc: int = 1) -> FinetuneSpec:
     """`init` is the starting model's shape, `token_bound` an upper bound of its tokenizer's ids."""
-    if step.task in ("sft", "continue") and init.arch not in ("llama", "gpt2"):
-        raise DerivationError(f"task = '{step.task}' trains a decoder (llama, gpt2); the init model is `{init.arch}`")
-    if step.task == "classify" and step.pooling == "first" and init.arch != "bert":
+    arch = family(init.arch)
+    if step.task in ("sft", "continue") and not arch.causal:
+        raise DerivationError(f"task = '{step.task}' trains a decoder that reads left to right; the init model is a "
+                              f"`{init.arch}`, which sees both sides")
+    if step.task == "classify" and step.pooling == "first" and arch.causal:
         raise DerivationError(f"pooling = 'first' on a `{init.arch}` decoder: its first state sees only the first "
                               "token, so every text would look alike; use 'last' (or 'auto')")
     template, specials, end_of_turn = _chat_template(step)
@@ -285,30 +240,14 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
     if seq_len > init.seq_len:
         raise DerivationError(f"max_seq_len = {seq_len} is longer than the init model's seq_len = {init.seq_len}; "
                               f"pick at most {init.seq_len}")
-    micro = step.micro_batch_size or step.batch_size
-    if step.batch_size % micro:
-        raise DerivationError(f"batch_size = {step.batch_size} is not a multiple of micro_batch_size = {micro}; "
-                              "gradient accumulation needs whole micro-batches")
-    tokens_per_step = step.batch_size * seq_len
-    budget = step.budget
-    total_steps = budget.steps or (math.ceil(budget.tokens / tokens_per_step) if budget.tokens else None)
-    optim = _resolved_warmup(step, total_steps)
-    if total_steps is not None and optim.warmup >= total_steps:
-        raise DerivationError(f"optim.warmup = {optim.warmup} steps is not shorter than the whole run ({total_steps} "
-                              "steps); lower the warmup or raise the budget")
     dataset = step.dataset.model_copy(update={"path": posixpath.basename(step.dataset.path)}) if step.dataset else None
     return FinetuneSpec(
         task=step.task, init_model=init, model=model, dataset=dataset, dataset_file=dataset_file,
         chat_template=template, special_tokens=specials, end_of_turn=end_of_turn, seq_len=seq_len,
         labels=step.labels, class_weighting=step.class_weighting,
-        pooling=("first" if init.arch == "bert" else "last") if step.pooling == "auto" else step.pooling,
-        lora=_resolved_lora(step, model), optim=OptimConfig.model_validate(optim.model_dump()),
-        batch_size=step.batch_size, micro_batch_size=micro, grad_accum=step.batch_size // micro,
-        tokens_per_step=tokens_per_step, total_steps=total_steps, epochs=budget.epochs, eval_every=step.eval_every,
-        eval_batches=step.eval_batches, early_stopping_patience=step.early_stopping_patience,
-        checkpoint_every=step.checkpoint_every, log_every=step.log_every, tensorboard=step.tensorboard, device=device,
-        precision=_precision(step.precision, device, host, model.d_model), compile=_compile(step.compile, device),
-        seed=seed,
+        pooling=("last" if arch.causal else "first") if step.pooling == "auto" else step.pooling,
+        lora=_resolved_lora(step, model),
+        **training_controls(step, model, seq_len, step.batch_size, device, host, seed, nproc),
     )
 
 
@@ -323,10 +262,12 @@ def _chat_template(step: FinetuneStep) -> tuple[str | None, list[str], str | Non
 def _resolved_lora(step: FinetuneStep, shape: ModelShape):
     if step.lora is None:
         return None
-    if shape.arch not in LORA_TARGETS:
-        raise DerivationError(f"lora: adapters fit attention models (llama, gpt2, bert), not `{shape.arch}`; remove [lora]")
-    targets = step.lora.targets or LORA_TARGETS[shape.arch]
-    names = linear_layers(shape)
+    arch = family(shape.arch)
+    if not arch.lora_targets:
+        raise DerivationError(f"lora: adapters fit the attention projections of transformer models, not "
+                              f"`{shape.arch}`; remove [lora]")
+    targets = step.lora.targets or list(arch.lora_targets)
+    names = arch.linear_layers(shape)
     unmatched = [t for t in targets if not any(matches_target(name, t) for name in names)]
     if unmatched:
         suffixes = sorted({name.split(".", 2)[-1] for name in names})
@@ -363,8 +304,7 @@ def finetune_summary(spec: FinetuneSpec) -> dict[str, Any]:
         "grad_accum": spec.grad_accum,
         "warmup_steps": spec.optim.warmup,
         "total_steps": steps if steps else f"{spec.epochs} epochs of the train split",
-        "device": spec.device,
-        "precision": spec.precision,
+        **_execution(spec),
     }
     if spec.lora is not None:
         summary["lora_targets"] = spec.lora.targets

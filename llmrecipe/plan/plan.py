@@ -12,13 +12,24 @@ class Frozen(BaseModel):
 
 
 class Host(Frozen):
-    """Facts about the machine that the plan depends on, probed without importing torch."""
+    """Facts about the machine that the plan depends on, probed without importing torch (llmrecipe/host.py)."""
 
     cuda: bool = False
+    gpus: int = 0
+    """NVIDIA GPUs this process may use (CUDA_VISIBLE_DEVICES respected)."""
     cpu_bf16: bool = False
     """The CPU has native bf16 matmuls (AVX512-BF16 or AMX), where bf16 autocast is about 2x fp32."""
+    cpu_cores: int = 1
+    matmul_peak: dict[str, float] = {}
+    """`device/precision` -> the best matmul FLOP/s a training run measured on this machine (cached by the trainer)."""
     torchrun_processes: int | None = None
     """WORLD_SIZE when this process is one of a torchrun launch: the processes that train together."""
+    torchrun_local_processes: int | None = None
+    """LOCAL_WORLD_SIZE of a torchrun launch: its processes on this machine."""
+
+    def local_processes(self, nproc: int) -> int:
+        """Training processes on this machine: a torchrun launch's per-node count, else the `nproc` we start."""
+        return self.torchrun_local_processes or nproc
 
 
 class ExternalFile(Frozen):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from llmrecipe.models.shape import ModelShape
 from llmrecipe.plan.plan import Frozen
 from llmrecipe.recipe.data import DataOp, Source, Split
 from llmrecipe.recipe.evaluate import SuiteConfig
@@ -58,36 +59,15 @@ class TokenizeSpec(Spec):
     eot_token: str
 
 
-class ModelShape(Frozen):
-    """Everything needed to build the network; saved next to the weights as config.json."""
-
-    arch: Literal["llama", "gpt2", "bert", "lstm"]
-    n_layer: int
-    n_head: int
-    n_kv_head: int
-    d_model: int
-    head_dim: int
-    ffn_hidden: int
-    vocab_size: int
-    """The tokenizer's vocabulary rounded up to a multiple of 64 (faster matmuls; extra rows are never targets)."""
-    seq_len: int
-    dropout: float
-    rope_theta: float
-    norm_eps: float = 1e-5
-    tie_embeddings: bool
-    mask_token_id: int | None = None
-    """`bert` only: the id of the mask token, the first row past the tokenizer's vocabulary."""
-    mask_fraction: float = 0.15
-    """`bert` only: fraction of positions that are masked-language-modelling targets."""
-
-
 class TrainingSpec(Spec):
-    """What every training step resolves: the model, the optimizer and the batch, budget and validation arithmetic."""
+    """What every training step resolves: the model, the optimizer, the batch, budget and validation arithmetic,
+    and the trainer's controls (every task gets all of them)."""
 
     model: ModelShape
     optim: OptimConfig
     batch_size: int
     micro_batch_size: int
+    """Examples per forward pass and process."""
     grad_accum: int
     tokens_per_step: int
     total_steps: int | None
@@ -96,12 +76,19 @@ class TrainingSpec(Spec):
     eval_every: int
     eval_batches: int
     early_stopping_patience: int | None = None
+    on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
+    activation_checkpointing: bool = False
     checkpoint_every: int
     log_every: int
     tensorboard: bool = False
     device: Literal["cpu", "cuda"]
     precision: Literal["fp32", "bf16"]
     compile: bool
+    compile_reason: str = ""
+    """Why `compile` is what it is (shown by `llmrecipe plan`)."""
+    nproc: int = 1
+    """Processes that train together (torch.distributed); each takes its slice of every step's batch."""
+    sharding: Literal["ddp", "fsdp"] = "ddp"
     seed: int
 
     NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(
@@ -109,21 +96,10 @@ class TrainingSpec(Spec):
             "checkpoint_every",  # resume is exact, so where checkpoints fall does not change the weights
             "log_every",  # only how often a metrics line is written
             "tensorboard",  # only where the metrics are also written
-        }
-    )
-
-
-class PretrainSpec(TrainingSpec):
-    final_eval_batches: int | None = None
-    """Batches of non-overlapping validation windows on which the best weights are scored at the end (None: not done)."""
-    on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
-    activation_checkpointing: bool = False
-    nproc: int = 1
-    """Processes that train together (torch.distributed); each takes its slice of every step's batch."""
-    sharding: Literal["ddp", "fsdp"] = "ddp"
-
-    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = TrainingSpec.NOT_FINGERPRINTED | frozenset(
-        {
+            # Like the process count below, compiled kernels compute the same arithmetic, only in another rounding
+            # order; and `compile = "auto"` follows a measured peak, which must not make a cached step stale.
+            "compile",
+            "compile_reason",
             # Each process takes its slice of the same global batch, so the process count and the sharding change
             # only the float summation order, not what is trained (tests/test_distributed.py).
             "nproc",
@@ -137,6 +113,11 @@ class PretrainSpec(TrainingSpec):
         # and 2 processes x 2 are the same step (and the same store entry, whoever launched the processes).
         identity["micro_batch_size"] = self.micro_batch_size * self.nproc
         return identity
+
+
+class PretrainSpec(TrainingSpec):
+    final_eval_batches: int | None = None
+    """Batches of non-overlapping validation windows on which the best weights are scored at the end (None: not done)."""
 
 
 class FinetuneSpec(TrainingSpec):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from llmrecipe.recipe.base import Section, StepName
 from llmrecipe.recipe.pretrain import Budget, OptimConfig
+from llmrecipe.recipe.training import TrainingControls
 
 
 class DatasetConfig(Section):
@@ -62,7 +63,7 @@ class FinetuneOptim(OptimConfig):
     """Warmup length in optimizer steps."""
 
 
-class FinetuneStep(Section):
+class FinetuneStep(TrainingControls):
     """Continue training a `pretrain` or `finetune` step's model on a task: instruction/chat tuning (`sft`),
     classification (`classify`) or more pre-training on a domain corpus (`continue`)."""
 
@@ -98,27 +99,8 @@ class FinetuneStep(Section):
     """`classify`: the token whose state feeds the head; `auto` is the last token for decoders, the first for `bert`."""
     optim: FinetuneOptim = FinetuneOptim()
     budget: Budget
-    batch_size: int = Field(default=16, ge=1)
-    """Sequences (packed sequences for `sft`, examples for `classify`) per optimizer step."""
-    micro_batch_size: int | None = Field(default=None, ge=1)
-    """Sequences per forward pass; fewer than `batch_size` means gradient accumulation. Defaults to `batch_size`."""
     eval_every: int = Field(default=50, ge=1)
     """Measure validation loss every this many steps (and at the end)."""
-    eval_batches: int = Field(default=20, ge=1)
-    """At most this many batches of held-out data per measurement."""
-    early_stopping_patience: int | None = Field(default=None, ge=1)
-    """Stop when this many validations in a row bring no new best validation loss; unset to train to the end."""
-    checkpoint_every: int = Field(default=100, ge=1)
-    """Save a resumable checkpoint every this many steps."""
-    log_every: int = Field(default=10, ge=1)
-    """Write a metrics line every this many steps."""
-    tensorboard: bool = False
-    """Also write the metrics as TensorBoard events (`tensorboard --logdir` on the step's scratch or store folder);
-    needs `pip install tensorboard`. Like `log_every` it is not part of the step's identity."""
-    compile: Literal["auto", "on", "off"] = "auto"
-    """torch.compile: `auto` turns it on where it pays back (CUDA)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """`bf16` autocast where the device supports it, else fp32."""
     lora: LoraConfig | None = None
     """Train low-rank adapters instead of all weights (absent: full fine-tuning)."""
 
@@ -142,13 +124,6 @@ class FinetuneStep(Section):
             raise ValueError("`special_tokens` and `end_of_turn` belong to an inline `chat_template`; the preset "
                              "`template` brings its own")
         return self
-
-    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(
-        {
-            "checkpoint_every",  # resume is exact, so where checkpoints fall does not change the weights
-            "log_every",  # only how often a metrics line is written
-        }
-    )
 
 
 CHAT_TEMPLATES: dict[str, tuple[str, list[str], str]] = {

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from llmrecipe.recipe.base import Section, StepName
+from llmrecipe.recipe.training import TrainingControls
 
 
 class ModelConfig(Section):
@@ -91,7 +92,7 @@ class Budget(Section):
         return self
 
 
-class PretrainStep(Section):
+class PretrainStep(TrainingControls):
     """Pre-train a language model on the train split of a data step, tokenized by a tokenizer step."""
 
     kind: Literal["pretrain"]
@@ -102,55 +103,16 @@ class PretrainStep(Section):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     budget: Budget
-    batch_size: int = Field(default=16, ge=1)
-    """Sequences per optimizer step (over all processes)."""
     batch_tokens: int | None = Field(default=None, ge=1)
     """Tokens per optimizer step; when set it replaces `batch_size` and must be a multiple of `model.seq_len`."""
-    micro_batch_size: int | None = Field(default=None, ge=1)
-    """Sequences per forward pass and process; fewer than a process's share of the batch means gradient
-    accumulation. Defaults to the whole share."""
-    eval_every: int = Field(default=100, ge=1)
-    """Measure validation loss every this many steps (and at the end)."""
-    eval_batches: int = Field(default=20, ge=1)
-    """Batches of validation data per measurement."""
     final_eval_batches: int | None = Field(default=None, ge=1)
     """Once training ends, score the best weights on up to this many batches of non-overlapping windows spread
     evenly over the validation split (the whole split when it holds no more) and report that as `best_val_loss`:
     free of the bias of taking the best of several noisy measurements, so the periodic ones can stay small.
     Unset: `best_val_loss` is the best periodic measurement."""
-    early_stopping_patience: int | None = Field(default=None, ge=1)
-    """Stop when this many validations in a row bring no new best validation loss; unset to train to the end."""
-    on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
-    """When a step's loss is NaN or infinite: `stop` with a message, `skip` that batch, or `rollback` to the last
-    checkpoint and continue without that batch."""
-    activation_checkpointing: bool = False
-    """Recompute each block's activations in the backward pass: less memory, about a third more compute."""
-    checkpoint_every: int = Field(default=100, ge=1)
-    """Save a resumable checkpoint every this many steps."""
-    log_every: int = Field(default=10, ge=1)
-    """Write a metrics line every this many steps."""
-    tensorboard: bool = False
-    """Also write the metrics as TensorBoard events (`tensorboard --logdir` on the step's scratch or store folder);
-    needs `pip install tensorboard`. Like `log_every` it is not part of the step's identity."""
-    compile: Literal["auto", "on", "off"] = "auto"
-    """torch.compile: `auto` turns it on where it pays back (CUDA); cold compiles cost ~40 s on a CPU."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """`auto`: bf16 autocast where the device supports it (CUDA, CPUs with AVX512-BF16/AMX; on a CPU only for
-    models at least 192 wide, below which fp32 is faster), else fp32."""
-    sharding: Literal["ddp", "fsdp"] = "ddp"
-    """With `run.nproc` > 1: `ddp` replicates the model in every process, `fsdp` shards weights, gradients and
-    optimizer state across them (FSDP2)."""
 
     @model_validator(mode="after")
     def _one_batch_size(self) -> "PretrainStep":
         if self.batch_tokens is not None and "batch_size" in self.model_fields_set:
             raise ValueError("give `batch_size` (sequences) or `batch_tokens`, not both")
         return self
-
-    # Fields that cannot change the trained weights or metrics, so a change to them must not re-train.
-    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(
-        {
-            "checkpoint_every",  # resume is exact, so where checkpoints fall does not change the result
-            "log_every",  # only how often a metrics line is printed
-        }
-    )

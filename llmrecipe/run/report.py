@@ -70,7 +70,7 @@ def draw_curves(record_dir: Path, step: dict[str, Any]) -> list[str]:
     curves = step.get("curves")
     if not curves or not any(curves.values()):
         return []
-    from llmrecipe.evals.plots import loss_curves
+    from llmrecipe.plots import loss_curves
 
     series = {name: ([p[0] for p in points], [p[1] for p in points]) for name, points in curves.items() if points}
     path = record_dir / f"{step['step']}_loss.png"

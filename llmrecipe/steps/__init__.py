@@ -20,7 +20,7 @@ class Executor:
     version: int
     joins_group: str | None = None
     """The module's function that one process of a torch.distributed group runs, `f(spec, ctx, world)`, for
-    executors that train in a group (see llmrecipe/training/torchrun.py)."""
+    executors that train in a group (see llmrecipe/steps/processes.py)."""
 
     def __call__(self, spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         return importlib.import_module(self.module).run(spec, ctx)
@@ -33,10 +33,12 @@ EXECUTORS: dict[str, Executor] = {
     "data": Executor("llmrecipe.steps.data", version=3),  # 3: consecutive dedups in one pass (dropped.parquet order)
     "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
-    "pretrain": Executor("llmrecipe.steps.pretrain", version=5, joins_group="train_and_save"),  # 5: chunked fp32 loss, RMSNorm by hand
-    "finetune": Executor("llmrecipe.steps.finetune", version=3),  # 3: chunked fp32 loss, RMSNorm by hand
-    "evaluate": Executor("llmrecipe.steps.evaluate", version=4),  # 4: LLaMA forward with RMSNorm by hand
-    "export": Executor("llmrecipe.steps.export", version=3),  # 3: per-layer past key/values from the lean decode step
+    # 6: the one trainer (loss.png drawn by llmrecipe/plots.py, checkpoint digests)
+    "pretrain": Executor("llmrecipe.steps.pretrain", version=6, joins_group="train_and_save"),
+    # 4: the one trainer (epoch order, fused AdamW for LoRA, encoders' padding masked instead of grouped)
+    "finetune": Executor("llmrecipe.steps.finetune", version=4, joins_group="finetune_in_group"),
+    "evaluate": Executor("llmrecipe.steps.evaluate", version=5),  # 5: generation suites through the KV-cache engine
+    "export": Executor("llmrecipe.steps.export", version=4),  # 4: the decoder graph traced from the model's forward
 }
 
 EXECUTOR_VERSIONS: dict[str, int] = {kind: executor.version for kind, executor in EXECUTORS.items()}

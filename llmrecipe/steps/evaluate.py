@@ -1,4 +1,5 @@
-"""Executor of `evaluate`: run each named suite on the trained model (fp32, no gradients, batched).
+"""Executor of `evaluate`: run each named suite on the trained model (fp32, TF32 matmuls on GPUs, no gradients,
+batched).
 
 Writes into its folder:
 - `results.json`: per suite its type, metrics with 95% bootstrap intervals, extra numbers, the worst examples;
@@ -20,8 +21,9 @@ from llmrecipe.errors import StepError
 from llmrecipe.evals.registry import suite_metrics, suite_module
 from llmrecipe.evals.stats import confidence_interval, value
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult
-from llmrecipe.finetune.classify_model import is_classifier_artifact, load_classifier
-from llmrecipe.models import load_trained
+from llmrecipe.models.classifier import is_classifier_artifact, load_classifier
+from llmrecipe.models.build import load_trained
+from llmrecipe.models.registry import family
 from llmrecipe.plan.specs import EvaluateSpec
 from llmrecipe.recipe.evaluate import SUITES_WITH_DATA, SuiteConfig
 from llmrecipe.run.context import StepContext
@@ -34,7 +36,7 @@ PLOTTED = {"multiple_choice": ("accuracy", "accuracy_norm"), "qa_factuality": ("
 
 def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     spec = EvaluateSpec.model_validate(raw_spec)
-    prepare_device(spec.device)
+    prepare_device(spec.device, tf32=True)
     model = load_evaluated_model(ctx.inputs["model"], spec)
     tokenizer, tokenizer_meta = load_tokenizer(ctx.inputs["tokenizer"])
     files = {f.source: f for f in ctx.external}  # source = the suite's position (llmrecipe/evals/locate.py)
@@ -67,8 +69,9 @@ def load_evaluated_model(folder: Path, spec: EvaluateSpec) -> torch.nn.Module:
                             "fine-tune); evaluate its `init` model with them, or give it only classification suites")
         return load_classifier(folder, spec.device)
     model, shape = load_trained(folder, spec.device)
-    if shape.arch == "bert":
-        raise StepError("evaluation suites score a causal decoder; a `bert` model predicts masked tokens instead")
+    if not family(shape.arch).causal:
+        raise StepError(f"evaluation suites score a causal decoder; a `{shape.arch}` model predicts masked tokens "
+                        "instead")
     return model
 
 
@@ -106,7 +109,7 @@ def draw_plots(name: str, suite_type: str, summary: dict[str, Any], out_dir: Pat
     shown = [m for m in PLOTTED.get(suite_type, ()) if summary["metrics"].get(m) is not None]
     if not shown:
         return []
-    from llmrecipe.evals.plots import bar_with_intervals
+    from llmrecipe.plots import bar_with_intervals
 
     bars = {m: (summary["metrics"][m], *summary["intervals"][m]) for m in shown}
     path = out_dir / f"{name}.png"

@@ -16,7 +16,7 @@ import torch
 from llmrecipe.errors import StepError
 from llmrecipe.export.onnx import export_decoder
 from llmrecipe.export.parity import greedy_tokens, past_logit_difference
-from llmrecipe.models import load_trained
+from llmrecipe.models.build import load_trained
 from llmrecipe.plan.specs import ExportSpec
 from llmrecipe.run.context import StepContext
 

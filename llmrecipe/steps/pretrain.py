@@ -1,43 +1,39 @@
-"""Executor of `pretrain`: a model trained from scratch on the packed tokens of the train split.
+"""Executor of `pretrain`: a model trained from scratch on the packed tokens of the train split, by the family's
+objective (next tokens for decoders, masked tokens for encoders).
 
-With `nproc` > 1 it starts that many processes (torch.distributed, gloo on CPU, NCCL on GPU). Under torchrun
-(RANK and WORLD_SIZE set) rank 0 runs it and joins the launch's group, while the other ranks run
-`train_and_save` as llmrecipe/training/torchrun.py tells them. Outputs: model.safetensors + config.json (the last
-weights), best/ (the weights with the best validation loss), metrics.jsonl and loss.png.
+With `nproc` > 1 it starts that many processes (torch.distributed, gloo on CPU, NCCL on GPU); under torchrun rank 0
+runs it in the launch's group while the other ranks run `train_and_save` (llmrecipe/steps/processes.py). Outputs:
+model.safetensors + config.json (the last weights), best/ (the weights with the best validation loss),
+metrics.jsonl and loss.png.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from typing import Any
 
 import torch
 
 from llmrecipe.errors import StepError
-from llmrecipe.host import launched_by_torchrun
-from llmrecipe.models import build_model
-from llmrecipe.plan.specs import PretrainSpec
+from llmrecipe.models.build import build_model
+from llmrecipe.models.registry import family
+from llmrecipe.models.shape import ModelShape
+from llmrecipe.plan.specs import PretrainSpec, TrainingSpec
 from llmrecipe.run.context import StepContext
-from llmrecipe.training.batches import TokenFile
+from llmrecipe.steps.processes import train_in_group
+from llmrecipe.steps.training import train_config
 from llmrecipe.training.checkpoint import save_weights
 from llmrecipe.training.device import prepare_device
-from llmrecipe.training.distributed import World, init_process_group
-from llmrecipe.training.launch import launch
-from llmrecipe.training.loop import TrainData, score_best_weights, train
+from llmrecipe.training.distributed import World
 from llmrecipe.training.metrics import write_training_outputs
+from llmrecipe.training.tasks.windows import TokenFile, WindowTask
+from llmrecipe.training.trainer import Trainer
 
 
 def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     spec = PretrainSpec.model_validate(raw_spec)
-    if launched_by_torchrun():
-        train_and_save(raw_spec, ctx, init_process_group(spec.device))
-    elif spec.nproc > 1:
-        ctx.log(f"training in {spec.nproc} processes ({spec.sharding})")
-        launch(train_and_save, raw_spec, ctx, spec.nproc, spec.device)
-    else:
-        train_and_save(raw_spec, ctx, World())
+    train_in_group(train_and_save, raw_spec, ctx, spec.nproc, spec.device)
     return json.loads((ctx.scratch_dir / "summary.json").read_text())
 
 
@@ -45,14 +41,15 @@ def train_and_save(raw_spec: dict[str, Any], ctx: StepContext, world: World) -> 
     """Train in this process (one of `world`); the main process writes the outputs and the summary."""
     spec = PretrainSpec.model_validate(raw_spec)
     prepare_device(spec.device)
-    data = _load_data(spec, ctx)
-    spec = _with_total_steps(spec, len(data.train))
+    arch = family(spec.model.arch)
+    task = window_task(spec.model, spec, ctx, masked=arch.objective == "masked_lm")
     torch.manual_seed(spec.seed)
     model = build_model(spec.model)
-    summary = train(spec, model, data, ctx, world)
+    trainer = Trainer(model, task, train_config(spec, arch), ctx, world)
+    summary = trainer.fit()
     records = summary.pop("metrics_records")
     save_weights(model, ctx.out_dir / "model.safetensors", world)  # collective under FSDP
-    if (final := score_best_weights(spec, model, data, ctx, world)) is not None:  # after the last weights are saved
+    if (final := trainer.score_best()) is not None:  # after the last weights are saved
         summary["selection_val_loss"], summary["best_val_loss"] = summary["best_val_loss"], final
     if not world.is_main:
         return
@@ -67,36 +64,25 @@ def train_and_save(raw_spec: dict[str, Any], ctx: StepContext, world: World) -> 
     (ctx.scratch_dir / "summary.json").write_text(json.dumps(summary))
 
 
-def _with_total_steps(spec: PretrainSpec, train_tokens: int) -> PretrainSpec:
-    """An epoch budget becomes steps here, the first moment the train split's size is known."""
-    if spec.total_steps is not None:
-        return spec
-    total = max(1, math.ceil(spec.epochs * train_tokens / spec.tokens_per_step))
-    if spec.optim.warmup >= total:
-        raise StepError(
-            f"{spec.epochs} epochs of {train_tokens} train tokens are {total} steps, not more than optim.warmup = "
-            f"{spec.optim.warmup}; lower the warmup or raise budget.epochs"
-        )
-    return spec.model_copy(update={"total_steps": total})
-
-
-def _load_data(spec: PretrainSpec, ctx: StepContext) -> TrainData:
+def window_task(shape: ModelShape, spec: TrainingSpec, ctx: StepContext, masked: bool = False) -> WindowTask:
+    """Windows of `shape.seq_len` tokens of the step's tokenized train and validation splits."""
     tokens = ctx.inputs["tokens"]
     meta = json.loads((tokens / "meta.json").read_text())
-    if meta["vocab_size"] > spec.model.vocab_size:
+    if meta["vocab_size"] > shape.vocab_size:
         raise StepError(
-            f"the tokenizer has {meta['vocab_size']} tokens but the model only {spec.model.vocab_size} rows; "
+            f"the tokenizer has {meta['vocab_size']} tokens but the model only {shape.vocab_size} rows; "
             "the tokenizer step must not exceed its vocab_size"
         )
-    window = spec.model.seq_len + 1
+    window = shape.seq_len + 1
     train = TokenFile(tokens / "train.bin", meta["dtype"])
     if len(train) <= window:
         raise StepError(
             f"the train split has {len(train)} tokens, fewer than one window of seq_len + 1 = {window}; "
-            "add data or lower model.seq_len"
+            "add data or lower the sequence length (model.seq_len, or max_seq_len of a finetune step)"
         )
     val = TokenFile(tokens / "val.bin", meta["dtype"])
     if len(val) <= window:
         ctx.log(f"validation split has {len(val)} tokens, less than one window: validation loss is skipped")
-        return TrainData(train=train, val=None)
-    return TrainData(train=train, val=val)
+        val = None
+    return WindowTask(shape, train, val, spec.seed, spec.batch_size, spec.eval_batches,
+                      getattr(spec, "final_eval_batches", None), masked)

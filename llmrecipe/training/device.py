@@ -7,7 +7,9 @@ import torch
 from llmrecipe.errors import StepError
 
 
-def prepare_device(device: str) -> None:
+def prepare_device(device: str, tf32: bool = False) -> None:
+    """Check the device, and set what makes it reproducible (CPU) or fast (`tf32`: fp32 matmuls on CUDA in
+    TensorFloat-32, for evaluation and generation, where the last bits of fp32 buy nothing)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise StepError(
             "the plan chose CUDA (an NVIDIA driver is present) but this torch build cannot use it; "
@@ -16,4 +18,8 @@ def prepare_device(device: str) -> None:
     if device == "cpu":
         # Compiled CPU kernels are bitwise reproducible only with this on; eager CPU costs nothing extra.
         torch.use_deterministic_algorithms(True)
-    # fp32 stays real fp32 on CUDA too (no TF32): speed comes from bf16 autocast, which the plan shows.
+    if device == "cuda":
+        # Training keeps real fp32 where the recipe asks for it (its speed comes from bf16 autocast, which the plan
+        # shows); scoring and decoding take TF32.
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32

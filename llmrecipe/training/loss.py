@@ -1,18 +1,22 @@
-"""Summed next-token cross-entropy, computed in fp32 from logits of any precision, in row chunks.
+"""Summed next-token cross-entropy, computed in fp32 from logits of any precision.
 
-`F.cross_entropy(logits.float(), ...)` makes five passes over a (N, V) tensor in memory: the fp32 copy,
-log_softmax's output, nll_loss's dense zero gradient, log_softmax's backward and the cast of the gradient back
-to the logits' dtype. At a vocabulary of 8192 that was 15% of a bf16 LLaMA training step on a 2-core CPU.
-Here the forward keeps only each row's log-sum-exp, and the backward writes softmax - one-hot over the logits
-themselves, in their own dtype; both work through the rows in chunks small enough to stay in cache.
+Under torch.compile (and on GPUs) it is `F.cross_entropy` of the upcast logits, which the compiler fuses into the
+model's graph. In eager mode on a CPU, `F.cross_entropy(logits.float(), ...)` makes five passes over a (N, V) tensor
+in memory: the fp32 copy, log_softmax's output, nll_loss's dense zero gradient, log_softmax's backward and the cast
+of the gradient back to the logits' dtype. At a vocabulary of 8192 that was 15% of a bf16 LLaMA training step on a
+2-core CPU. There the forward keeps only each row's log-sum-exp, and the backward writes softmax - one-hot over the
+logits themselves, in their own dtype; both work through the rows in chunks small enough to stay in cache. On a GPU
+that chunking would be thousands of tiny kernel launches per step, so GPUs never take it.
 The arithmetic is the same (fp32 softmax of the upcast logits); only the order of the sums can differ.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from llmrecipe.training.batches import IGNORE
+IGNORE = -100
+"""Target id that the loss skips (`F.cross_entropy(ignore_index=...)`): positions that are not predicted."""
 
 CHUNK_ELEMENTS = 1 << 18
 """Logits per chunk (1 MB in fp32): enough for the threads to share, small enough for a core's cache."""
@@ -21,10 +25,14 @@ CHUNK_ELEMENTS = 1 << 18
 def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over positions of -log softmax(logits)[target], skipping targets equal to IGNORE; fp32 scalar.
 
-    logits: (..., V) of any floating dtype, a model's output; targets: (...) token ids. The backward pass writes
-    the logits' gradient over the logits: read anything else you need from them before calling backward.
+    logits: (..., V) of any floating dtype, a model's output; targets: (...) token ids. In eager CPU mode the
+    backward pass writes the logits' gradient over the logits: read anything else you need from them before calling
+    backward.
     """
-    return _CrossEntropySum.apply(logits.flatten(0, -2), targets.flatten())
+    logits, targets = logits.flatten(0, -2), targets.flatten()
+    if logits.device.type != "cpu" or torch.compiler.is_compiling():
+        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
+    return _CrossEntropySum.apply(logits, targets)
 
 
 def _row_chunks(rows: int, vocab: int) -> list[slice]:

@@ -4,12 +4,13 @@ mirrored as TensorBoard events, and the files a training step leaves in its outp
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from llmrecipe.errors import StepError
-from llmrecipe.training.plots import plot_losses
+from llmrecipe.plots import training_curves
 
 TENSORBOARD = "tensorboard"
 """The folder of TensorBoard event files, in the step's scratch folder while it trains and in its outputs after."""
@@ -48,15 +49,18 @@ class MetricsLog:
             self._board.flush()  # a record every log_every steps: cheap, and TensorBoard shows it at once
 
     def _rewrite(self) -> None:
+        """The file as the records say, replaced atomically: a kill mid-write must not lose the earlier lines."""
         if not self.enabled:
             return
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+        os.replace(partial, self.path)
 
 
 def write_training_outputs(records: list[dict[str, Any]], scratch_dir: Path, out_dir: Path, title: str) -> None:
     """metrics.jsonl, loss.png and, when the step kept them, the TensorBoard events, into the step's outputs."""
     (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    plot_losses(records, out_dir / "loss.png", title)
+    training_curves(records, out_dir / "loss.png", title)
     if (scratch_dir / TENSORBOARD).is_dir():
         shutil.copytree(scratch_dir / TENSORBOARD, out_dir / TENSORBOARD, dirs_exist_ok=True)
 

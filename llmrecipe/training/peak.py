@@ -7,10 +7,14 @@ no table knows, and a measured peak tells what the hardware really gives a large
 from __future__ import annotations
 
 import functools
+import json
+import os
 import resource
 import time
 
 import torch
+
+from llmrecipe.host import peak_cache_file
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -39,6 +43,22 @@ def measure_matmul_flops(device: str, precision: str, seconds: float) -> float:
         _synchronize(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - start))
     return best
+
+
+def record_peak(device: str, precision: str, flops: float) -> None:
+    """Remember the best peak measured on this machine, for the plan's compile estimate (llmrecipe/host.py reads
+    it). Best effort: a cache that cannot be written only leaves the plan with its nominal figure."""
+    path = peak_cache_file()
+    key = f"{device}/{precision}"
+    try:
+        peaks = json.loads(path.read_text()) if path.is_file() else {}
+        if not isinstance(peaks, dict) or flops > float(peaks.get(key, 0.0)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}")
+            partial.write_text(json.dumps({**(peaks if isinstance(peaks, dict) else {}), key: flops}))
+            os.replace(partial, path)
+    except (OSError, ValueError):
+        pass
 
 
 def peak_memory_bytes(device: str) -> int:

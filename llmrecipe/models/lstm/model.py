@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llmrecipe.plan.specs import ModelShape
+from llmrecipe.models.shape import ModelShape
 
 
 class LSTM(nn.Module):

@@ -1,4 +1,7 @@
-"""PNG plots with matplotlib's Agg backend (no display needed), imported only when a plot is drawn."""
+"""PNG plots with matplotlib's Agg backend (no display needed), imported only when a plot is drawn.
+
+The ground floor of the house: training, evaluation and the run report all draw with these, and the PNGs carry no
+version stamp, so the same curve gives the same bytes."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ def bar_with_intervals(values: dict[str, tuple[float, float, float]], path: Path
     axes.set_ylim(0, 1)
     axes.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(figure)
     return path
 
@@ -37,15 +40,22 @@ def bar_with_intervals(values: dict[str, tuple[float, float, float]], path: Path
 def loss_curves(series: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> Path:
     """Lines of name -> (steps, losses): training and validation loss against the optimizer step."""
     plt = pyplot()
-    figure, axes = plt.subplots(figsize=(6, 3.5))
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     for name, (steps, losses) in series.items():
-        axes.plot(steps, losses, label=name, marker="o" if len(steps) < 30 else None)
+        axes.plot(steps, losses, label=name, linewidth=1.2, marker="o" if len(steps) < 30 else None, markersize=3)
     axes.set_xlabel("step")
-    axes.set_ylabel("loss (nats/token)")
+    axes.set_ylabel("loss (nats per token)")
     axes.set_title(title)
-    axes.legend()
     axes.grid(alpha=0.3)
+    axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, metadata={"Software": None})
     plt.close(figure)
     return path
+
+
+def training_curves(records: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """loss.png of a training step: its metrics records' training loss per logged step and validation loss."""
+    series = {"train": [(r["step"], r["loss"]) for r in records if "loss" in r],
+              "validation": [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]}
+    return loss_curves({name: tuple(map(list, zip(*points))) for name, points in series.items() if points}, path, title)

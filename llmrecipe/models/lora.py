@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmrecipe.plan.derive import matches_target
+from llmrecipe.models.family import matches_target
 from llmrecipe.recipe.finetune import LoraConfig
 
 ADAPTER_KEYS = ("lora_A", "lora_B")

@@ -99,7 +99,7 @@ def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, k: int) ->
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
     """A PNG of the confusion matrix with counts in the cells (rows true, columns predicted)."""
-    from llmrecipe.evals.plots import pyplot
+    from llmrecipe.plots import pyplot
 
     plt = pyplot()
     size = max(3.0, 0.6 * len(class_names) + 2)
@@ -114,7 +114,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path
     for (row, column), count in np.ndenumerate(matrix):
         axes.text(column, row, str(count), ha="center", va="center", color="white" if count > high / 2 else "black")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(figure)
     return path
 

@@ -15,12 +15,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from llmrecipe.finetune.classify_data import pad_right
-from llmrecipe.models import build_model, load_weights, with_adapters
-from llmrecipe.plan.specs import ModelShape
+from llmrecipe.models.attention import PaddedRows
+from llmrecipe.models.build import build_model, load_weights, with_adapters
+from llmrecipe.models.registry import family
+from llmrecipe.models.shape import ModelShape
 
-BIDIRECTIONAL = ("bert",)
-"""Architectures whose every position sees the whole row, padding included; the rest read left to right."""
 CLASSIFY_KEYS = ("task", "labels", "pooling", "max_seq_len")
 """What a classify artifact's config.json adds to the model shape."""
 
@@ -42,17 +41,14 @@ class Classifier(nn.Module):
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Right-padded token ids (B, T) and true lengths (B,) -> class logits (B, C).
 
-        A decoder never looks right, so padding does not change a row's state; an encoder would attend to
-        the padding, so its rows run in groups of equal length, each without padding.
+        A decoder never looks right, so padding does not change a row's state; an encoder would attend to the
+        padding, so it gets a layout that masks it out.
         """
-        if self.shape.arch not in BIDIRECTIONAL:
-            return self.score(self._pool(self.backbone(ids), lengths))  # (B, C)
-        logits = torch.empty(len(ids), len(self.labels), device=ids.device)  # (B, C)
-        for length in lengths.unique().tolist():
-            rows = (lengths == length).nonzero().squeeze(1)  # (b,)
-            hidden = self.backbone(ids[rows, :length])  # (b, length, D)
-            logits[rows] = self.score(self._pool(hidden, lengths[rows])).to(logits.dtype)
-        return logits
+        if family(self.shape.arch).causal:
+            hidden = self.backbone(ids)  # (B, T, D)
+        else:
+            hidden = self.backbone(ids, PaddedRows(lengths, ids.size(1)))  # (B, T, D)
+        return self.score(self._pool(hidden, lengths))  # (B, C)
 
     def _pool(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, D): the state at the last real token of each row, or at the first."""
@@ -85,6 +81,15 @@ def load_classifier(folder: Path, device: str = "cpu") -> Classifier:
     model = Classifier(build_model(shape), config["labels"], config["pooling"], config.get("max_seq_len"))
     load_weights(model, with_adapters(folder, load_file(folder / "model.safetensors", device="cpu")))  # lora.merge = false
     return model.to(device).eval()
+
+
+def pad_right(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows padded on the right to the longest: ids (B, T) and lengths (B,)."""
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)  # (B,)
+    ids = torch.full((len(rows), int(lengths.max())), pad_id, dtype=torch.long)  # (B, T)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return ids, lengths
 
 
 @torch.no_grad()

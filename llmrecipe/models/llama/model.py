@@ -1,7 +1,8 @@
 """LLaMA-style decoder: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention, no biases.
 
 Reads top to bottom: RMSNorm -> rotary tables -> Attention -> MLP -> Block -> Llama; the norm's and the
-rotation's arithmetic is in models/pointwise.py.
+rotation's arithmetic is in models/pointwise.py. One forward serves training, packed documents and cached
+decoding: an `AttentionLayout` (models/attention.py) changes only where tokens sit and what they attend to.
 Shapes: B batch, T time (sequence), D d_model, H query heads, K key/value heads, E head_dim, V vocab.
 Rotary embeddings use the "rotate half" layout of Hugging Face's LlamaForCausalLM, so exported
 weights need no permutation.
@@ -10,19 +11,15 @@ weights need no permutation.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from llmrecipe.models.attention import causal_attention
+from llmrecipe.models.attention import AttentionLayout, causal_attention
 from llmrecipe.models.pointwise import rms_norm, rotary
-from llmrecipe.plan.specs import ModelShape
-
-if TYPE_CHECKING:
-    from llmrecipe.generate.cache import DecodeState
+from llmrecipe.models.shape import ModelShape
 
 
 class RMSNorm(nn.Module):
@@ -57,21 +54,18 @@ class Attention(nn.Module):
         self.dropout = shape.dropout
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, cache: DecodeState | None = None, layer: int = 0
+        self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, layout: AttentionLayout | None = None,
+        layer: int = 0,
     ) -> torch.Tensor:
         B, T, D = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, E)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, E)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, E)
         q, k = rotary(q, cos, signed_sin), rotary(k, cos, signed_sin)
-        if cache is not None:  # decoding: this step's keys and values join the cached ones of earlier positions
-            k, v = cache.extend(layer, k, v)  # (B, K, P + T, E)
-        # Grouped-query attention (K < H): each key/value head serves H/K query heads, read in place.
-        dropout = self.dropout if self.training else 0.0
-        if cache is None:
-            y = causal_attention(q, k, v, dropout)  # (B, H, T, E)
-        else:  # is_causal aligns to the top left, wrong with a past (PITFALLS.md): an explicit mask instead
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask, enable_gqa=self.n_kv_head != self.n_head)
+        if layout is None:  # grouped-query attention (K < H): each key/value head serves H/K query heads
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0)  # (B, H, T, E)
+        else:
+            y = layout.attend(layer, q, k, v)  # (B, H, T, E)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -100,9 +94,10 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(shape.dropout)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, cache: DecodeState | None = None, layer: int = 0
+        self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, layout: AttentionLayout | None = None,
+        layer: int = 0,
     ) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, signed_sin, cache, layer))
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, signed_sin, layout, layer))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -137,25 +132,27 @@ class Llama(nn.Module):
             for proj in (block.attn.o_proj, block.mlp.down_proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.shape.n_layer))
 
-    def forward(self, idx: torch.Tensor, cache: DecodeState | None = None) -> torch.Tensor:
-        """Token ids (B, T) -> next-token logits (B, T, V).
+    def forward(self, idx: torch.Tensor, layout: AttentionLayout | None = None, last_only: bool = False) -> torch.Tensor:
+        """Token ids (B, T) -> next-token logits (B, T, V), or only the last position's (B, V) with `last_only`.
 
-        With a `cache` (decoding), `idx` continues the cached positions: rows may be left-padded, so each
-        token's rotary position comes from `cache.positions` (B, T) and attention from `cache.mask`.
+        With a `layout` (cached decoding, packed documents) each token's rotary position comes from
+        `layout.positions` (B, T) and attention from the layout.
         """
         T = idx.size(1)
-        if cache is None:
+        if layout is None:
             cos, signed_sin = self.rope_cos[:T], self.rope_signed_sin[:T]  # (T, E)
-        else:
-            cos = self.rope_cos[cache.positions][:, None]  # (B, 1, T, E)
-            signed_sin = self.rope_signed_sin[cache.positions][:, None]
+        else:  # F.embedding: one Gather of the table in an exported graph
+            cos = F.embedding(layout.positions, self.rope_cos)[:, None]  # (B, 1, T, E)
+            signed_sin = F.embedding(layout.positions, self.rope_signed_sin)[:, None]
         if torch.is_autocast_enabled(idx.device.type):  # rotate in the precision q and k arrive in, as HF does:
             dtype = torch.get_autocast_dtype(idx.device.type)  # fp32 tables would promote the rotation and
             cos, signed_sin = cos.to(dtype), signed_sin.to(dtype)  # the attention inputs to fp32: twice the traffic
         x = self.embed(idx)  # (B, T, D)
         for layer, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, cos, signed_sin, use_reentrant=False)
+                x = checkpoint(block, x, cos, signed_sin, layout, layer, use_reentrant=False)
             else:
-                x = block(x, cos, signed_sin, cache, layer)
-        return self.lm_head(self.norm(x))  # (B, T, V)
+                x = block(x, cos, signed_sin, layout, layer)
+        if last_only:
+            x = x[:, -1]  # (B, D): decoding needs only the next token's logits
+        return self.lm_head(self.norm(x))  # (B, T, V) or (B, V)

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from llmrecipe.models.gpt2 import Block
-from llmrecipe.plan.specs import ModelShape
+from llmrecipe.models.attention import AttentionLayout
+from llmrecipe.models.gpt2.model import Block
+from llmrecipe.models.shape import ModelShape
 
 
 class Bert(nn.Module):
@@ -49,11 +50,14 @@ class Bert(nn.Module):
             for proj in (block.attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.shape.n_layer))
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids with some replaced by the mask token (B, T) -> logits of the original tokens (B, T, V)."""
-        T = idx.size(1)
-        positions = torch.arange(T, device=idx.device)  # (T,)
+    def forward(self, idx: torch.Tensor, layout: AttentionLayout | None = None) -> torch.Tensor:
+        """Token ids with some replaced by the mask token (B, T) -> logits of the original tokens (B, T, V). A
+        `layout` (rows padded on the right, models/attention.py: PaddedRows) keeps padding out of attention."""
+        positions = torch.arange(idx.size(1), device=idx.device) if layout is None else layout.positions  # (T,) | (B, T)
         x = self.drop(self.embed(idx) + self.positions(positions))  # (B, T, D)
-        for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if self.activation_checkpointing and self.training else block(x)
+        for layer, block in enumerate(self.blocks):
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, layout, layer, use_reentrant=False)
+            else:
+                x = block(x, layout, layer)
         return self.lm_head(self.norm(x))  # (B, T, V)

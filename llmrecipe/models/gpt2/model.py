@@ -7,18 +7,14 @@ Shapes: B batch, T time (sequence), D d_model, H heads, E head_dim, F ffn_hidden
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from llmrecipe.models.attention import causal_attention
-from llmrecipe.plan.specs import ModelShape
-
-if TYPE_CHECKING:
-    from llmrecipe.generate.cache import DecodeState
+from llmrecipe.models.attention import AttentionLayout, causal_attention
+from llmrecipe.models.shape import ModelShape
 
 
 class Attention(nn.Module):
@@ -29,17 +25,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(shape.d_model, shape.d_model)
         self.dropout = shape.dropout
 
-    def forward(self, x: torch.Tensor, cache: DecodeState | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: AttentionLayout | None = None, layer: int = 0) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, E)
         dropout = self.dropout if self.training else 0.0
-        if cache is None and self.causal:
+        if layout is not None:  # cached decoding or packed documents
+            y = layout.attend(layer, q, k, v)  # (B, H, T, E)
+        elif self.causal:
             y = causal_attention(q, k, v, dropout)  # (B, H, T, E)
-        elif cache is None:  # the bidirectional encoder (bert)
+        else:  # the bidirectional encoder (bert)
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, H, T, E)
-        else:  # decoding: attend over cached keys too, through an explicit mask (is_causal is wrong with a past)
-            k, v = cache.extend(layer, k, v)  # (B, H, P + T, E)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask)  # (B, H, T, E)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -66,8 +61,8 @@ class Block(nn.Module):
         self.mlp = MLP(shape)
         self.dropout = nn.Dropout(shape.dropout)
 
-    def forward(self, x: torch.Tensor, cache: DecodeState | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.ln_1(x), cache, layer))
+    def forward(self, x: torch.Tensor, layout: AttentionLayout | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln_1(x), layout, layer))
         return x + self.dropout(self.mlp(self.ln_2(x)))
 
 
@@ -102,20 +97,19 @@ class GPT2(nn.Module):
             for proj in (block.attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.shape.n_layer))
 
-    def forward(self, idx: torch.Tensor, cache: DecodeState | None = None) -> torch.Tensor:
-        """Token ids (B, T) -> next-token logits (B, T, V).
+    def forward(self, idx: torch.Tensor, layout: AttentionLayout | None = None, last_only: bool = False) -> torch.Tensor:
+        """Token ids (B, T) -> next-token logits (B, T, V), or only the last position's (B, V) with `last_only`.
 
-        With a `cache` (decoding), `idx` continues the cached positions; rows may be left-padded, so positions
-        come from `cache.positions` (B, T) and attention from `cache.mask`.
+        With a `layout` (cached decoding, packed documents) positions come from `layout.positions` (B, T) and
+        attention from the layout.
         """
-        if cache is not None:
-            x = self.embed(idx) + self.positions(cache.positions)  # (B, T, D)
-            for layer, block in enumerate(self.blocks):
-                x = block(x, cache, layer)
-            return self.lm_head(self.norm(x))  # (B, T, V)
-        T = idx.size(1)
-        positions = torch.arange(T, device=idx.device)  # (T,)
+        positions = torch.arange(idx.size(1), device=idx.device) if layout is None else layout.positions  # (T,) | (B, T)
         x = self.drop(self.embed(idx) + self.positions(positions))  # (B, T, D)
-        for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if self.activation_checkpointing and self.training else block(x)
-        return self.lm_head(self.norm(x))  # (B, T, V)
+        for layer, block in enumerate(self.blocks):
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, layout, layer, use_reentrant=False)
+            else:
+                x = block(x, layout, layer)
+        if last_only:
+            x = x[:, -1]  # (B, D): decoding needs only the next token's logits
+        return self.lm_head(self.norm(x))  # (B, T, V) or (B, V)

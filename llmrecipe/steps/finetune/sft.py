@@ -9,7 +9,6 @@ embeddings grow to the new vocabulary, and training runs. The output folder is a
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,15 @@ from tokenizers import AddedToken, Tokenizer
 
 from llmrecipe.errors import StepError
 from llmrecipe.finetune.chat_data import load_examples
-from llmrecipe.finetune.model_io import adapt, starting_model, write_model
-from llmrecipe.finetune.packing import pack
-from llmrecipe.finetune.sft_train import train_sft
 from llmrecipe.plan.specs import FinetuneSpec
 from llmrecipe.run.context import StepContext
+from llmrecipe.steps.finetune.model_io import adapt, starting_model, train_and_write
 from llmrecipe.tokenizer.bytes import load_tokenizer
-from llmrecipe.training.metrics import write_training_outputs
+from llmrecipe.training.distributed import World
+from llmrecipe.training.tasks.packed import PackedTask, pack
 
 
-def run_sft(spec: FinetuneSpec, ctx: StepContext) -> dict[str, Any]:
+def run_sft(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str, Any]:
     tokenizer, meta = load_tokenizer(ctx.inputs["tokenizer"])
     known = tokenizer.get_vocab_size(with_added_tokens=True)
     new_ids = add_special_tokens(tokenizer, spec.special_tokens, spec.model.vocab_size)
@@ -38,16 +36,14 @@ def run_sft(spec: FinetuneSpec, ctx: StepContext) -> dict[str, Any]:
         ctx.log(f"{train.truncated + val.truncated} examples are longer than max_seq_len = {spec.seq_len}: cut at the end")
     ctx.log(f"{len(examples['train'])} train examples in {len(train)} packed rows, {len(examples['val'])} held out; "
             f"added tokens {dict(zip(spec.special_tokens, new_ids)) if new_ids else 'none (already known)'}")
-    spec = with_total_steps(spec, len(train))
+    task = PackedTask(train, val if len(examples["val"]) else None, spec.seed, spec.batch_size, spec.eval_batches,
+                      spec.micro_batch_size)
     model = starting_model(spec, ctx.inputs["model"], new_ids, known)
     trained = adapt(model, spec, new_ids)
     ctx.log(f"training {trained:,} of {sum(p.numel() for p in model.parameters()):,} parameters")
-    summary = train_sft(spec, model, train, val if len(examples["val"]) else None, ctx)
-    records = summary.pop("metrics_records")
-    out = ctx.out_dir
-    write_model(model, spec, out, ctx.scratch_dir / "best" / "model.safetensors")
-    write_chat_tokenizer(tokenizer, meta, spec, out)
-    write_training_outputs(records, ctx.scratch_dir, out, f"{ctx.name}: sft, {summary['steps']} steps")
+    summary = train_and_write(model, task, spec, ctx, world, "sft")
+    if world.is_main:
+        write_chat_tokenizer(tokenizer, meta, spec, ctx.out_dir)
     return {**summary, "train_examples": len(examples["train"]), "val_examples": len(examples["val"]),
             "packed_rows": len(train), "trained_parameters": trained}
 
@@ -61,17 +57,6 @@ def add_special_tokens(tokenizer: Tokenizer, tokens: list[str], rows: int) -> li
         raise StepError(f"the tokenizer's new ids reach {max(new_ids)} but the model has {rows} embedding rows; "
                         "this is a bug in the plan's vocabulary bound")
     return new_ids
-
-
-def with_total_steps(spec: FinetuneSpec, n_rows: int) -> FinetuneSpec:
-    """An epoch budget becomes steps once the number of packed rows is known."""
-    if spec.total_steps is not None:
-        return spec
-    total = max(1, math.ceil(spec.epochs * n_rows / spec.batch_size))
-    if spec.optim.warmup >= total:
-        raise StepError(f"{spec.epochs} epochs of {n_rows} packed rows are {total} steps, not more than optim.warmup = "
-                        f"{spec.optim.warmup}; lower the warmup or raise budget.epochs")
-    return spec.model_copy(update={"total_steps": total})
 
 
 def write_chat_tokenizer(tokenizer: Tokenizer, meta: dict, spec: FinetuneSpec, out: Path) -> None:

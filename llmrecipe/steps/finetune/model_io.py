@@ -1,20 +1,33 @@
-"""The starting model of a finetune step (embeddings grown for new tokens, LoRA applied) and the weights it writes."""
+"""The starting model of a finetune step (embeddings grown for new tokens, LoRA applied), its training through the
+one trainer, and the weights it writes.
+
+Weights are written from the gathered state dict (under FSDP only the main process holds it), so LoRA adapters are
+merged tensor by tensor, without a second copy of the model.
+"""
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llmrecipe.finetune.lora import ADAPTER_KEYS, apply_lora, lora_state_dict, merge_lora
-from llmrecipe.models import build_model, load_weights, with_adapters
+from llmrecipe.models.build import build_model, load_weights, with_adapters
+from llmrecipe.models.lora import ADAPTER_KEYS, apply_lora, merge_adapter_tensors
+from llmrecipe.models.registry import family
 from llmrecipe.plan.specs import FinetuneSpec
+from llmrecipe.run.context import StepContext
+from llmrecipe.steps.training import train_config
 from llmrecipe.training.checkpoint import model_tensors
+from llmrecipe.training.distributed import World
+from llmrecipe.training.metrics import write_training_outputs
+from llmrecipe.training.optim import NO_DECAY
+from llmrecipe.training.task import Task
+from llmrecipe.training.trainer import Trainer
 
 EMBEDDING_ROWS = ("embed.weight", "lm_head.weight")
 
@@ -61,51 +74,62 @@ def adapt(model: nn.Module, spec: FinetuneSpec, new_ids: list[int]) -> int:
 
 
 def train_rows_only(model: nn.Module, new_ids: list[int]) -> int:
-    """Let only the given embedding (and untied output) rows learn: the gradient of every other row is zeroed.
-    A new token starts untrained, so the adapters alone could hardly learn to produce it."""
+    """Let only the given embedding (and untied output) rows learn: the gradient of every other row is zeroed, and
+    the matrix is not decayed (decay would move the frozen rows). A new token starts untrained, so the adapters alone
+    could hardly learn to produce it."""
     if not new_ids:
         return 0
     params = {id(p): p for name, p in model.named_parameters() if name in EMBEDDING_ROWS}.values()  # tied: once
     for param in params:
-        mask = torch.zeros(param.size(0), 1, device=param.device)  # (V, 1)
+        mask = torch.zeros(param.size(0), 1)  # (V, 1); moved to the gradient's device when it arrives
         mask[new_ids] = 1.0
         param.requires_grad_(True)
-        param.register_hook(lambda grad, mask=mask: grad * mask)
+        setattr(param, NO_DECAY, True)
+        param.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device, grad.dtype))
     return len(new_ids) * model.shape.d_model * len(params)
 
 
-def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """LoRA runs: decay on the adapters, none on embedding rows (a decayed frozen row would drift)."""
-    adapters = [p for n, p in model.named_parameters() if p.requires_grad and n.rsplit(".", 1)[-1] in ADAPTER_KEYS]
-    rows = [p for n, p in model.named_parameters() if p.requires_grad and n.rsplit(".", 1)[-1] not in ADAPTER_KEYS]
-    return [{"params": adapters, "weight_decay": weight_decay}, {"params": rows, "weight_decay": 0.0}]
+def train_and_write(model: nn.Module, task: Task, spec: FinetuneSpec, ctx: StepContext, world: World, title: str,
+                    config: str | None = None, score_start: bool = True) -> dict[str, Any]:
+    """Train with the one trainer, then (main process) write the model, its best weights and the training outputs.
+    `config` is the output's config.json text (default: the model shape)."""
+    arch = family(spec.model.arch)
+    trainer = Trainer(model, task, train_config(spec, arch, score_start=score_start), ctx, world)
+    summary = trainer.fit()
+    records = summary.pop("metrics_records")
+    state = model_tensors(model)  # collective under FSDP: every process gathers, the main one holds it
+    if world.is_main:
+        write_model(state, spec, ctx.out_dir, ctx.scratch_dir / "best" / "model.safetensors", config)
+        write_training_outputs(records, ctx.scratch_dir, ctx.out_dir, f"{ctx.name}: {title}, {summary['steps']} steps")
+    return summary
 
 
-def plain_weights(model: nn.Module, merge: bool) -> dict[str, torch.Tensor]:
+def plain_weights(state: dict[str, torch.Tensor], spec: FinetuneSpec, merge: bool) -> dict[str, torch.Tensor]:
     """What model.safetensors holds: merged weights, or (merge = false) the weights without the adapters."""
-    if merge:
-        return model_tensors(merge_lora(copy.deepcopy(model)))
-    return {name: t for name, t in model_tensors(model).items() if name.rsplit(".", 1)[-1] not in ADAPTER_KEYS}
+    base = {name: t for name, t in state.items() if name.rsplit(".", 1)[-1] not in ADAPTER_KEYS}
+    if spec.lora is None or not merge:
+        return base
+    adapters = {name: t for name, t in state.items() if name.rsplit(".", 1)[-1] in ADAPTER_KEYS}
+    return merge_adapter_tensors(base, adapters, spec.lora.alpha / spec.lora.rank)
 
 
-def write_model(model: nn.Module, spec: FinetuneSpec, out: Path, best_weights: Path | None,
+def write_model(state: dict[str, torch.Tensor], spec: FinetuneSpec, out: Path, best_weights: Path | None,
                 config: str | None = None) -> None:
     """model.safetensors + config.json (`config`, by default the model shape) + adapter files for LoRA runs;
     best/ holds the best validation weights, merged."""
     config = config if config is not None else spec.model.model_dump_json(indent=2)
     merge = spec.lora is None or spec.lora.merge
-    save_file(plain_weights(model, merge), str(out / "model.safetensors"))
+    save_file(plain_weights(state, spec, merge), str(out / "model.safetensors"))
     (out / "config.json").write_text(config)
     if spec.lora is not None:
-        save_file(lora_state_dict(model), str(out / "adapter.safetensors"))
+        adapters = {name: t for name, t in state.items() if name.rsplit(".", 1)[-1] in ADAPTER_KEYS}
+        save_file(adapters, str(out / "adapter.safetensors"))
         adapter = {"rank": spec.lora.rank, "alpha": spec.lora.alpha, "targets": spec.lora.targets,
                    "scale": spec.lora.alpha / spec.lora.rank, "merged": merge}
         (out / "adapter_config.json").write_text(json.dumps(adapter, indent=2))
     if best_weights is not None and best_weights.is_file():
         (out / "best").mkdir(exist_ok=True)
-        best = copy.deepcopy(model)
-        load_weights(best, load_file(best_weights))
-        save_file(plain_weights(best, True), str(out / "best" / "model.safetensors"))
+        save_file(plain_weights(load_file(best_weights), spec, True), str(out / "best" / "model.safetensors"))
         (out / "best" / "config.json").write_text(config)
 
 

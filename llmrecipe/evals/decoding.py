@@ -1,0 +1,24 @@
+"""Generation for the evaluation suites: the KV-cache engine (llmrecipe/generate/) on the evaluated model, on the
+step's device, one prompt at a time with its own seed, so an answer depends on nothing but its prompt (not on the
+batch size, nor on the prompts before it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmrecipe.generate.engine import Completion, Engine
+from llmrecipe.generate.sampling import SamplingParams
+
+
+def suite_engine(env: Any) -> Engine:
+    """The engine over the suite's model (already on its device, in eval mode)."""
+    from llmrecipe.generate.decoders import TorchDecoder
+
+    return Engine(TorchDecoder(env.model), env.tokenizer, env.eot_id, env.vocab_size)
+
+
+def complete(engine: Engine, prompt_ids: list[int], params: SamplingParams) -> Completion:
+    """The continuation of one prompt. A prompt too long for the context keeps its end, leaving room for up to
+    `max_tokens` new tokens (at least one)."""
+    room = max(1, min(params.max_tokens, engine.context - 1))
+    return engine.generate([prompt_ids[-(engine.context - room):]], params)[0]

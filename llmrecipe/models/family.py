@@ -1,0 +1,150 @@
+"""What an architecture is, in one place: its shape rules, parameter count and FLOPs, LoRA targets, FSDP unit,
+modules (with their cached decoding forward) and Hugging Face layout.
+
+Torch-free: the plan asks a family for everything it derives, without importing torch; `module()` imports the
+torch modules only when a model is built. A new architecture is a new family package and one line in registry.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal, Protocol
+
+from llmrecipe.models.shape import ModelShape
+
+Objective = Literal["causal_lm", "masked_lm"]
+
+
+class ShapeError(ValueError):
+    """Settings a family cannot build; the message names the recipe's `model.*` fields and the fix."""
+
+
+class ModelSettings(Protocol):
+    """A recipe's `model` table, as the family reads it (recipe/pretrain.py: ModelConfig)."""
+
+    arch: str
+    n_layer: int
+    n_head: int
+    n_kv_head: int | None
+    d_model: int
+    seq_len: int
+    ffn_mult: float | None
+    dropout: float
+    rope_theta: float
+    tie_embeddings: bool
+    mask_fraction: float
+
+
+def round_up(value: float, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def matches_target(module_name: str, target: str) -> bool:
+    """A LoRA target names a module by a dotted suffix: `q_proj` and `attn.q_proj` both match `blocks.0.attn.q_proj`."""
+    return module_name == target or module_name.endswith("." + target)
+
+
+class Family(ABC):
+    """The defaults of a transformer family; each architecture's package subclasses it and overrides what differs."""
+
+    name: ClassVar[str]
+    module_path: ClassVar[str]
+    """`package.module:Class` of the torch module, imported when a model is built."""
+    objective: ClassVar[Objective] = "causal_lm"
+    """What pre-training teaches: next tokens (`causal_lm`) or masked tokens (`masked_lm`)."""
+    causal: ClassVar[bool] = True
+    """Each position sees only earlier ones: the model generates, takes SFT and scores log-likelihoods."""
+    attention: ClassVar[bool] = True
+    grouped_query: ClassVar[bool] = False
+    """Supports fewer key/value heads than query heads (`model.n_kv_head`)."""
+    even_head_dim: ClassVar[bool] = False
+    """Rotary embeddings turn pairs of a head's dimensions, so its size must be even."""
+    ffn_mult: ClassVar[float] = 4.0
+    """MLP width per `d_model` when `model.ffn_mult` is unset."""
+    lora_targets: ClassVar[tuple[str, ...]] = ()
+    """Default LoRA targets (the attention projections, as in Hu et al., 2021); empty: no adapters for this family."""
+    fsdp_unit: ClassVar[str | None] = "blocks"
+    """The module list whose entries FSDP shards (and compiles) one by one; None: the whole model is one unit."""
+    decodes: ClassVar[bool] = False
+    """Its forward takes a KV cache (`model(idx, cache=..., last_only=...)`): generation, serving, ONNX with past."""
+    hf_architecture: ClassVar[str | None] = None
+    """The transformers class the Hugging Face export writes; None: no export."""
+
+    # --- shape --------------------------------------------------------------------------------------------------
+
+    def shape(self, settings: ModelSettings, vocab_size: int) -> ModelShape:
+        """The shape for a tokenizer of `vocab_size` ids; raises ShapeError for settings the family cannot build."""
+        m = settings
+        if self.attention and m.d_model % m.n_head:
+            raise ShapeError(f"model.d_model = {m.d_model} is not a multiple of model.n_head = {m.n_head}; "
+                             f"pick d_model = {round_up(m.d_model, m.n_head)} or an n_head that divides it")
+        if m.n_kv_head is not None and not self.grouped_query:
+            raise ShapeError(f"model.n_kv_head: grouped-query attention is not part of `{self.name}`; remove it")
+        n_kv_head = m.n_kv_head or m.n_head
+        if m.n_head % n_kv_head:
+            raise ShapeError(f"model.n_head = {m.n_head} is not a multiple of model.n_kv_head = {n_kv_head}; "
+                             "each key/value head must serve the same number of query heads")
+        head_dim = m.d_model // m.n_head
+        if self.even_head_dim and head_dim % 2:
+            raise ShapeError(f"head size d_model / n_head = {head_dim} is odd; rotary embeddings need an even head size")
+        ffn_mult = m.ffn_mult if m.ffn_mult is not None else self.ffn_mult
+        masked = self.objective == "masked_lm"
+        # A masked-language model needs one extra id, the mask token, right after the tokenizer's vocabulary.
+        rows = vocab_size + (1 if masked else 0)
+        return ModelShape(
+            arch=self.name, n_layer=m.n_layer, n_head=m.n_head, n_kv_head=n_kv_head, d_model=m.d_model,
+            head_dim=head_dim, ffn_hidden=round_up(ffn_mult * m.d_model, 64) if self.attention else 0,
+            vocab_size=round_up(rows, 64), seq_len=m.seq_len, dropout=m.dropout, rope_theta=m.rope_theta,
+            tie_embeddings=m.tie_embeddings, mask_token_id=vocab_size if masked else None,
+            mask_fraction=m.mask_fraction,
+        )
+
+    # --- size ---------------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def parameter_count(self, shape: ModelShape) -> int:
+        """Exactly the parameters of the built model (tests/test_models.py checks every family)."""
+
+    def embedding_parameters(self, shape: ModelShape) -> int:
+        return shape.vocab_size * shape.d_model * (1 if shape.tie_embeddings else 2)
+
+    def lookup_parameters(self, shape: ModelShape) -> int:
+        """Parameters read by table lookup rather than multiplied: the input embedding when it is not also the
+        output projection (tied, it is counted once, as the output matmul)."""
+        return 0 if shape.tie_embeddings else shape.vocab_size * shape.d_model
+
+    def flops_per_token(self, shape: ModelShape) -> int:
+        """Training FLOPs per token: 6 per matmul parameter, plus 12·L·d·T for attention scores (PaLM, appendix B)."""
+        matmul_parameters = self.parameter_count(shape) - self.lookup_parameters(shape)
+        attention = 12 * shape.n_layer * shape.d_model * shape.seq_len if self.attention else 0
+        return 6 * matmul_parameters + attention
+
+    # --- adapters -----------------------------------------------------------------------------------------------
+
+    def block_linears(self, shape: ModelShape) -> dict[str, tuple[int, int]]:
+        """Name within a block -> (in, out) features of each of its nn.Linear layers."""
+        return {}
+
+    def linear_layers(self, shape: ModelShape) -> dict[str, tuple[int, int]]:
+        """Module name -> (in, out) features of every nn.Linear of the built model."""
+        block = self.block_linears(shape)
+        layers = {f"blocks.{i}.{name}": size for i in range(shape.n_layer) for name, size in block.items()}
+        return {**layers, "lm_head": (shape.d_model, shape.vocab_size)}
+
+    # --- torch --------------------------------------------------------------------------------------------------
+
+    def module(self) -> type:
+        """The nn.Module class (imports torch)."""
+        path, name = self.module_path.split(":")
+        return getattr(importlib.import_module(path), name)
+
+    # --- Hugging Face layout ------------------------------------------------------------------------------------
+
+    def hf_config(self, shape: ModelShape) -> dict[str, Any]:
+        raise NotImplementedError(f"`{self.name}` models have no Hugging Face layout")
+
+    def hf_tensors(self, state: dict[str, Any], shape: ModelShape) -> dict[str, Any]:
+        """Our state dict -> the transformers tensor names (tied output weights left out, as transformers expects)."""
+        raise NotImplementedError(f"`{self.name}` models have no Hugging Face layout")

@@ -1,0 +1,1 @@
+"""The tasks the trainer trains: language modelling on windows, packed SFT, classification."""
