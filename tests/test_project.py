@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,33 @@ def test_ci_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     assert ci_command.endswith("python -m pytest")
     assert f"\n{ci_command}\n" in readme
+
+
+LIBRARIES_BELOW_THE_PLAN = ("training", "models")
+FLOORS_ABOVE = ("plan", "run", "steps", "finetune", "evals")
+
+
+def test_training_and_models_import_nothing_from_the_floors_above_them():
+    """The trainer and the families are libraries: executors translate their specs into the libraries' own types."""
+    above = re.compile(r"^\s*(?:from|import)\s+llmrecipe\.(" + "|".join(FLOORS_ABOVE) + r")\b", re.MULTILINE)
+    found = [f"{path.relative_to(REPO)}: llmrecipe.{match}"
+             for package in LIBRARIES_BELOW_THE_PLAN for path in sorted((REPO / "llmrecipe" / package).rglob("*.py"))
+             for match in above.findall(path.read_text(encoding="utf-8"))]
+    assert not found, found
+
+
+def test_only_the_trainer_runs_backward_passes():
+    """`.backward(` is called only in training/ (a custom autograd Function's `backward` method is a definition)."""
+    calls = [f"{path.relative_to(REPO)}:{number}"
+             for path in sorted((REPO / "llmrecipe").rglob("*.py")) if "training" not in path.parts
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if ".backward(" in line]
+    assert not calls, calls
+
+
+def test_recipe_architectures_are_the_family_registry():
+    from typing import get_args
+
+    from llmrecipe.models.registry import FAMILIES
+    from llmrecipe.recipe.pretrain import ModelConfig
+
+    assert set(get_args(ModelConfig.model_fields["arch"].annotation)) == set(FAMILIES)

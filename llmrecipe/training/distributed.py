@@ -8,6 +8,7 @@ it, so a run with N processes sees exactly the data of a one-process run; only f
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -68,10 +69,15 @@ def distribute(objective: nn.Module, model: nn.Module, blocks: nn.ModuleList | N
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        # Our buffers (rotary tables, class weights) are functions of the shape: no sync before each forward. Newer
+        # torch names that setting `forward_sync_buffers`; torch 2.11 knows only `broadcast_buffers`.
+        no_buffer_sync = ({"forward_sync_buffers": False}
+                          if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                          else {"broadcast_buffers": False})
         objective = DistributedDataParallel(
             objective, device_ids=[torch.cuda.current_device()] if device == "cuda" else None,
             gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy in, none out
-            broadcast_buffers=False,  # our buffers (rotary tables, class weights) are functions of the shape
+            **no_buffer_sync,
         )
     return torch.compile(objective, dynamic=dynamic or None) if compile else objective
 
