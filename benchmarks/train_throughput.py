@@ -1,16 +1,23 @@
 """Training throughput of our GPT-2 and LLaMA style decoders against Hugging Face transformers' GPT2LMHeadModel
 and LlamaForCausalLM built with the same dimensions, batch and dtype, on this machine.
 
-One training step = forward, loss, backward, gradient clipping, fused AdamW step (both sides). Each model runs a
-few warm-up steps, then several timed rounds interleaved with its peer (so load from other processes hits both alike);
+One training step = forward, loss, backward, gradient clipping, fused AdamW step (both sides). Ours is the trainer's
+own step: the task's objective (model and loss) run as the trainer distributes and compiles it, and the trainer's
+one host sync per step (loss and gradient norm read back); Hugging Face's side never syncs. Each model runs a few
+warm-up steps, then several timed rounds interleaved with its peer (so load from other processes hits both alike);
 the best round counts. MFU = model FLOPs per token (6N + attention, as `llmrecipe plan` derives them) x tokens/s
 over the measured matmul peak of the same precision.
 
     python benchmarks/train_throughput.py [--compile] [--steps 4] [--rounds 5] [--sizes 6x384] [--archs llama]
 
-With --compile, compiled rows also give `warmup_seconds`: the first steps including the compile (cold unless
-inductor's cache already holds these graphs). The matmul peak is the fastest of many single matmuls, probed
-between the timed rounds all through the run (the printed rows use the best so far, the last line the best of all).
+With --compile both sides are compiled (Hugging Face's model with torch.compile too), and compiled rows also give
+`warmup_seconds`: the first steps including the compile (cold unless inductor's cache already holds these graphs).
+The matmul peak is the fastest of many single matmuls, probed between the timed rounds all through the run (the
+printed rows use the best so far, the last line the best of all).
+
+Sizes: the two small ones it was tuned at (sequence 256, vocabulary 8192), and one at the sequence length and
+vocabulary of real models (1024 tokens, 32k vocabulary), where attention and the output layer weigh more. Not
+measured here: data loading (both sides train on one fixed batch), multi-process scaling, memory.
 
 The last line is one JSON object; its headline keys are for the default settings (first size, bf16 autocast
 where the CPU supports it, eager).
@@ -31,14 +38,17 @@ from llmrecipe.models.family import round_up
 from llmrecipe.plan.derive import flops_per_token
 from llmrecipe.models.shape import ModelShape
 from llmrecipe.recipe.pretrain import OptimConfig
-from llmrecipe.training.loss import cross_entropy_sum
+from llmrecipe.training.distributed import World, distribute
 from llmrecipe.training.optim import build_optimizer
 from llmrecipe.training.peak import measure_matmul_flops
+from llmrecipe.training.tasks.windows import LanguageModelObjective
 
 SIZES = {
     # PEERS.md's reference size for transformers on this machine, and a smaller one.
     "6x384": dict(n_layer=6, n_head=6, d_model=384, seq_len=256, vocab_size=8192, batch=8),
     "4x256": dict(n_layer=4, n_head=4, d_model=256, seq_len=256, vocab_size=8192, batch=8),
+    # Real models' sequence length and vocabulary (LLaMA-2's 32,000 ids), same tokens per step as the others.
+    "6x384-s1024-v32k": dict(n_layer=6, n_head=6, d_model=384, seq_len=1024, vocab_size=32000, batch=2),
 }
 
 
@@ -72,44 +82,57 @@ def hf_model(shape: ModelShape) -> torch.nn.Module:
 class Trainer:
     """A model, its optimizer and one fixed batch; `rate(steps)` times that many training steps."""
 
-    def __init__(self, model: torch.nn.Module, shape: ModelShape, batch: int, precision: str, hf: bool, compiled: bool):
+    def __init__(self, model: torch.nn.Module, shape: ModelShape, batch: int, precision: str, hf: bool, compiled: bool,
+                 device: str = "cpu"):
         torch.manual_seed(0)
-        self.model = model.train()
-        self.forward = torch.compile(model) if compiled else model
+        self.model = model.to(device).train()
+        self.device, self.precision, self.hf = device, precision, hf
         if hf:  # fused AdamW: what transformers' Trainer uses by default on torch >= 2.8
+            self.forward = torch.compile(model) if compiled else model
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-        else:  # what our trainer builds (fused too, no decay on norms, biases and embeddings)
-            self.optimizer = build_optimizer(model, OptimConfig(lr=1e-4, beta2=0.95, weight_decay=0.1), "cpu")
-        self.x = torch.randint(0, shape.vocab_size, (batch, shape.seq_len))  # (B, T)
-        self.y = torch.randint(0, shape.vocab_size, (batch, shape.seq_len))
-        self.precision, self.hf, self.vocab = precision, hf, shape.vocab_size
+        else:  # what our trainer runs: the objective (model + loss), compiled whole; fused AdamW without decay on
+            # norms, biases and embeddings
+            self.forward = distribute(LanguageModelObjective(model), model, None, World(), "ddp", precision, device,
+                                      compiled, dynamic=False)
+            self.optimizer = build_optimizer(model, OptimConfig(lr=1e-4, beta2=0.95, weight_decay=0.1), device)
+        self.x = torch.randint(0, shape.vocab_size, (batch, shape.seq_len), device=device)  # (B, T)
+        self.y = torch.randint(0, shape.vocab_size, (batch, shape.seq_len), device=device)
 
     def step(self) -> None:
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
+        autocast = (torch.autocast(self.device, dtype=torch.bfloat16) if self.precision == "bf16"
+                    else contextlib.nullcontext())
         with autocast:
             if self.hf:  # transformers computes its shifted loss inside the model
                 loss = self.forward(input_ids=self.x, labels=self.x).loss
-            else:
-                logits = self.forward(self.x)  # (B, T, V)
-        if not self.hf:  # the loss our trainer computes, as a mean over the batch's tokens
-            loss = cross_entropy_sum(logits, self.y) / self.y.numel()
+            else:  # the loss our trainer computes: the objective's sum over the batch's count
+                loss = self.forward(inputs=self.x, targets=self.y)["loss"] / self.y.numel()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        if not self.hf:
+            torch.stack([loss.detach(), norm]).tolist()  # the trainer's one host sync per step
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def rate(self, steps: int) -> float:
+        synchronize(self.device)
         start = time.perf_counter()
         for _ in range(steps):
             self.step()
+        synchronize(self.device)
         return steps * self.x.numel() / (time.perf_counter() - start)
 
 
-def compare(arch: str, size_name: str, precision: str, compiled: bool, peaks: Peaks, args) -> dict:
-    size = SIZES[size_name]
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def compare(arch: str, size_name: str, precision: str, compiled: bool, peaks: Peaks, args, sizes: dict = SIZES,
+            device: str = "cpu") -> dict:
+    size = sizes[size_name]
     shape = our_shape(arch, size)
-    ours = Trainer(build_model(shape), shape, size["batch"], precision, hf=False, compiled=compiled)
-    theirs = Trainer(hf_model(shape), shape, size["batch"], precision, hf=True, compiled=False)
+    ours = Trainer(build_model(shape), shape, size["batch"], precision, hf=False, compiled=compiled, device=device)
+    theirs = Trainer(hf_model(shape), shape, size["batch"], precision, hf=True, compiled=compiled, device=device)
     warmup_seconds = {}
     for name, trainer in (("ours", ours), ("theirs", theirs)):
         start = time.perf_counter()
@@ -126,6 +149,7 @@ def compare(arch: str, size_name: str, precision: str, compiled: bool, peaks: Pe
            "ratio": round(best_ours / best_theirs, 3), "flops_per_token": flops_per_token(shape)}
     if compiled:  # what the first steps cost with a cold compile (inductor's cache may make it warm)
         row["warmup_seconds"] = round(warmup_seconds["ours"], 1)
+        row["hf_warmup_seconds"] = round(warmup_seconds["theirs"], 1)
     print(json.dumps(peaks.with_mfu(row)), flush=True)
     return row
 
@@ -135,18 +159,19 @@ class Peaks:
     Like the best round of a model, the best probe is the one that load from elsewhere disturbed least; one probe
     taken in a slow moment would make every MFU of the run too high (above 1, even)."""
 
-    def __init__(self):
+    def __init__(self, device: str = "cpu"):
+        self.device = device
         self.best: dict[str, float] = {}
 
     def probe(self, precision: str) -> None:
-        self.best[precision] = max(self.best.get(precision, 0.0), measure_matmul_flops("cpu", precision, seconds=0.4))
+        measured = measure_matmul_flops(self.device, precision, seconds=0.4)
+        self.best[precision] = max(self.best.get(precision, 0.0), measured)
 
     def with_mfu(self, row: dict) -> dict:
         peak = self.best[row["precision"]]
         return {**row, "mfu": round(row["tokens_per_s"] * row["flops_per_token"] / peak, 3),
                 "hf_mfu": round(row["hf_tokens_per_s"] * row["flops_per_token"] / peak, 3),
                 "peak_gflops": round(peak / 1e9, 1)}
-
 
 
 def main() -> None:
