@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from llmrecipe.data.dedup import Decision
+from llmrecipe.data.hashing import xxh64
 from llmrecipe.data.ledger import Ledger, Stage
 from llmrecipe.data.mismatch import SplitProfile, mismatch_report
 from llmrecipe.data.ops import CORPUS_OPS, HINTS
@@ -210,7 +211,7 @@ class Pipeline:
         quota = np.floor(total * share + 1e-9).astype(np.int64)
         frames = [pl.read_parquet(shard.path, columns=["id", "source"]) for shard in shards]
         ids = pl.concat(frames)
-        draw = ids["id"].hash(seed=self.spec.mix_seed).to_numpy()
+        draw = xxh64(ids["id"], seed=self.spec.mix_seed)
         source = ids["source"].to_numpy()
         keep = np.zeros(len(ids), dtype=bool)
         for index, wanted in enumerate(quota):
