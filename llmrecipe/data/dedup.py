@@ -104,8 +104,9 @@ class NearDedup:
 
     def __init__(self, op: DedupNear, work: Path):
         self.op = op
-        self.folder = work / f"near-{id(self)}"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = work / "near"  # `work`: a folder of this op's own
+        shutil.rmtree(self.folder, ignore_errors=True)  # what a killed run left
+        self.folder.mkdir(parents=True)
         self.signature_file = open(self.folder / "signatures.u32", "wb")
         self.band_files = [open(self.folder / f"band-{band}.u64", "wb") for band in range(op.bands)]
         self.digests: list[np.ndarray] = []

@@ -58,6 +58,12 @@ class SourceLog:
     repaired: Counter = field(default_factory=Counter)
     bad_samples: list[dict] = field(default_factory=list)
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> "SourceLog":
+        """The log `as_dict` described."""
+        return cls(saved["source"], saved["files"], saved["docs"], saved["chars"], Counter(saved["bad_records"]),
+                   Counter(saved["repaired"]), saved["bad_samples"])
+
     def as_dict(self) -> dict:
         return {"source": self.source, "files": self.files, "docs": self.docs, "chars": self.chars,
                 "bad_records": dict(self.bad_records), "repaired": dict(self.repaired), "bad_samples": self.bad_samples}
