@@ -50,6 +50,9 @@ def test_a_step_killed_mid_run_resumes_from_its_finished_shards(corpus, tmp_path
         run_step(tmp_path / "first", files, spec_for(folder / "src"))
     finished.update(runs)
     runs.clear()
+    work = tmp_path / "first" / "scratch" / "work"
+    if kill_after > 4:  # the first pass is complete: its input shards are gone, its outputs kept
+        assert not list(work.glob("read-*.parquet")) and len(list(work.glob("pass1-*.parquet"))) == 4
     (tmp_path / "second").mkdir()
     os.rename(tmp_path / "first" / "scratch", tmp_path / "second" / "scratch")  # the store keeps scratch, not out
     resumed = outputs_of(run_step(tmp_path / "second", files, spec_for(folder / "src")))

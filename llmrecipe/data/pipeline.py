@@ -90,6 +90,8 @@ class Pipeline:
         self.workers = engine_workers(spec.engine, spec.workers, spec.ray_address, spec.batch_mb)
         self._shard_count = 0
         self._pass_count = 0
+        self._pass_inputs: list[Shard] = []
+        """The shards the current pass reads (deleted when it is complete)."""
 
     def run(self, out_dir: Path) -> Outcome:
         self.prepare_work()
@@ -206,6 +208,7 @@ class Pipeline:
         being read when there is no pending decision (one needs them all). A job done by a killed run is made
         without its slices: it is not run again."""
         self._pass_count += 1  # now, not when the jobs are first asked for: pass_marker() names this pass
+        self._pass_inputs = []
         return self._jobs(self._pass_count, shards, pending, ops, observe, split_bounds, save_words)
 
     def _jobs(self, pass_number: int, shards: Iterable[Shard], pending: list[Pending], ops: list[tuple[int, DataOp]],
@@ -215,6 +218,7 @@ class Pipeline:
         replacements = None
         offset = 0
         for index, shard in enumerate(shards):
+            self._pass_inputs.append(shard)
             rows = slice(offset, offset + shard.rows)
             offset += shard.rows
             target = self.target_path(pass_number, index)
@@ -264,10 +268,10 @@ class Pipeline:
         for earlier in done:
             yield earlier, load_result(result_path(earlier.target))
 
-    def finish_pass(self, shards: Iterable[Shard], out: list[Shard]) -> None:
+    def finish_pass(self, out: list[Shard]) -> None:
         """A pass is complete: its output shards are saved as the next pass's input, then its inputs deleted."""
         save_json(self.pass_marker(), [[s.path.name, s.rows, s.words] for s in out])
-        for shard in shards:
+        for shard in self._pass_inputs:
             shard.path.unlink(missing_ok=True)
             words_path(shard.path).unlink(missing_ok=True)
 
@@ -383,7 +387,7 @@ class Pipeline:
             decided.append(self.saved_decision(stage, lambda: corpus.decide(among)))
             decision = decided[-1].decision
             among = decision.keep if among is None else among & decision.keep
-        self.finish_pass(shards, out)
+        self.finish_pass(out)
         return out, decided
 
     def split_reuses_words(self, group: list[int]) -> bool:
@@ -449,7 +453,7 @@ class Pipeline:
         out = [Shard(job.target, result.rows)
                for job, result in self.run_jobs(self.jobs(shards, pending, document_ops)) if result.rows]
         self.check_not_empty()
-        self.finish_pass(shards, out)
+        self.finish_pass(out)
         return out
 
     def positions_by_source(self, shards: list[Shard]) -> tuple[np.ndarray, np.ndarray]:
