@@ -226,3 +226,53 @@ def test_url_needs_a_valid_sha256(tmp_path):
     recipe.write_text('[run]\nname = "r"\n[steps.c]\nkind = "data"\nsources = [{ url = "ftp://x/a.txt", sha256 = "' + "0" * 64 + '" }]\n')
     with pytest.raises(RecipeError, match=r"steps\.c\.sources.*not an http\(s\) URL"):
         load_recipe(recipe)
+
+
+# hostile input
+
+
+def test_a_symlink_loop_lists_each_file_once(tmp_path):
+    """A link back to an ancestor folder, a second link to it, and a link to a file: each file is read once."""
+    from llmrecipe.data.locate import source_files
+
+    src = tmp_path / "src"
+    write(src, {"a.txt": "alpha", "sub/b.txt": "beta"})
+    (src / "sub" / "loop").symlink_to(src, target_is_directory=True)
+    (src / "loop2").symlink_to(src / "sub", target_is_directory=True)
+    (src / "alias.txt").symlink_to(src / "a.txt")
+    root, files = source_files(Source(path=str(src)), tmp_path, "steps.corpus.sources[0]")
+    assert [p.relative_to(root).as_posix() for p in files] == ["a.txt", "sub/b.txt"]
+
+
+def test_binary_files_are_counted_skips_or_a_clear_error(tmp_path):
+    import random
+
+    noise = random.Random(0).randbytes(20_000)
+    src = tmp_path / "src"
+    names = write(src, {"good.txt": "plain text, caf\xe9 included", "image.png": b"\x89PNG\r\n\x1a\n" + noise,
+                        "blob.jsonl": noise})
+    _, stats = run_step(tmp_path, [Source(path=str(src), format="auto")], external(src, names))
+    assert train(tmp_path)["text"].to_list() == ["plain text, café included"]
+    assert stats["sources"][0]["bad_records"] == {"binary_file": 2}
+    with pytest.raises(StepError, match=r"blob\.jsonl: bad record \(binary_file"):
+        run_step(tmp_path / "again", [Source(path=str(src))], external(src, names), policy="fail")
+
+
+def test_latin1_text_is_not_binary():
+    from llmrecipe.data.read import looks_binary
+
+    assert not looks_binary("Déjà vu à la française, señor. ".encode("latin-1") * 20)
+    assert not looks_binary("ünïcödé ✓ text\n".encode() * 20)
+    assert looks_binary("utf-16 text".encode("utf-16-le"))
+
+
+def test_non_string_text_values_are_counted_skips_or_a_clear_error(tmp_path):
+    src = tmp_path / "src"
+    lines = ['{"text": "kept one"}', '{"text": 5}', '{"text": ["a list"]}', '{"meta": {"text": 1}, "text": "kept two"}',
+             '{"text": {"an": "object"}}', '{"text": null}', '{"text": true}', '{"note": "\\"text\\": 3", "text": "kept three"}']
+    names = write(src, {"d.jsonl": "\n".join(lines) + "\n"})
+    _, stats = run_step(tmp_path, [Source(path=str(src))], external(src, names))
+    assert sorted(train(tmp_path)["text"].to_list()) == ["kept one", "kept three", "kept two"]
+    assert stats["sources"][0]["bad_records"] == {"text_not_string": 4, "missing_text": 1}
+    with pytest.raises(StepError, match=r"d\.jsonl:2: bad record \(text_not_string: \"'text' holds int: 5\""):
+        run_step(tmp_path / "again", [Source(path=str(src))], external(src, names), policy="fail")

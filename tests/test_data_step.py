@@ -141,7 +141,7 @@ def test_missing_jsonl_field_names_file_and_columns(tmp_path):
 
 def test_non_text_field_is_a_bad_record(tmp_path):
     write_files(tmp_path, {"d.jsonl": '{"text": 3}\n'})
-    with pytest.raises(StepError, match="holds Int64"):
+    with pytest.raises(StepError, match="holds int: 3"):
         read_files(Source(path=str(tmp_path)), external(tmp_path, ["d.jsonl"]), policy="fail")
 
 

@@ -124,3 +124,23 @@ def test_uninstalled_package_source_is_a_recipe_error(tmp_path):
     write_tiny_recipe(tmp_path, edits=(('{ path = "corpus" }', '{ package = "no_such_pkg_xyz", glob = "*.txt" }'),))
     with pytest.raises(RecipeError, match="no installed package of that name"):
         compile_tiny(tmp_path)
+
+
+def test_engine_is_not_fingerprinted_and_ray_missing_is_a_recipe_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from llmrecipe import api
+    from llmrecipe.errors import RecipeError
+    from tests.conftest import write_tiny_recipe
+
+    path = write_tiny_recipe(tmp_path)
+    local = api.compile(api.load(path, ()))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: real_find_spec(name, *a) if name != "ray" else object())
+    ray = api.compile(api.load(path, ["run.engine=ray", "run.ray_address=auto"]))
+    corpus = [next(s for s in plan.steps if s.name == "corpus") for plan in (local, ray)]
+    assert corpus[1].spec["engine"] == "ray" and corpus[1].spec["ray_address"] == "auto"
+    assert corpus[0].fingerprint == corpus[1].fingerprint
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
+    with pytest.raises(RecipeError, match=r"run.engine = 'ray': Ray is not installed; install it with pip install 'llmrecipe\[ray\]'"):
+        api.compile(api.load(path, ["run.engine=ray"]))

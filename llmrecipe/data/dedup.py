@@ -16,6 +16,7 @@ from typing import Iterable
 import numpy as np
 import polars as pl
 
+from llmrecipe.data.hashing import xxh64
 from llmrecipe.data.minhash import band_keys, signatures
 from llmrecipe.data.quality import sorted_keys
 from llmrecipe.data.words import WordHashes
@@ -27,6 +28,8 @@ READ_GAP = 64
 """Rows at most this far apart are read together, the rows between them with them."""
 READ_SPAN = 1 << 12
 """Rows read together lie in one aligned block of this many rows (bounds one read's buffer)."""
+DIGEST_SEED = 303
+"""Seed of the digest that picks each group's keeper (smallest digest wins)."""
 
 
 @dataclass
@@ -44,7 +47,7 @@ def content_key(text: pl.Series, normalized: bool) -> np.ndarray:
     if normalized:
         # only runs and non-space whitespace need replacing: far fewer matches than every single space
         text = text.str.to_lowercase().str.replace_all(r"\s{2,}|[\t\n\r\f\v]", " ").str.strip_chars()
-    return np.stack([text.hash(seed=101).to_numpy(), text.hash(seed=202).to_numpy()], axis=1)
+    return np.stack([xxh64(text, seed=101), xxh64(text, seed=202)], axis=1)
 
 
 class ExactDedup:
@@ -64,7 +67,7 @@ class ExactDedup:
     def observation(op: DedupExact, text: pl.Series, words: WordHashes | None = None) -> tuple[np.ndarray, np.ndarray]:
         """What deciding needs from one batch (computed where the batch is, possibly a worker process); `words`
         (the texts' lower-cased word hashes, when known) are not needed."""
-        return content_key(text, op.compare == "normalized"), text.hash(seed=303).to_numpy()
+        return content_key(text, op.compare == "normalized"), xxh64(text, seed=DIGEST_SEED)
 
     def absorb(self, observation: tuple[np.ndarray, np.ndarray]) -> None:
         keys, digests = observation
@@ -101,8 +104,9 @@ class NearDedup:
 
     def __init__(self, op: DedupNear, work: Path):
         self.op = op
-        self.folder = work / f"near-{id(self)}"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = work / "near"  # `work`: a folder of this op's own
+        shutil.rmtree(self.folder, ignore_errors=True)  # what a killed run left
+        self.folder.mkdir(parents=True)
         self.signature_file = open(self.folder / "signatures.u32", "wb")
         self.band_files = [open(self.folder / f"band-{band}.u64", "wb") for band in range(op.bands)]
         self.digests: list[np.ndarray] = []
@@ -115,7 +119,7 @@ class NearDedup:
         """Signatures, band keys and content digests of one batch (computed where the batch is); `words`: the
         texts' `lowercase_word_hashes` when already known."""
         signature = signatures(text, op.shingle_size, op.num_perm, words)  # [docs, num_perm]
-        return signature, band_keys(signature, op.bands), text.hash(seed=303).to_numpy()  # keys: [docs, bands]
+        return signature, band_keys(signature, op.bands), xxh64(text, seed=DIGEST_SEED)  # keys: [docs, bands]
 
     def absorb(self, observation: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         signature, keys, digests = observation

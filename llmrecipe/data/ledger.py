@@ -28,6 +28,13 @@ class Stage:
     dropped_chars: Counter = field(default_factory=Counter)
     counters: Counter = field(default_factory=Counter)
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> "Stage":
+        """The stage `as_dict` described."""
+        counts = {key: Counter(saved[key]) for key in ("dropped", "dropped_chars", "counters")}
+        return cls(saved["stage"], saved["op"], saved["docs_in"], saved["chars_in"], saved["docs_out"], saved["chars_out"],
+                   **counts)
+
     def as_dict(self) -> dict:
         return {
             "stage": self.label, "op": self.op, "docs_in": self.docs_in, "docs_out": self.docs_out,

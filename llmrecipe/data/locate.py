@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import hashlib
 import importlib.util
+import os
+import re
 from pathlib import Path
 
 from llmrecipe.errors import RecipeError
@@ -31,14 +33,80 @@ def source_files(source: Source, base_dir: Path, where: str) -> tuple[Path, list
             root, pattern = path, source.glob
         else:
             raise RecipeError(f"{where}.path = '{source.path}': no such file or folder ({path}); check the path")
-    files = sorted(
-        (Path(p) for p in glob.glob(pattern, root_dir=root, recursive=True) if not _hidden(p)),
-        key=lambda p: str(p),
-    )
-    files = [root / p for p in files if (root / p).is_file()]
+    files = matching_files(root, pattern)
     if not files:
         raise RecipeError(f"{where}: no files match '{pattern}' in {root}; check the glob")
     return root, files
+
+
+def matching_files(root: Path, pattern: str) -> list[Path]:
+    """The files below `root` whose relative path matches the glob `pattern` (`**` spans folders), not hidden,
+    sorted by that path. Symbolic links are followed, but into no folder twice (a link loop would otherwise
+    list the same files at every depth), and a file reached by several paths is listed once: by a path without
+    links if it has one, else the first in order."""
+    matcher = glob_regex(pattern)
+    best: dict[tuple[int, int], tuple[bool, str]] = {}
+    through_link = {str(root): False}
+    seen_folders: set[tuple[int, int]] = set()
+    for folder, folders, names in os.walk(root, followlinks=True):  # depth first: real folders before links
+        here = Path(folder)
+        if _identity(here) in seen_folders:
+            folders[:] = []
+            continue
+        seen_folders.add(_identity(here))
+        linked = through_link[folder]
+        visible = sorted(name for name in folders if not name.startswith("."))
+        folders[:] = [n for n in visible if not (here / n).is_symlink()] + [n for n in visible if (here / n).is_symlink()]
+        through_link.update({os.path.join(folder, n): linked or (here / n).is_symlink() for n in folders})
+        for name in names:
+            path = here / name
+            relative = path.relative_to(root).as_posix()
+            if name.startswith(".") or not matcher.fullmatch(relative) or not path.is_file():
+                continue
+            rank = (linked or path.is_symlink(), relative)
+            identity = _identity(path)
+            best[identity] = min(best.get(identity, rank), rank)
+    return [root / relative for _, relative in sorted(best.values(), key=lambda rank: rank[1])]
+
+
+def glob_regex(pattern: str) -> re.Pattern:
+    """A glob as a regex over relative POSIX paths: `*` and `?` stay inside one folder name, `[...]` is a class,
+    and a `**` component matches any number of folders (as glob's recursive mode)."""
+    parts = []
+    components = pattern.replace(os.sep, "/").split("/")
+    for index, component in enumerate(components):
+        last = index == len(components) - 1
+        if component == "**":
+            parts.append(r"(?:[^/]+/)*[^/]+" if last else r"(?:[^/]+/)*")
+            continue
+        parts.append(_component_regex(component) + ("" if last else "/"))
+    return re.compile("".join(parts))
+
+
+def _component_regex(component: str) -> str:
+    regex, index = [], 0
+    while index < len(component):
+        char = component[index]
+        close = component.find("]", index + 2) if char == "[" else -1
+        if char == "*":
+            regex.append("[^/]*")
+        elif char == "?":
+            regex.append("[^/]")
+        elif close > 0:
+            inside = component[index + 1 : close]
+            negate = inside.startswith("!")
+            members = re.escape(inside[1:] if negate else inside).replace(r"\-", "-")
+            regex.append(f"[^/{members}]" if negate else f"[{members}]")
+            index = close
+        else:
+            regex.append(re.escape(char))
+        index += 1
+    return "".join(regex)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_dev, status.st_ino
 
 
 def sha256_file(path: Path) -> str:
@@ -115,7 +183,3 @@ def _split_glob(path: Path) -> tuple[Path, str]:
         if GLOB_CHARS & set(part):
             return Path(*parts[:i]), str(Path(*parts[i:]))
     return path.parent, path.name
-
-
-def _hidden(relative: str) -> bool:
-    return any(part.startswith(".") for part in Path(relative).parts)

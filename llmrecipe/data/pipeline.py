@@ -4,13 +4,21 @@ Memory stays bounded by the batch size: documents live in Parquet shards of abou
 a work folder, and each pass reads one shard, applies the document ops, and writes it back. A corpus op
 (dedup) is a barrier: it observes every shard during a pass (keeping compact keys), decides once, and the
 next pass applies its decision while reading the shards again; consecutive corpus ops (dedup_exact then
-dedup_near) are observed in one pass and decide one after the other. Worker processes run the shards of a
-pass (llmrecipe.data.shardwork), the first pass's as soon as they are read; this process reads the sources,
-merges their results in shard order, decides, and merges the split parts into train/val/test by streaming.
+dedup_near) are observed in one pass and decide one after the other. Worker processes or Ray tasks run the
+shards of a pass (llmrecipe.data.shardwork), the first pass's as soon as they are read; this process reads the
+sources, merges their results in shard order, decides, and merges the split parts into train/val/test by
+streaming.
+
+Resume: the work folder survives a crash. Each job's result is saved with its output (a job whose result
+exists is not run again), the reading's shard list and source logs are saved once reading ends, each corpus
+decision once it is made, and each pass's output shard list once the pass is complete (then its input shards
+are deleted). A re-run replays the same steps in the same order, loading what was saved: the same bytes as
+an uninterrupted run, without redoing finished work.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +28,23 @@ import numpy as np
 import polars as pl
 
 from llmrecipe.data.dedup import Decision
+from llmrecipe.data.hashing import xxh64
 from llmrecipe.data.ledger import Ledger, Stage
 from llmrecipe.data.mismatch import SplitProfile, mismatch_report
 from llmrecipe.data.ops import CORPUS_OPS, HINTS
 from llmrecipe.data.read import BLOCK_BYTES, Reader, SourceLog, document_schema
-from llmrecipe.data.shardwork import PendingSlice, ShardJob, ShardResult, stage_label
+from llmrecipe.data.shardwork import (PendingSlice, ShardJob, ShardResult, load_result, result_path, stage_label,
+                                      words_path)
 from llmrecipe.data.split import SPLITS, fixed_bounds, positions, stratified_bounds
-from llmrecipe.data.workers import Workers
+from llmrecipe.data.workers import engine_workers
 from llmrecipe.errors import StepError
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.plan.specs import DataSpec
 from llmrecipe.recipe.data import DataOp
+
+
+WORK_LAYOUT = 1
+"""Version of the work folder's files; a work folder of another version (or batch size) is started afresh."""
 
 
 @dataclass
@@ -73,16 +87,31 @@ class Pipeline:
         self.schema = document_schema(self.metadata)
         self.batch_bytes = spec.batch_mb << 20
         self.ledger = Ledger(work)
-        self.workers = Workers(spec.workers)
+        self.workers = engine_workers(spec.engine, spec.workers, spec.ray_address, spec.batch_mb)
         self._shard_count = 0
+        self._pass_count = 0
+        self._pass_inputs: list[Shard] = []
+        """The shards the current pass reads (deleted when it is complete)."""
 
     def run(self, out_dir: Path) -> Outcome:
-        shutil.rmtree(self.work, ignore_errors=True)
-        self.work.mkdir(parents=True)
+        self.prepare_work()
         try:
             return self._run(out_dir)
         finally:
             self.workers.close()
+
+    def prepare_work(self) -> None:
+        """Keep a killed run's work folder when it was made the same way; else start afresh."""
+        layout = {"layout": WORK_LAYOUT, "batch_mb": self.spec.batch_mb}
+        marker = self.work / "layout.json"
+        if marker.exists() and json.loads(marker.read_text()) == layout:
+            done = sum(1 for _ in self.work.glob("*.result"))
+            if done:
+                self.log(f"resuming: {done} finished shard jobs kept")
+            return
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        marker.write_text(json.dumps(layout))
 
     def _run(self, out_dir: Path) -> Outcome:
         shards, sources = self.read_sources()
@@ -101,7 +130,14 @@ class Pipeline:
 
     def read_sources(self) -> tuple[Iterator[Shard], list[SourceLog]]:
         """The shards the sources make, written as they are consumed (so the first pass can work on the first
-        shards while later ones are read), and the sources' logs, complete once the shards are."""
+        shards while later ones are read), and the sources' logs, complete once the shards are. After a killed
+        run that had read everything: the shards and logs it saved."""
+        saved = self.work / "read.json"
+        if saved.exists():
+            read = json.loads(saved.read_text())
+            self._shard_count = len(read["shards"])
+            return iter([Shard(self.work / path, rows) for path, rows in read["shards"]]), [
+                SourceLog.from_dict(log) for log in read["sources"]]
         groups: list[list[ExternalFile]] = [[] for _ in self.spec.sources]
         for file in self.external:
             if not 0 <= file.source < len(groups):
@@ -114,8 +150,10 @@ class Pipeline:
 
     def shards_read(self, readers: list[Reader], groups: list[list[ExternalFile]]) -> Iterator[Shard]:
         frames = (frame for reader, files in zip(readers, groups) for frame in reader.documents(files))
+        written = []
         for batch in self.rebatched(frames):
-            yield self.write_shard(batch)
+            written.append(self.write_shard(batch))
+            yield written[-1]
         for reader in readers:
             self.log(f"sources[{reader.index}]: {reader.log.docs} documents from {reader.log.files} files"
                      + (f", {sum(reader.log.bad_records.values())} bad records skipped" if reader.log.bad_records else ""))
@@ -126,6 +164,8 @@ class Pipeline:
                 f"the sources gave no documents ({sum(s.files for s in sources)} files read, {bad} bad records); "
                 "check that the files hold text and that `unit`, `format` and `text_field` fit them"
             )
+        save_json(self.work / "read.json", {"shards": [[s.path.name, s.rows] for s in written],
+                                            "sources": [s.as_dict() for s in sources]})
 
     def rebatched(self, frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
         """Frames regrouped into batches of about `batch_bytes` of text."""
@@ -140,15 +180,23 @@ class Pipeline:
             yield pl.concat(held)
 
     def next_path(self) -> Path:
-        path = self.work / f"shard-{self._shard_count:06d}.parquet"
+        """The next shard the sources fill."""
+        path = self.work / f"read-{self._shard_count:06d}.parquet"
         self._shard_count += 1
         return path
+
+    def target_path(self, pass_number: int, index: int) -> Path:
+        """What the job of pass `pass_number` (from 1) on the pass's `index`th input shard writes: named by
+        position, not by the order jobs happened to be made in, so a re-run finds the same names."""
+        return self.work / f"pass{pass_number}-{index:06d}.parquet"
 
     def write_shard(self, frame: pl.DataFrame) -> Shard:
         if self._shard_count == 1:  # a second shard: the passes will have work for several workers
             self.workers.start()
         path = self.next_path()
-        frame.write_parquet(path, compression="uncompressed")  # read back once, soon: speed over size
+        index = self._shard_count - 1
+        if not result_path(self.target_path(1, index)).exists():  # else the first pass has done with it
+            frame.write_parquet(path, compression="uncompressed")  # read back once, soon: speed over size
         return Shard(path, len(frame))
 
     # passes
@@ -156,30 +204,79 @@ class Pipeline:
     def jobs(self, shards: Iterable[Shard], pending: list[Pending], ops: list[tuple[int, DataOp]],
              observe: list[DataOp] | None = None, split_bounds: dict | None = None,
              save_words: bool = False) -> Iterator[ShardJob]:
-        """One job per shard, each with its slices of the pending decisions. Shards may still be being read
-        when there is no pending decision (one needs them all)."""
+        """One job per shard of a new pass, each with its slices of the pending decisions. Shards may still be
+        being read when there is no pending decision (one needs them all). A job done by a killed run is made
+        without its slices: it is not run again."""
+        self._pass_count += 1  # now, not when the jobs are first asked for: pass_marker() names this pass
+        self._pass_inputs = []
+        return self._jobs(self._pass_count, shards, pending, ops, observe, split_bounds, save_words)
+
+    def _jobs(self, pass_number: int, shards: Iterable[Shard], pending: list[Pending], ops: list[tuple[int, DataOp]],
+              observe: list[DataOp] | None, split_bounds: dict | None, save_words: bool) -> Iterator[ShardJob]:
         if pending:
             shards = list(shards)
-        replacements = [self.replacement_ids(shards, decided) for decided in pending]
+        replacements = None
         offset = 0
-        for shard in shards:
+        for index, shard in enumerate(shards):
+            self._pass_inputs.append(shard)
             rows = slice(offset, offset + shard.rows)
-            pieces = []
-            for decided, replacement in zip(pending, replacements):
-                keep = decided.decision.keep[rows]
-                duplicates = None
-                if replacement is not None:
-                    duplicates = replacement(decided.decision.duplicate_of[rows][~keep])
-                pieces.append(PendingSlice(decided.stage.label, decided.stage.op, decided.decision.reason, keep, duplicates))
             offset += shard.rows
+            target = self.target_path(pass_number, index)
             reuse_words = shard.words and split_bounds is not None and not ops
-            yield ShardJob(shard.path, self.next_path(), pieces, ops, observe or [], split_bounds, save_words, reuse_words)
+            job = ShardJob(shard.path, target, [], ops, observe or [], split_bounds, save_words, reuse_words)
+            if not result_path(target).exists():
+                if replacements is None:
+                    replacements = [self.replacement_ids(shards, decided) for decided in pending]
+                job.pending = [self.pending_slice(decided, replacement, rows)
+                               for decided, replacement in zip(pending, replacements)]
+            yield job
+
+    @staticmethod
+    def pending_slice(decided: Pending, replacement: Callable | None, rows: slice) -> PendingSlice:
+        keep = decided.decision.keep[rows]
+        duplicates = None
+        if replacement is not None:
+            duplicates = replacement(decided.decision.duplicate_of[rows][~keep])
+        return PendingSlice(decided.stage.label, decided.stage.op, decided.decision.reason, keep, duplicates)
 
     def run_jobs(self, jobs: Iterator[ShardJob]) -> Iterator[tuple[ShardJob, ShardResult]]:
-        """Each job with its result, in shard order, its ledger part merged."""
-        for job, result in self.workers.run(jobs):
+        """Each job with its result (run now, or saved by a killed run), in shard order, its ledger part merged."""
+        done: list[ShardJob] = []
+
+        def to_run() -> Iterator[ShardJob]:
+            for job in jobs:
+                if result_path(job.target).exists():
+                    done.append(job)
+                else:
+                    yield job
+
+        # jobs done earlier are answered in place, in order, between the jobs that run
+        ordered = self._in_order(self.workers.run(to_run()), done)
+        for job, result in ordered:
             self.ledger.merge(result.ledger)
             yield job, result
+
+    @staticmethod
+    def _in_order(running: Iterator[tuple[ShardJob, ShardResult]], done: list[ShardJob]):
+        """Results of the jobs that ran, with those of jobs done earlier put back in their place (jobs are made in
+        order, so each done job precedes the running job made after it)."""
+        for job, result in running:
+            while done and done[0].target < job.target:
+                earlier = done.pop(0)
+                yield earlier, load_result(result_path(earlier.target))
+            yield job, result
+        for earlier in done:
+            yield earlier, load_result(result_path(earlier.target))
+
+    def finish_pass(self, out: list[Shard]) -> None:
+        """A pass is complete: its output shards are saved as the next pass's input, then its inputs deleted."""
+        save_json(self.pass_marker(), [[s.path.name, s.rows, s.words] for s in out])
+        for shard in self._pass_inputs:
+            shard.path.unlink(missing_ok=True)
+            words_path(shard.path).unlink(missing_ok=True)
+
+    def pass_marker(self) -> Path:
+        return self.work / f"pass{self._pass_count}.json"
 
     def replacement_ids(self, shards: list[Shard], pending: Pending) -> Callable[[np.ndarray], pl.Series] | None:
         """When the pending decision names which document replaced each dropped one (dedup): a lookup from
@@ -197,6 +294,21 @@ class Pipeline:
         ids = pl.concat(found)
         return lambda rows: ids.gather(np.searchsorted(wanted, rows))
 
+    # decisions
+
+    def saved_decision(self, stage: Stage, make: Callable[[], Decision]) -> Pending:
+        """The stage's decision: saved by a killed run, or made now and saved."""
+        path = self.work / f"decision-{len(self.ledger.stages)}.npz"
+        if path.exists():
+            with np.load(path) as saved:
+                decision = Decision(saved["keep"], saved["duplicate_of"], str(saved["reason"]))
+        else:
+            decision = make()
+            partial = path.with_name(f"{path.stem}.partial.npz")
+            np.savez(partial, keep=decision.keep, duplicate_of=decision.duplicate_of, reason=decision.reason)
+            partial.replace(path)
+        return Pending(stage, decision)
+
     # mixing
 
     def mixing(self, shards: list[Shard], sources: list[SourceLog]) -> list[Pending]:
@@ -208,18 +320,21 @@ class Pipeline:
         share = weights / weights.sum()
         total = np.min(np.where(have > 0, have / share, np.inf))
         quota = np.floor(total * share + 1e-9).astype(np.int64)
-        frames = [pl.read_parquet(shard.path, columns=["id", "source"]) for shard in shards]
-        ids = pl.concat(frames)
-        draw = ids["id"].hash(seed=self.spec.mix_seed).to_numpy()
-        source = ids["source"].to_numpy()
-        keep = np.zeros(len(ids), dtype=bool)
-        for index, wanted in enumerate(quota):
-            rows = np.flatnonzero(source == index)
-            if wanted > 0:
-                keep[rows[np.argsort(draw[rows], kind="stable")[:wanted]]] = True
+
+        def decide() -> Decision:
+            frames = [pl.read_parquet(shard.path, columns=["id", "source"]) for shard in shards]
+            ids = pl.concat(frames)
+            draw = xxh64(ids["id"], seed=self.spec.mix_seed)
+            source = ids["source"].to_numpy()
+            keep = np.zeros(len(ids), dtype=bool)
+            for index, wanted in enumerate(quota):
+                rows = np.flatnonzero(source == index)
+                if wanted > 0:
+                    keep[rows[np.argsort(draw[rows], kind="stable")[:wanted]]] = True
+            return Decision(keep, np.full(len(keep), -1), "mixing")
+
         self.log("mix: " + ", ".join(f"sources[{i}] {q} of {int(h)}" for i, (q, h) in enumerate(zip(quota, have))))
-        decision = Decision(keep, np.full(len(keep), -1), "mixing")
-        return [Pending(self.ledger.stage("mix", "mix"), decision)]
+        return [self.saved_decision(self.ledger.stage("mix", "mix"), decide)]
 
     # ops
 
@@ -253,23 +368,26 @@ class Pipeline:
         documents the ops before it in the group keep (their observations are filtered, not made again)."""
         document_ops = self.ops_before(group[0])
         ops = [self.spec.ops[index] for index in group]
-        corpora = [CORPUS_OPS[op.op](op, self.work) for op in ops]
         save_words = self.split_reuses_words(group)
         self.stages_for(document_ops)
+        jobs = self.jobs(shards, pending, document_ops, observe=ops, save_words=save_words)
+        complete = self.pass_marker().exists()  # (after `jobs` began the pass) its decisions are saved too
+        corpora = [] if complete else [CORPUS_OPS[op.op](op, self.work / f"ops-{index}") for index, op in zip(group, ops)]
         out = []
-        for job, result in self.run_jobs(self.jobs(shards, pending, document_ops, observe=ops, save_words=save_words)):
+        for job, result in self.run_jobs(jobs):
             if result.rows:
                 for corpus, observation in zip(corpora, result.observations):
                     corpus.absorb(observation)
                 out.append(Shard(job.target, result.rows, words=save_words))
         self.check_not_empty()
         decided, among = [], None
-        for index, op, corpus in zip(group, ops, corpora):
+        for index, op, corpus in zip(group, ops, corpora or [None] * len(ops)):
             stage = self.ledger.stage(stage_label(index, op), op.op)
             self.log(f"ops[{index}] {op.op}: deciding over the whole corpus")
-            decision = corpus.decide(among)
-            decided.append(Pending(stage, decision))
+            decided.append(self.saved_decision(stage, lambda: corpus.decide(among)))
+            decision = decided[-1].decision
             among = decision.keep if among is None else among & decision.keep
+        self.finish_pass(out)
         return out, decided
 
     def split_reuses_words(self, group: list[int]) -> bool:
@@ -335,6 +453,7 @@ class Pipeline:
         out = [Shard(job.target, result.rows)
                for job, result in self.run_jobs(self.jobs(shards, pending, document_ops)) if result.rows]
         self.check_not_empty()
+        self.finish_pass(out)
         return out
 
     def positions_by_source(self, shards: list[Shard]) -> tuple[np.ndarray, np.ndarray]:
@@ -345,3 +464,10 @@ class Pipeline:
             sources.append(frame["source"].to_numpy())
             found.append(positions(frame["text"]))
         return np.concatenate(sources), np.concatenate(found)
+
+
+def save_json(path: Path, value) -> None:
+    """`value` as JSON at `path`, renamed into place (its existence means it is whole)."""
+    partial = path.with_name(f"{path.name}.partial")
+    partial.write_text(json.dumps(value))
+    partial.replace(path)

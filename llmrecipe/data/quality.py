@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from llmrecipe.data.clean import OpResult, first_reason
+from llmrecipe.data.hashing import xxh64
 from llmrecipe.data.read import PARAGRAPH
 from llmrecipe.data.words import WordSet, hash_words, split_words
 from llmrecipe.recipe.data import Quality
@@ -125,7 +126,7 @@ def duplicate_pieces(text: pl.Series, unit: str) -> tuple[np.ndarray, np.ndarray
         .filter(pl.col("piece").is_not_null() & (pl.col("piece") != ""))
     )
     doc = pieces["doc"].to_numpy().astype(np.int64)
-    key = pieces["piece"].hash(seed=7).to_numpy() ^ (doc.astype(np.uint64) * DOC_MIX)
+    key = xxh64(pieces["piece"], seed=7) ^ (doc.astype(np.uint64) * DOC_MIX)
     repeat = np.zeros(len(key), dtype=bool)
     repeat[later_occurrences(key)] = True
     chars = pieces["piece"].str.len_chars().to_numpy().astype(np.float64)

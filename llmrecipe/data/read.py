@@ -11,8 +11,10 @@ import gzip
 import hashlib
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -29,6 +31,11 @@ EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".
 BLOCK_BYTES = 16 << 20
 BAD_SAMPLES = 5
 """Bad records of each kind kept (file, line, excerpt) in the report."""
+SNIFF_BYTES = 8192
+"""How much of a text or JSONL file is looked at to tell binary content from text."""
+MAX_BINARY_SHARE = 0.3
+"""A file whose first SNIFF_BYTES are more than this share of NUL/control bytes and bytes that are not UTF-8 is
+binary (random bytes: about 0.55; Latin-1 or Windows-1252 prose, which decoding repairs: a few percent)."""
 
 # A paragraph is a run of lines that each hold something other than whitespace; Rust's regex engine
 # matches it in linear time, so splitting stays vectorized however large the block.
@@ -50,6 +57,12 @@ class SourceLog:
     bad_records: Counter = field(default_factory=Counter)
     repaired: Counter = field(default_factory=Counter)
     bad_samples: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "SourceLog":
+        """The log `as_dict` described."""
+        return cls(saved["source"], saved["files"], saved["docs"], saved["chars"], Counter(saved["bad_records"]),
+                   Counter(saved["repaired"]), saved["bad_samples"])
 
     def as_dict(self) -> dict:
         return {"source": self.source, "files": self.files, "docs": self.docs, "chars": self.chars,
@@ -138,12 +151,19 @@ class Reader:
             if not content.strip():
                 self.bad("empty_file", file, "", "")
                 return
+            if looks_binary(content[:SNIFF_BYTES]):
+                self.bad("binary_file", file, "", binary_excerpt(content))
+                return
             yield pl.DataFrame({"id": [file.name], "text": [decode(content, self.log.repaired)]})
-        elif fmt == "text":
-            separator = b"\n\n" if self.source.unit == "paragraph" else b"\n"
-            yield from self._text_units(blocks(stream, separator, self.block_bytes), file)
-        elif fmt == "jsonl":
-            yield from self._jsonl(blocks(stream, b"\n", self.block_bytes), file)
+        elif fmt in ("text", "jsonl"):
+            separator = b"\n\n" if fmt == "text" and self.source.unit == "paragraph" else b"\n"
+            chunks = blocks(stream, separator, self.block_bytes)
+            first = next(chunks, b"")
+            if looks_binary(first[:SNIFF_BYTES]):
+                self.bad("binary_file", file, "", binary_excerpt(first))
+                return
+            chunks = chain([first], chunks)
+            yield from (self._text_units(chunks, file) if fmt == "text" else self._jsonl(chunks, file))
         else:
             content = stream.read()
             if not content.strip():
@@ -185,11 +205,14 @@ class Reader:
         """The chunk's JSON objects with their line numbers; malformed lines are bad records (slow path only
         for chunks that hold one)."""
         text = decode(chunk, self.log.repaired).encode()
-        try:
-            table = pl.read_ndjson(io.BytesIO(text), infer_schema_length=None)
-            return table.with_columns(_line=pl.int_range(first_line, first_line + len(table)))
-        except pl.exceptions.PolarsError:
-            pass
+        # polars turns a number, list or object in a column of strings into its JSON text: a chunk where the text
+        # field holds anything but a string takes the line-by-line path, which counts those lines as bad records
+        if not self._non_string_text(text):
+            try:
+                table = pl.read_ndjson(io.BytesIO(text), infer_schema_length=None)
+                return table.with_columns(_line=pl.int_range(first_line, first_line + len(table)))
+            except pl.exceptions.PolarsError:
+                pass
         rows, numbers = [], []
         for offset, line in enumerate(text.split(b"\n")):
             if not line.strip():
@@ -201,11 +224,23 @@ class Reader:
             if not isinstance(row, dict):
                 self.bad("malformed_json", file, f":{first_line + offset + 1}", line[:200].decode(errors="replace"))
                 continue
+            value = row.get(self.source.text_field)
+            if value is not None and not isinstance(value, str):
+                self.bad("text_not_string", file, f":{first_line + offset + 1}",
+                         f"'{self.source.text_field}' holds {type(value).__name__}: {json.dumps(value)[:120]}")
+                continue
             rows.append(self._flat(row))
             numbers.append(first_line + offset)
         if not rows:
             return None
         return pl.DataFrame(rows, infer_schema_length=None, strict=False).with_columns(_line=pl.Series(numbers))
+
+    def _non_string_text(self, chunk: bytes) -> bool:
+        """Whether some line's text field may hold a value other than a string or null (a regex over the chunk:
+        the key, as written by any JSON encoder, then a value that does not start with a quote)."""
+        key = re.escape(json.dumps(self.source.text_field))
+        pattern = rf'(?:^|[{{,])\s*{key}\s*:\s*[^"\sn]'
+        return bool(pl.Series([chunk], dtype=pl.Binary).cast(pl.String, strict=False).str.contains(pattern).any())
 
     def _flat(self, row: dict) -> dict:
         """A parsed JSON object with every value but the text as a string (or null), so lines whose values
@@ -250,6 +285,23 @@ class Reader:
             self.bad(f"malformed_{fmt}", file, "", str(error))
             return
         yield from self._rows_to_documents(table.with_columns(_line=pl.int_range(pl.len())), file)
+
+
+def looks_binary(sample: bytes) -> bool:
+    """Whether the start of a file is binary data rather than text (see MAX_BINARY_SHARE)."""
+    if not sample:
+        return False
+    control = sum(sample.count(bytes([b])) for b in BINARY_CONTROLS)
+    not_utf8 = len(sample) - len(sample.decode("utf-8", errors="ignore").encode())
+    return (control + not_utf8) / len(sample) > MAX_BINARY_SHARE
+
+
+BINARY_CONTROLS = [b for b in range(32) if b not in (9, 10, 12, 13, 27)]
+"""Bytes that text files hardly hold: C0 controls except tab, newline, form feed, carriage return and escape."""
+
+
+def binary_excerpt(content: bytes) -> str:
+    return f"binary content (starts {content[:16].hex(' ')}); give text files, or narrow the source's glob"
 
 
 def corrupt_stream_errors() -> tuple[type[Exception], ...]:

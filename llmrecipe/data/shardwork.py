@@ -1,10 +1,15 @@
-"""One pass over one shard: the unit of work the pipeline hands to its worker processes.
+"""One pass over one shard: the unit of work the pipeline hands to its worker processes (or Ray tasks).
 
-A job reads its shard (and deletes it), applies the pending corpus decision's slice for the shard, runs the
+A job reads its shard, applies the pending corpus decision's slice for the shard, runs the
 document ops, then either writes the surviving documents as the next generation's shard (with what the next
 corpus op needs to observe about them) or, in the last pass, cuts them into split parts. Every count, drop and
 sample goes into a shard-local ledger part that the pipeline merges in shard order, so the result does not
 depend on how many workers ran the jobs.
+
+A job leaves its shard in place and saves its result next to its output, in a folder renamed into place last
+(`result_path`): a job whose result folder exists is done, so a killed step re-runs only unfinished jobs, and a
+job run twice (a retried Ray task) writes the same files again. The pipeline deletes a pass's shards once the
+pass is complete.
 """
 
 from __future__ import annotations
@@ -13,10 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import json
+import os
+import shutil
+
 import numpy as np
 import polars as pl
 
-from llmrecipe.data.ledger import Ledger, LedgerPart
+from llmrecipe.data.ledger import Ledger, LedgerPart, Stage
 from llmrecipe.data.mismatch import ProfilePart, word_buckets
 from llmrecipe.data.ops import CORPUS_OPS, DOCUMENT_OPS
 from llmrecipe.data.split import SPLITS, Bounds, positions, split_codes
@@ -69,10 +78,15 @@ class ShardResult:
 
 
 def run_shard(job: ShardJob) -> ShardResult:
+    """The job run, its result saved (see `result_path`) and returned."""
+    result = shard_result(job)
+    save_result(result, result_path(job.target))
+    return result
+
+
+def shard_result(job: ShardJob) -> ShardResult:
     frame = pl.read_parquet(job.source)
-    job.source.unlink()
     words = load_words(job.source) if job.reuse_words and not job.ops else None
-    words_path(job.source).unlink(missing_ok=True)
     ledger = Ledger(None)
     alive = np.arange(len(frame))  # the rows of the shard as read that are still in `frame`
     for piece in job.pending:
@@ -90,6 +104,47 @@ def run_shard(job: ShardJob) -> ShardResult:
         if lowered is not None:
             save_words(job.target, lowered, len(frame))
     return result
+
+
+def result_path(target: Path) -> Path:
+    """Where the result of the job writing `target` is kept; its existence means the job is done."""
+    return target.with_name(f"{target.name}.result")
+
+
+def save_result(result: ShardResult, folder: Path) -> None:
+    """The result in plain files (JSON, npz, Parquet: nothing pickled), in a folder renamed into place last."""
+    staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    arrays = {f"observation-{i}-{j}": array for i, parts in enumerate(result.observations) for j, array in enumerate(parts)}
+    for name, profile in result.profiles.items():
+        arrays.update({f"profile-{name}-{field}": getattr(profile, field) for field in ("lengths", "buckets", "counts")})
+    np.savez(staging / "arrays.npz", **arrays)
+    ledger = result.ledger
+    if ledger.dropped:
+        pl.concat(ledger.dropped).write_parquet(staging / "dropped.parquet")
+    meta = {"rows": result.rows, "observations": [len(parts) for parts in result.observations],
+            "parts": {name: path.name for name, path in result.parts.items()},
+            "profiles": {name: [profile.docs, profile.chars] for name, profile in result.profiles.items()},
+            "stages": [stage.as_dict() for stage in ledger.stages], "samples": ledger.samples}
+    (staging / "result.json").write_text(json.dumps(meta))
+    try:
+        staging.rename(folder)
+    except OSError:  # another run of the same job (a retried task) finished first: its result is the same
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_result(folder: Path) -> ShardResult:
+    meta = json.loads((folder / "result.json").read_text())
+    with np.load(folder / "arrays.npz") as saved:
+        arrays = {key: saved[key] for key in saved.files}
+    dropped = [pl.read_parquet(folder / "dropped.parquet")] if (folder / "dropped.parquet").exists() else []
+    ledger = LedgerPart([Stage.from_dict(stage) for stage in meta["stages"]], dropped, meta["samples"])
+    observations = [tuple(arrays[f"observation-{i}-{j}"] for j in range(count)) for i, count in enumerate(meta["observations"])]
+    profiles = {name: ProfilePart(docs, chars, *(arrays[f"profile-{name}-{field}"] for field in ("lengths", "buckets", "counts")))
+                for name, (docs, chars) in meta["profiles"].items()}
+    parts = {name: folder.parent / file for name, file in meta["parts"].items()}
+    return ShardResult(meta["rows"], ledger, observations, parts, profiles)
 
 
 def words_path(shard: Path) -> Path:

@@ -28,6 +28,16 @@ AHEAD = 2
 finished results waiting their turn stay a handful of batches."""
 
 
+def engine_workers(engine: str, count: int, ray_address: str | None, batch_mb: int):
+    """What runs a step's shard jobs: local worker processes, or Ray tasks (`llmrecipe.data.ray_engine`, imported
+    only then). Both answer `run(jobs)` with each job's result in job order."""
+    if engine == "ray":
+        from llmrecipe.data.ray_engine import RayWorkers
+
+        return RayWorkers(ray_address, batch_mb)
+    return Workers(count)
+
+
 def worker_count(asked: int) -> int:
     """`asked`, or when it is 0 one per CPU core this process may run on."""
     return asked or core_count()

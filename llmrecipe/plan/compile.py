@@ -6,6 +6,7 @@ versions) is handed in by the caller.
 
 from __future__ import annotations
 
+import importlib.util
 import posixpath
 from typing import Mapping
 
@@ -125,6 +126,15 @@ def process_count(recipe: Recipe, host: Host) -> int:
     return launched
 
 
+def check_engine(recipe: Recipe) -> None:
+    """engine = "ray" needs Ray installed (looked up, not imported: plan stays fast)."""
+    if recipe.run.engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise RecipeError(
+            "run.engine = 'ray': Ray is not installed; install it with pip install 'llmrecipe[ray]', "
+            "or set run.engine = \"local\""
+        )
+
+
 def compile_plan(
     recipe: Recipe,
     *,
@@ -134,6 +144,7 @@ def compile_plan(
     executor_versions: Mapping[str, int],
 ) -> Plan:
     check_references(recipe)
+    check_engine(recipe)
     device = resolve_device(recipe, host)
     builder = _PlanBuilder(executor_versions)
     seed = recipe.run.seed
@@ -146,6 +157,7 @@ def compile_plan(
             spec = DataSpec(
                 sources=step.sources, ops=step.ops, split=step.split, on_bad_record=step.on_bad_record,
                 batch_mb=step.batch_mb, workers=step.workers, mix_seed=seed if weighted else None,
+                engine=recipe.run.engine, ray_address=recipe.run.ray_address,
             )
             builder.add(name, "data", spec, {}, derived=derive.data_summary(spec), external=external.get(name, []))
         elif step.kind == "tokenizer":

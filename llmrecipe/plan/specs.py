@@ -37,11 +37,16 @@ class DataSpec(Spec):
     workers: int
     mix_seed: int | None
     """The run's seed when a source has a mixing weight (it chooses the sampled documents), else None."""
+    engine: Literal["local", "ray"] = "local"
+    """The run's engine: local worker processes or Ray tasks."""
+    ray_address: str | None = None
 
     NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset(
         {
             "batch_mb",  # every op decides per document or over the whole corpus, so batch edges change nothing
             "workers",  # shard results are merged in shard order, however many processes computed them
+            "engine",  # both engines run the same shard jobs and decide in the same order: the same bytes
+            "ray_address",
         }
     )
 

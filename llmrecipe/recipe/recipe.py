@@ -45,6 +45,12 @@ class RunConfig(Section):
     """Processes that train together through torch.distributed (gloo on CPU, NCCL on GPU); each takes its share of
     every step's batch. The pretrain step starts the processes itself on this machine; under `torchrun` the launch
     sets the count (leave this at 1 or give the same number)."""
+    engine: Literal["local", "ray"] = "local"
+    """Where data steps run their work: `local` worker processes on this machine, or `ray` tasks on a Ray cluster
+    (`pip install 'llmrecipe[ray]'`). Outputs are byte-identical either way, so the choice is not fingerprinted."""
+    ray_address: str | None = None
+    """With engine = "ray": the cluster to join (`auto`, `ray://host:10001`, `host:6379`); unset uses the environment's
+    RAY_ADDRESS, else starts a Ray instance on this machine for the run."""
 
 
 class Recipe(Section):

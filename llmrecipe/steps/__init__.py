@@ -30,7 +30,7 @@ class Executor:
 
 
 EXECUTORS: dict[str, Executor] = {
-    "data": Executor("llmrecipe.steps.data", version=3),  # 3: consecutive dedups in one pass (dropped.parquet order)
+    "data": Executor("llmrecipe.steps.data", version=4),  # 4: XXH64 instead of polars hash (stable across versions)
     "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
     # 6: the one trainer (loss.png drawn by llmrecipe/plots.py, checkpoint digests)
