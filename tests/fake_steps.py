@@ -1,4 +1,5 @@
-"""`python -m tests.fake_steps ARGS...` is `llmrecipe ARGS...` with stand-in executors: no torch, no polars.
+"""`python -m tests.fake_steps ARGS...` is `llmrecipe ARGS...` with stand-in executors: no torch, no polars; and
+`Run`, which starts it in its own process group and collects what it says.
 
 The pretrain stand-in is a long-running loop that behaves as the trainer must towards stop requests: its steps
 run inside `preemption.deferred()`, and at each step boundary it asks `preemption.pending()`; asked to stop, it
@@ -15,13 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from llmrecipe import preemption
 from llmrecipe.run.context import StepContext
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _note_call(ctx: StepContext) -> None:
@@ -78,6 +83,46 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 FAKES = {"data": fake_data, "tokenizer": fake_file("tokenizer.json"), "tokenize": fake_file("tokens.bin"),
          "pretrain": fake_pretrain, "finetune": fake_file("model.bin"), "evaluate": fake_file("results.json"),
          "export": fake_file("model.onnx")}
+
+
+class Run:
+    """`llmrecipe run` (with the stand-in executors) in its own process group, its stderr read line by line."""
+
+    def __init__(self, recipe: Path, *args: str, env: dict[str, str] | None = None):
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.fake_steps", "run", str(recipe), *args], cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        """Until a line containing `text` comes; fails if the run ends or `timeout` passes first."""
+        deadline = time.monotonic() + timeout
+        while not self.said(text):
+            if self.process.poll() is not None:
+                self._reader.join(5)
+                assert self.said(text), f"the run ended without a line with {text!r}:\n{self.output()}"
+                return
+            assert time.monotonic() < deadline, f"no line with {text!r} in {timeout} s:\n{self.output()}"
+            time.sleep(0.01)
+
+    def said(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def finish(self, timeout: float = 60) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
 
 
 def main(argv: list[str]) -> int:

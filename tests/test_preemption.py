@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +17,8 @@ import pytest
 
 from llmrecipe import api, preemption
 from llmrecipe.errors import RecipeError
-from tests.conftest import REPO, write_tiny_recipe
+from tests.conftest import write_tiny_recipe
+from tests.fake_steps import Run
 
 # --- the module on its own, in this process -------------------------------------------------------------------
 
@@ -78,39 +76,6 @@ def test_max_time_is_validated_as_a_duration(tmp_path):
 # --- through the CLI, with a stand-in training step -----------------------------------------------------------
 
 
-class Run:
-    """`llmrecipe run` (with the stand-in executors) in its own process group, its stderr read line by line."""
-
-    def __init__(self, recipe: Path, *args: str, env: dict[str, str] | None = None):
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_steps", "run", str(recipe), *args], cwd=REPO,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
-            assert self.process.poll() is None or any(text in line for line in self.lines), self.output()
-            assert time.monotonic() < deadline, f"no line with {text!r}:\n{self.output()}"
-            time.sleep(0.01)
-
-    def finish(self, timeout: float = 60) -> int:
-        code = self.process.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-
 def fake_recipe(folder: Path, steps: int = 150) -> Path:
     return write_tiny_recipe(folder, steps=steps, checkpoint_every=50)
 
@@ -125,14 +90,16 @@ def latest_record(recipe: Path) -> Path:
     return runs[-1]
 
 
-def uninterrupted(tmp_path: Path, steps: int = 150) -> str:
-    recipe = fake_recipe(tmp_path / "straight", steps)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> str:
+    """The stand-in training step's weights after a run nothing interrupted."""
+    recipe = fake_recipe(tmp_path_factory.mktemp("straight"))
     assert Run(recipe).finish() == 0
     return stored_weights(recipe)
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_during_training_saves_a_checkpoint_and_a_true_record_then_resumes(tmp_path, signum, code):
+def test_a_signal_during_training_saves_a_checkpoint_and_a_true_record_then_resumes(tmp_path, signum, code, uninterrupted):
     recipe = fake_recipe(tmp_path / "stopped")
     run = Run(recipe)
     run.wait_for("[base] step 20")
@@ -160,20 +127,20 @@ def test_a_signal_during_training_saves_a_checkpoint_and_a_true_record_then_resu
     resumed = Run(recipe)
     assert resumed.finish() == 0, resumed.output()
     assert f"resumed from checkpoint at step {checkpoint['step']}" in resumed.output()
-    assert stored_weights(recipe) == uninterrupted(tmp_path)
+    assert stored_weights(recipe) == uninterrupted
 
 
-def test_max_time_stops_with_exit_75_and_the_same_command_continues(tmp_path):
+def test_max_time_stops_with_exit_75_and_the_same_command_continues(tmp_path, uninterrupted):
     recipe = fake_recipe(tmp_path / "timed")
     codes, started = [], time.monotonic()
     while not codes or codes[-1] == 75:
-        run = Run(recipe, "--set", "run.max_time=1s", env={"FAKE_STEP_SECONDS": "0.03"})
+        run = Run(recipe, "--set", "run.max_time=1s", env={"FAKE_STEP_SECONDS": "0.015"})
         codes.append(run.finish())
         assert codes[-1] in (0, 75), run.output()
         assert len(codes) < 15 and time.monotonic() - started < 120
-    assert len(codes) >= 3 and set(codes[:-1]) == {75} and codes[-1] == 0  # 150 steps of 30 ms, a second at a time
+    assert len(codes) >= 3 and set(codes[:-1]) == {75} and codes[-1] == 0  # 150 steps of 15 ms, a second at a time
     assert "the max_time deadline was reached (checkpoint at step" in latest_record_output(recipe)
-    assert stored_weights(recipe) == uninterrupted(tmp_path)
+    assert stored_weights(recipe) == uninterrupted
 
 
 def latest_record_output(recipe: Path) -> str:

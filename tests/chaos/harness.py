@@ -1,0 +1,230 @@
+"""Kill `llmrecipe run` with SIGKILL (its whole process group) at chosen stages and random moments, resume, repeat.
+
+Most kills come from outside, a random time after the targeted step printed that it started. Two moments are too
+short to hit from outside (a checkpoint write of a tiny model, a store commit take milliseconds), so for those the
+run is started through `tests/chaos/kill_hook.py`, which watches the process's own file operations (an audit hook)
+and kills its process group from inside, a random fraction of a millisecond into the write.
+
+After every kill the workdir is checked: no partial store entry (every entry matches its manifest, re-hashed), and
+nothing in scratch that a later run would trust is broken (complete checkpoints load; JSON parses; safetensors
+and parquet files are whole). The caller finishes with an uninterrupted resume and compares the stores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmrecipe.run.store import Store
+from tests.conftest import REPO
+
+STAGES = {"corpus": "data", "tok": "tokenizer", "corpus@tok": "tokenize", "base": "training", "eval": "evaluate",
+          "onnx": "export", "chat": "finetune"}
+"""The full recipe's steps and the stage a kill during each of them counts for."""
+STEP_OF = {stage: step for step, stage in STAGES.items()}
+HOOKED = {"checkpoint": "base", "commit": None}
+"""Stages hit from inside the process: a checkpoint write of `base`, and the commit of whichever step is next."""
+STARTED = re.compile(r"^\[(?P<step>[^\]]+)\] (?P<kind>[\w-]+): (running|resuming from checkpoint)$")
+DONE = re.compile(r"^\[(?P<step>[^\]]+)\] (?P<kind>[\w-]+): (done in |cached, skipping)")
+
+
+@dataclass
+class Kill:
+    target: str
+    stage: str
+    """Where the kill landed: the stage of the step that was running, `checkpoint` or `commit`."""
+    detail: str
+
+
+@dataclass
+class Chaos:
+    recipe: Path
+    durations: dict[str, float]
+    """Seconds each step took in an uninterrupted run: random kill moments are drawn inside them."""
+    rng: random.Random
+    kills: list[Kill] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    """Broken invariants seen after a kill."""
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def workdir(self) -> Path:
+        return self.recipe.parent / "work"
+
+    def per_stage(self) -> dict[str, int]:
+        return dict(Counter(kill.stage for kill in self.kills))
+
+    def run(self, schedule: list[str]) -> None:
+        for target in schedule:
+            step = STEP_OF.get(target, HOOKED.get(target))
+            if step is not None and self._committed(step):
+                self.skipped.append(target)  # an earlier kill landed late: this stage is finished already
+                continue
+            kill = self._attempt(target)
+            if kill is None:
+                self.skipped.append(target)
+                continue
+            self.kills.append(kill)
+            self.problems += [f"after kill {len(self.kills)} ({kill.stage}): {p}" for p in check_workdir(self.workdir)]
+
+    def _committed(self, step: str) -> bool:
+        from llmrecipe import api
+
+        plan = api.compile(api.load(self.recipe))
+        return Store(self.workdir).check(plan.step(step).fingerprint).ok
+
+    def _attempt(self, target: str) -> Kill | None:
+        if target in HOOKED:
+            return self._hooked_attempt(target)
+        process = Process(self.recipe)
+        step = STEP_OF[target]
+        if not process.wait_for_start(step):
+            return None
+        delay = self.rng.uniform(0.05, 0.5) * self.durations[step]
+        time.sleep(delay)
+        process.kill()
+        running = process.running_step()
+        stage = STAGES.get(running, "between steps") if running else "between steps"
+        return Kill(target, stage, f"{delay:.2f} s after {step} started; {running or 'no step'} was running")
+
+    def _hooked_attempt(self, target: str) -> Kill | None:
+        point = self.rng.choice(["mkdir", "state", "rename"] if target == "checkpoint" else ["manifest", "rename"])
+        delay = self.rng.uniform(0, 0.004) if point in ("mkdir", "rename") else 0.0
+        process = Process(self.recipe, hook=f"{target}:{point}:{delay}")
+        code = process.wait()
+        if code != -signal.SIGKILL:
+            return None  # the run ended without meeting the moment (it finished)
+        fired = (self.workdir / "chaos-kill.json")
+        detail = json.loads(fired.read_text())["path"] if fired.exists() else "?"
+        fired.unlink(missing_ok=True)
+        return Kill(target, target, f"{point} +{delay * 1000:.1f} ms at {detail}")
+
+
+class Process:
+    """One `llmrecipe run` in its own process group, with its stderr lines collected as they come."""
+
+    def __init__(self, recipe: Path, hook: str | None = None):
+        command = [sys.executable, "-m", "tests.chaos.kill_hook"] if hook else [sys.executable, "-m", "llmrecipe"]
+        env = {**os.environ, "PYTHONPATH": str(REPO), **({"CHAOS_KILL_AT": hook} if hook else {})}
+        self.lines: list[str] = []
+        self.popen = subprocess.Popen([*command, "run", str(recipe)], cwd=recipe.parent, env=env, text=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.popen.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_start(self, step: str, timeout: float = 300) -> bool:
+        """True once `step` started; False if the run ended (or skipped the step as cached) first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if (match := STARTED.match(line)) and match["step"] == step:
+                    return True
+                if (match := DONE.match(line)) and match["step"] == step:
+                    self.wait()
+                    return False
+            if self.popen.poll() is not None:
+                self._reader.join(5)
+                if not any((m := STARTED.match(line)) and m["step"] == step for line in self.lines):
+                    return False
+                return True
+            time.sleep(0.005)
+        raise AssertionError(f"{step} did not start in {timeout} s:\n" + "\n".join(self.lines[-20:]))
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.wait()
+
+    def wait(self, timeout: float = 900) -> int:
+        code = self.popen.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def running_step(self) -> str | None:
+        """The step that had started and not finished when the process died."""
+        running = None
+        for line in self.lines:
+            if match := STARTED.match(line):
+                running = match["step"]
+            elif (match := DONE.match(line)) and match["step"] == running:
+                running = None
+        return running
+
+
+def check_workdir(workdir: Path) -> list[str]:
+    """Broken promises in a workdir a kill left: partial store entries, or broken files a later run would trust."""
+    store = Store(workdir)
+    problems = []
+    for fingerprint in store.fingerprints():
+        checked = store.check(fingerprint, full=True)
+        if not checked.ok:
+            problems.append(f"partial store entry {fingerprint[:12]}: {checked.state} {checked.summary()}")
+    scratch = workdir / "scratch"
+    for path in sorted(scratch.rglob("*")) if scratch.is_dir() else []:
+        relative = path.relative_to(scratch)
+        if not path.is_file() or any(part.startswith(".") or part.endswith(".tmp") for part in relative.parts):
+            continue  # partial or temporary by its name: never trusted
+        if problem := broken(path):
+            problems.append(f"scratch/{relative}: {problem}")
+    return problems
+
+
+def broken(path: Path) -> str | None:
+    """Why a file a later run would read as whole is not whole; None when it is (or is of a kind not checked)."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "np") as f:
+                f.keys()
+            _check_safetensors_length(path)
+        elif path.suffix == ".parquet":
+            import polars as pl
+
+            pl.read_parquet(path)
+    except Exception as error:  # any failure to read it whole is the finding
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _check_safetensors_length(path: Path) -> None:
+    data = path.read_bytes()
+    header_size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_size])
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if len(data) != 8 + header_size + end:
+        raise ValueError(f"{len(data)} bytes, the header describes {8 + header_size + end}")
+
+
+def step_durations(workdir: Path) -> dict[str, float]:
+    """Seconds from step_started to step_done of each step, from the (only) run record of an uninterrupted run."""
+    from datetime import datetime
+
+    durations, started = {}, {}
+    for record in sorted((workdir / "runs").iterdir()):
+        for line in (record / "events.jsonl").read_text().splitlines():
+            event = json.loads(line)
+            moment = datetime.fromisoformat(event["time"]).timestamp()
+            if event.get("event") == "step_started":
+                started[event["step"]] = moment
+            elif event.get("event") == "step_done":
+                durations[event["step"]] = moment - started[event["step"]]
+    return durations
