@@ -86,12 +86,13 @@ FAKES = {"data": fake_data, "tokenizer": fake_file("tokenizer.json"), "tokenize"
 
 
 class Run:
-    """`llmrecipe run` (with the stand-in executors) in its own process group, its stderr read line by line."""
+    """`llmrecipe run` (with the stand-in executors, unless `module="llmrecipe"`) in its own process group, its
+    stderr read line by line."""
 
-    def __init__(self, recipe: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, recipe: Path, *args: str, env: dict[str, str] | None = None, module: str = "tests.fake_steps"):
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_steps", "run", str(recipe), *args], cwd=REPO,
+            [sys.executable, "-m", module, "run", str(recipe), *args], cwd=REPO,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         )

@@ -177,3 +177,24 @@ def test_a_second_signal_stops_a_step_whose_safe_point_never_comes(tmp_path):
     os.killpg(run.process.pid, signal.SIGTERM)
     assert run.finish() == 143, run.output()
     assert json.loads((latest_record(recipe) / "report.json").read_text())["outcome"] == "interrupted"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_sigterm_during_real_pretraining_keeps_its_checkpoints_and_a_true_record_then_resumes(tmp_path):
+    recipe = write_tiny_recipe(tmp_path, steps=150, checkpoint_every=20)
+    run = Run(recipe, module="llmrecipe")
+    scratch = tmp_path / "work" / "scratch"
+    deadline = time.monotonic() + 300
+    while not list(scratch.glob("*/checkpoints/step-*/state.json")):
+        assert run.process.poll() is None and time.monotonic() < deadline, run.output()
+        time.sleep(0.05)
+    os.killpg(run.process.pid, signal.SIGTERM)
+    assert run.finish() == 143, run.output()
+    assert "interrupted: SIGTERM received" in run.output() and "during step 'base'" in run.output()
+    assert list(scratch.glob("*/checkpoints/step-*/state.json"))
+    report = json.loads((latest_record(recipe) / "report.json").read_text())
+    assert report["outcome"] == "interrupted" and report["stopped"]["reason"] == "SIGTERM"
+    resumed = Run(recipe, module="llmrecipe")
+    assert resumed.finish(timeout=600) == 0, resumed.output()
+    assert "resumed from checkpoint" in resumed.output()

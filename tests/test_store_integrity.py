@@ -180,3 +180,13 @@ def test_scratch_of_a_committed_step_left_by_a_kill_is_cleaned_at_the_next_run(t
     assert not leftover.exists() and unfinished.exists()
     run(tmp_path, plan, Echo())
     assert not staging.exists()
+
+
+def test_a_manifest_listing_malformed_or_outside_paths_is_corrupt(tmp_path):
+    run(tmp_path, make_plan(tmp_path), Echo())
+    path = Store(tmp_path).path("a-1") / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["files"] = {**manifest["files"], "../../../etc/hostname": {"size": 1, "sha256": "0"}, "x": {"size": "?"}}
+    path.write_text(json.dumps(manifest))
+    checked = Store(tmp_path).check("a-1")
+    assert checked.state == "corrupt" and len(checked.drifts) == 2

@@ -101,6 +101,13 @@ def _stat_key(stat: os.stat_result) -> list[int]:
     return [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns]
 
 
+def _well_formed(name: str, expected: Any) -> bool:
+    """A relative path inside the entry with an integer size and a sha256: anything else is not our manifest."""
+    inside = not Path(name).is_absolute() and ".." not in Path(name).parts
+    return inside and isinstance(expected, dict) and isinstance(expected.get("size"), int) \
+        and isinstance(expected.get("sha256"), str)
+
+
 def check_files(folder: Path, listed: dict[str, dict[str, Any]], cache: HashCache, full: bool) -> list[Drift]:
     """How the files in `folder` differ from `listed` (name -> size, sha256); empty when they match.
 
@@ -109,6 +116,9 @@ def check_files(folder: Path, listed: dict[str, dict[str, Any]], cache: HashCach
     """
     drifts = []
     for name, expected in listed.items():
+        if not _well_formed(name, expected):
+            drifts.append(Drift(name, "the manifest's entry for it is malformed"))
+            continue
         path = folder / name
         try:
             stat = path.stat()

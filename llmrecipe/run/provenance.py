@@ -132,4 +132,4 @@ def notes(plan: Plan) -> list[str]:
                 "GPU model gives slightly different weights; the fingerprint leaves the process count out, since fixing "
                 "it would not make the bytes repeat (the manifest records the count and GPU model of each run)"]
     return ["on CPUs a rerun gives the same bytes; another process count (run.nproc, torchrun) changes only the "
-            "order of float sums, keeps the fingerprint, and gives weights equal to rounding"]
+            "order of float sums, keeps the fingerprint, and gives weights that agree up to rounding"]

@@ -160,7 +160,10 @@ class Store:
                 if free:
                     shutil.rmtree(scratch, ignore_errors=True)
                     removed.append(str(scratch))
-        for temporary in self.workdir.glob(".index.json.*.tmp"):
+        with FileLock(self.locks_root / "index.lock").acquire(wait=True):  # no run is writing the index meanwhile
+            for temporary in self.workdir.glob(".index.json.*.tmp"):
+                temporary.unlink(missing_ok=True)
+        for temporary in self.hashes_root.glob(".*.tmp"):  # a cache file lost mid-write costs only a re-hash
             temporary.unlink(missing_ok=True)
         return removed
 
