@@ -11,18 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import REPO, write_tiny_recipe
+from tests.test_end_to_end import EVAL_AND_EXPORT
 from tests.test_finetune import SFT_STEP, write_pairs
 
-EVERY_KIND = """
-[steps.eval]
-kind = "evaluate"
-model = "base"
-samples = { count = 2, max_new_tokens = 8 }
-
-[steps.onnx]
-kind = "export"
-model = "base"
-""" + SFT_STEP
+EVERY_KIND = EVAL_AND_EXPORT + SFT_STEP
 
 WALL_CLOCK = ("tokens_per_s", "mfu", "memory_bytes")
 """Fields of a training step's metrics.jsonl lines that measure the machine, not the model: the one exemption

@@ -11,14 +11,13 @@ which also finds damage that leaves the stat alone (a failing disk).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CHUNK = 1 << 20
+from llmrecipe.data.locate import sha256_file  # the digest the plan takes of the files a recipe reads
 
 
 @dataclass(frozen=True)
@@ -30,14 +29,6 @@ class Drift:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def entry_files(folder: Path, skip: str) -> list[str]:

@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from llmrecipe.run.store import Store
 from tests.conftest import REPO
+from tests.fake_steps import Run
 
 STAGES = {"corpus": "data", "tok": "tokenizer", "corpus@tok": "tokenize", "base": "training", "eval": "evaluate",
           "onnx": "export", "chat": "finetune"}
@@ -90,7 +90,8 @@ class Chaos:
         step = STEP_OF[target]
         if not process.wait_for_start(step):
             return None
-        delay = self.rng.uniform(0.05, 0.5) * self.durations[step]
+        # Training resumes from its last checkpoint, so early kills keep its later moments for the next targets.
+        delay = self.rng.uniform(0.05, 0.35 if target == "training" else 0.5) * self.durations[step]
         time.sleep(delay)
         process.kill()
         running = process.running_step()
@@ -101,30 +102,28 @@ class Chaos:
         point = self.rng.choice(["mkdir", "state", "rename"] if target == "checkpoint" else ["manifest", "rename"])
         delay = self.rng.uniform(0, 0.004) if point in ("mkdir", "rename") else 0.0
         process = Process(self.recipe, hook=f"{target}:{point}:{delay}")
-        code = process.wait()
+        step = HOOKED[target]
+        # A step that finishes without the moment (training resumed after its last checkpoint) ends the attempt
+        # there, before the rest of the recipe runs: kill it as the next step starts.
+        if step is not None and process.wait_for_end(step) and process.process.poll() is None:
+            process.kill()
+            running = process.running_step()
+            return Kill(target, STAGES.get(running, "between steps"), f"{step} ended without the moment; killed then")
+        code = process.finish(timeout=900)
         if code != -signal.SIGKILL:
             return None  # the run ended without meeting the moment (it finished)
-        fired = (self.workdir / "chaos-kill.json")
+        fired = self.workdir / "chaos-kill.json"
         detail = json.loads(fired.read_text())["path"] if fired.exists() else "?"
         fired.unlink(missing_ok=True)
         return Kill(target, target, f"{point} +{delay * 1000:.1f} ms at {detail}")
 
 
-class Process:
-    """One `llmrecipe run` in its own process group, with its stderr lines collected as they come."""
+class Process(Run):
+    """`llmrecipe run` (through the kill hook when given one) in its own process group."""
 
     def __init__(self, recipe: Path, hook: str | None = None):
-        command = [sys.executable, "-m", "tests.chaos.kill_hook"] if hook else [sys.executable, "-m", "llmrecipe"]
-        env = {**os.environ, "PYTHONPATH": str(REPO), **({"CHAOS_KILL_AT": hook} if hook else {})}
-        self.lines: list[str] = []
-        self.popen = subprocess.Popen([*command, "run", str(recipe)], cwd=recipe.parent, env=env, text=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.popen.stderr:
-            self.lines.append(line.rstrip("\n"))
+        env = {"CHAOS_KILL_AT": hook, "CHAOS_NOTE": str(recipe.parent / "work" / "chaos-kill.json")} if hook else None
+        super().__init__(recipe, env=env, module="tests.chaos.kill_hook" if hook else "llmrecipe")
 
     def wait_for_start(self, step: str, timeout: float = 300) -> bool:
         """True once `step` started; False if the run ended (or skipped the step as cached) first."""
@@ -134,9 +133,9 @@ class Process:
                 if (match := STARTED.match(line)) and match["step"] == step:
                     return True
                 if (match := DONE.match(line)) and match["step"] == step:
-                    self.wait()
+                    self.finish()
                     return False
-            if self.popen.poll() is not None:
+            if self.process.poll() is not None:
                 self._reader.join(5)
                 if not any((m := STARTED.match(line)) and m["step"] == step for line in self.lines):
                     return False
@@ -144,17 +143,21 @@ class Process:
             time.sleep(0.005)
         raise AssertionError(f"{step} did not start in {timeout} s:\n" + "\n".join(self.lines[-20:]))
 
+    def wait_for_end(self, step: str) -> bool:
+        """True as soon as `step` reports done (or cached); False if the process died first."""
+        while self.process.poll() is None:
+            if any((match := DONE.match(line)) and match["step"] == step for line in list(self.lines)):
+                return True
+            time.sleep(0.005)
+        self._reader.join(5)
+        return False
+
     def kill(self) -> None:
         try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.wait()
-
-    def wait(self, timeout: float = 900) -> int:
-        code = self.popen.wait(timeout)
-        self._reader.join(5)
-        return code
+        self.finish()
 
     def running_step(self) -> str | None:
         """The step that had started and not finished when the process died."""
@@ -214,8 +217,28 @@ def _check_safetensors_length(path: Path) -> None:
         raise ValueError(f"{len(data)} bytes, the header describes {8 + header_size + end}")
 
 
+def fresh_step_durations(recipe: Path, reference: Path, scratch: Path) -> dict[str, float]:
+    """Seconds each step takes as the first step of a process (with its imports, as after a kill), measured by
+    recomputing it alone in a copy of the reference workdir."""
+    import shutil
+
+    from llmrecipe import api
+
+    workdir = scratch / "durations"
+    shutil.copytree(reference / "store", workdir / "store")
+    for step in api.compile(api.load(recipe), workdir=workdir).steps:
+        done = subprocess.run([sys.executable, "-m", "llmrecipe", "run", str(recipe), "--workdir", str(workdir),
+                               "--only", step.name, "--force", step.name], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+        assert done.returncode == 0, done.stderr
+    durations = step_durations(workdir)
+    shutil.rmtree(workdir)
+    return durations
+
+
 def step_durations(workdir: Path) -> dict[str, float]:
-    """Seconds from step_started to step_done of each step, from the (only) run record of an uninterrupted run."""
+    """Seconds from step_started to step_done of each step, from the run records of uninterrupted runs (the
+    latest for a step that ran in several)."""
     from datetime import datetime
 
     durations, started = {}, {}

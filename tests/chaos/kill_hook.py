@@ -8,7 +8,7 @@ moment too short to hit from outside, named by CHAOS_KILL_AT=STAGE:POINT:DELAY:
 - `commit:rename:D` D seconds after the staging folder's rename into the store begins (then scratch is cleaned).
 
 An audit hook (sys.addaudithook) sees the process's own file operations; the code under test is unchanged. Where
-the kill landed goes to `work/chaos-kill.json` first.
+the kill landed goes to the file CHAOS_NOTE names first.
 """
 
 from __future__ import annotations
@@ -53,8 +53,7 @@ def install(spec: str) -> None:
         if fired or (path := matches(stage, point, event, args)) is None:
             return
         fired.append(path)  # first, so the note written below does not trigger it again
-        note = Path.cwd() / "work" / "chaos-kill.json"
-        note.write_text(json.dumps({"stage": stage, "point": point, "path": path}))
+        Path(os.environ["CHAOS_NOTE"]).write_text(json.dumps({"stage": stage, "point": point, "path": path}))
         if float(delay) > 0:
             threading.Timer(float(delay), kill).start()
         else:
