@@ -7,8 +7,12 @@ import json
 import os
 import signal
 
+import pytest
+
 from tests.conftest import write_tiny_recipe
 from tests.fake_steps import Run
+
+pytestmark = pytest.mark.e2e  # subprocesses in process groups
 
 SLOW_DATA = {"FAKE_DATA_SECONDS": "2"}
 

@@ -186,6 +186,7 @@ def namespace_shell(script: str, timeout: float = 600) -> subprocess.CompletedPr
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # two real runs; the default suite fills the disk by injection at every write site instead
 def test_a_real_full_disk_stops_with_one_line_and_the_next_run_after_freeing_space_succeeds(tmp_path):
     recipe = write_tiny_recipe(tmp_path, steps=30)
     work = tmp_path / "work"

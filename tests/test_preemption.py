@@ -98,6 +98,7 @@ def uninterrupted(tmp_path_factory) -> str:
     return stored_weights(recipe)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_training_saves_a_checkpoint_and_a_true_record_then_resumes(tmp_path, signum, code, uninterrupted):
     recipe = fake_recipe(tmp_path / "stopped")
@@ -130,6 +131,7 @@ def test_a_signal_during_training_saves_a_checkpoint_and_a_true_record_then_resu
     assert stored_weights(recipe) == uninterrupted
 
 
+@pytest.mark.e2e
 def test_max_time_stops_with_exit_75_and_the_same_command_continues(tmp_path, uninterrupted):
     recipe = fake_recipe(tmp_path / "timed")
     codes, started = [], time.monotonic()
@@ -152,6 +154,7 @@ def latest_record_output(recipe: Path) -> str:
     return ""
 
 
+@pytest.mark.e2e
 def test_a_signal_outside_a_deferred_section_stops_at_once_and_commits_nothing(tmp_path):
     recipe = fake_recipe(tmp_path / "data")
     run = Run(recipe, env={"FAKE_DATA_SECONDS": "30"})
@@ -167,6 +170,7 @@ def test_a_signal_outside_a_deferred_section_stops_at_once_and_commits_nothing(t
     assert not list((work / "store").glob("*")) and not list((work / "staging").glob("*"))
 
 
+@pytest.mark.e2e
 def test_a_second_signal_stops_a_step_whose_safe_point_never_comes(tmp_path):
     recipe = fake_recipe(tmp_path / "stuck")
     run = Run(recipe, env={"FAKE_NEVER_SAFE": "1", "FAKE_STEP_SECONDS": "0.05"})
