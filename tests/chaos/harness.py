@@ -1,9 +1,11 @@
 """Kill `llmrecipe run` with SIGKILL (its whole process group) at chosen stages and random moments, resume, repeat.
 
 Most kills come from outside, a random time after the targeted step printed that it started. Two moments are too
-short to hit from outside (a checkpoint write of a tiny model, a store commit take milliseconds), so for those the
-run is started through `tests/chaos/kill_hook.py`, which watches the process's own file operations (an audit hook)
-and kills its process group from inside, a random fraction of a millisecond into the write.
+short to hit from outside (a checkpoint write of a tiny model, a store commit take milliseconds): for those,
+`tests/chaos/kill_hook.py` watches the process's own file operations (an audit hook) and kills its process group
+from inside, a random fraction of a millisecond into the write. The same hook guards every attempt at a step: if
+the moment drawn comes after the step's work (a step that is quick once its libraries are loaded), the kill lands
+as the step is about to be committed, so that no attempt lets its step finish and its later targets pass.
 
 After every kill the workdir is checked: no partial store entry (every entry matches its manifest, re-hashed), and
 nothing in scratch that a later run would trust is broken (complete checkpoints load; JSON parses; safetensors
@@ -77,23 +79,27 @@ class Chaos:
             self.kills.append(kill)
             self.problems += [f"after kill {len(self.kills)} ({kill.stage}): {p}" for p in check_workdir(self.workdir)]
 
-    def _committed(self, step: str) -> bool:
+    def _fingerprint(self, step: str) -> str:
         from llmrecipe import api
 
-        plan = api.compile(api.load(self.recipe))
-        return Store(self.workdir).check(plan.step(step).fingerprint).ok
+        return api.compile(api.load(self.recipe)).step(step).fingerprint
+
+    def _committed(self, step: str) -> bool:
+        return Store(self.workdir).check(self._fingerprint(step)).ok
 
     def _attempt(self, target: str) -> Kill | None:
         if target in HOOKED:
             return self._hooked_attempt(target)
-        process = Process(self.recipe)
         step = STEP_OF[target]
+        process = Process(self.recipe, guard=self._fingerprint(step))
         if not process.wait_for_start(step):
             return None
         # Training resumes from its last checkpoint, so early kills keep its later moments for the next targets.
         delay = self.rng.uniform(0.05, 0.35 if target == "training" else 0.5) * self.durations[step]
         time.sleep(delay)
         process.kill()
+        if (note := self._note()) is not None:  # the step's work ended before the moment drawn: killed at its commit
+            return Kill(target, target, f"at its commit, before the {delay:.2f} s drawn ({note['path']})")
         running = process.running_step()
         stage = STAGES.get(running, "between steps") if running else "between steps"
         return Kill(target, stage, f"{delay:.2f} s after {step} started; {running or 'no step'} was running")
@@ -101,29 +107,34 @@ class Chaos:
     def _hooked_attempt(self, target: str) -> Kill | None:
         point = self.rng.choice(["mkdir", "state", "rename"] if target == "checkpoint" else ["manifest", "rename"])
         delay = self.rng.uniform(0, 0.004) if point in ("mkdir", "rename") else 0.0
-        process = Process(self.recipe, hook=f"{target}:{point}:{delay}")
         step = HOOKED[target]
-        # A step that finishes without the moment (training resumed after its last checkpoint) ends the attempt
-        # there, before the rest of the recipe runs: kill it as the next step starts.
-        if step is not None and process.wait_for_end(step) and process.process.poll() is None:
-            process.kill()
-            running = process.running_step()
-            return Kill(target, STAGES.get(running, "between steps"), f"{step} ended without the moment; killed then")
+        process = Process(self.recipe, hook=f"{target}:{point}:{delay}", guard=step and self._fingerprint(step))
         code = process.finish(timeout=900)
         if code != -signal.SIGKILL:
             return None  # the run ended without meeting the moment (it finished)
-        fired = self.workdir / "chaos-kill.json"
-        detail = json.loads(fired.read_text())["path"] if fired.exists() else "?"
-        fired.unlink(missing_ok=True)
-        return Kill(target, target, f"{point} +{delay * 1000:.1f} ms at {detail}")
+        note = self._note() or {"point": "?", "path": "?"}
+        if note["point"] == "guard":  # training went past its last checkpoint write: killed at the step's commit
+            return Kill(target, "commit", f"{step} wrote no more checkpoints; killed at its commit ({note['path']})")
+        return Kill(target, target, f"{point} +{delay * 1000:.1f} ms at {note['path']}")
+
+    def _note(self) -> dict | None:
+        """Where the kill hook fired, if it did (and forget it for the next attempt)."""
+        note = self.workdir / "chaos-kill.json"
+        if not note.exists():
+            return None
+        fired = json.loads(note.read_text())
+        note.unlink()
+        return fired
 
 
 class Process(Run):
-    """`llmrecipe run` (through the kill hook when given one) in its own process group."""
+    """`llmrecipe run` in its own process group, through the kill hook: it kills at the `hook` moment, and as the
+    `guard` fingerprint's entry is about to be committed (so an attempt at a step never lets it finish)."""
 
-    def __init__(self, recipe: Path, hook: str | None = None):
-        env = {"CHAOS_KILL_AT": hook, "CHAOS_NOTE": str(recipe.parent / "work" / "chaos-kill.json")} if hook else None
-        super().__init__(recipe, env=env, module="tests.chaos.kill_hook" if hook else "llmrecipe")
+    def __init__(self, recipe: Path, hook: str | None = None, guard: str | None = None):
+        env = {"CHAOS_KILL_AT": hook or "", "CHAOS_GUARD": guard or "",
+               "CHAOS_NOTE": str(recipe.parent / "work" / "chaos-kill.json")}
+        super().__init__(recipe, env=env, module="tests.chaos.kill_hook")
 
     def wait_for_start(self, step: str, timeout: float = 300) -> bool:
         """True once `step` started; False if the run ended (or skipped the step as cached) first."""
@@ -142,15 +153,6 @@ class Process(Run):
                 return True
             time.sleep(0.005)
         raise AssertionError(f"{step} did not start in {timeout} s:\n" + "\n".join(self.lines[-20:]))
-
-    def wait_for_end(self, step: str) -> bool:
-        """True as soon as `step` reports done (or cached); False if the process died first."""
-        while self.process.poll() is None:
-            if any((match := DONE.match(line)) and match["step"] == step for line in list(self.lines)):
-                return True
-            time.sleep(0.005)
-        self._reader.join(5)
-        return False
 
     def kill(self) -> None:
         try:

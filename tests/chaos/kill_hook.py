@@ -1,5 +1,6 @@
 """`python -m tests.chaos.kill_hook run RECIPE` is `llmrecipe run RECIPE` that SIGKILLs its own process group at a
-moment too short to hit from outside, named by CHAOS_KILL_AT=STAGE:POINT:DELAY:
+moment too short to hit from outside, named by CHAOS_KILL_AT=STAGE:POINT:DELAY, or (CHAOS_GUARD=FINGERPRINT) as
+that store entry's manifest.json is opened in staging, whichever comes first. The moments:
 
 - `checkpoint:mkdir:D` D seconds after a checkpoint's temporary folder is made (while its tensors are written),
 - `checkpoint:state:0` as the checkpoint's state.json is opened (tensors written, state not yet),
@@ -42,19 +43,27 @@ def matches(stage: str, point: str, event: str, args: tuple[Any, ...]) -> str | 
     return None
 
 
-def install(spec: str) -> None:
-    stage, point, delay = spec.split(":")
+def install(spec: str, guard: str) -> None:
+    """Kill at the moment `spec` names (if any), or as the entry of fingerprint `guard` is committed (if given)."""
+    stage, point, delay = spec.split(":") if spec else ("", "", "0")
     fired = []
 
     def kill() -> None:
         os.killpg(os.getpgrp(), signal.SIGKILL)
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
-        if fired or (path := matches(stage, point, event, args)) is None:
+        if fired:
+            return
+        if (path := matches(stage, point, event, args)) is not None:
+            where = {"stage": stage, "point": point, "path": path}
+        elif guard and (path := matches("commit", "manifest", event, args)) is not None and \
+                Path(path).parent.name.startswith(f"{guard}-"):
+            where = {"stage": "commit", "point": "guard", "path": path}
+        else:
             return
         fired.append(path)  # first, so the note written below does not trigger it again
-        Path(os.environ["CHAOS_NOTE"]).write_text(json.dumps({"stage": stage, "point": point, "path": path}))
-        if float(delay) > 0:
+        Path(os.environ["CHAOS_NOTE"]).write_text(json.dumps(where))
+        if where["point"] != "guard" and float(delay) > 0:
             threading.Timer(float(delay), kill).start()
         else:
             kill()
@@ -63,7 +72,7 @@ def install(spec: str) -> None:
 
 
 if __name__ == "__main__":
-    install(os.environ["CHAOS_KILL_AT"])
+    install(os.environ.get("CHAOS_KILL_AT", ""), os.environ.get("CHAOS_GUARD", ""))
     from llmrecipe.cli import main
 
     sys.exit(main(sys.argv[1:]))
