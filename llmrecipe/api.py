@@ -22,10 +22,9 @@ from llmrecipe.plan.plan import Plan
 from llmrecipe.recipe.explain import did_you_mean
 from llmrecipe.recipe.load import LoadedRecipe, load_recipe
 from llmrecipe.run.context import Reporter
-from llmrecipe.run.record import RunRecord, WorkdirLock, environment
-from llmrecipe.run.report import write_report
 from llmrecipe.run.reporter import LineReporter
-from llmrecipe.run.scheduler import RunReport, Scheduler
+from llmrecipe.run.scheduler import RunReport
+from llmrecipe.run.session import run_recipe
 from llmrecipe.run.status import step_states, step_status
 from llmrecipe.run.store import Store
 from llmrecipe.steps import EXECUTOR_VERSIONS, EXECUTORS
@@ -113,11 +112,15 @@ def run(
     only: Iterable[str] = (),
     force: Iterable[str] = (),
     reporter: Reporter | None = None,
+    wait: bool = False,
+    verify: bool = False,
 ) -> RunReport | None:
     """Run the recipe; steps already in the store are skipped, an interrupted step resumes.
 
     `plan` is the recipe's compiled plan when the caller already has it (e.g. to show it first). Under torchrun,
-    rank 0 runs the recipe and the other ranks train along in its training steps; they return None.
+    rank 0 runs the recipe and the other ranks train along in its training steps; they return None. `wait`: wait
+    for a run of the same recipe in the same workdir to end instead of refusing; `verify`: re-hash every stored
+    output before using it.
     """
     plan = plan or compile(loaded, workdir)
     only, force = set(only), set(force)
@@ -128,7 +131,7 @@ def run(
     with process_executors(EXECUTORS, plan.device) as executors:
         if executors is None:  # a torchrun rank other than 0: it has trained along in rank 0's training steps
             return None
-        return _run_here(loaded, plan, only, force, reporter, executors)
+        return _run_here(loaded, plan, only, force, reporter, executors, wait=wait, verify=verify)
 
 
 def is_follower() -> bool:
@@ -137,26 +140,9 @@ def is_follower() -> bool:
 
 
 def _run_here(loaded: LoadedRecipe, plan: Plan, only: set[str], force: set[str], reporter: Reporter | None,
-              executors: Mapping[str, Any]) -> RunReport:
-    workdir_path = Path(plan.workdir)
-    reporter = reporter or LineReporter(sys.stderr)
-    with WorkdirLock(workdir_path):
-        record = RunRecord(workdir_path, plan.name)
-        record.write_text("recipe.toml", loaded.path.read_text(encoding="utf-8"))
-        record.write_json("recipe.json", loaded.recipe.model_dump(mode="json"))
-        record.write_json("plan.json", plan.model_dump(mode="json"))
-        record.write_json("environment.json", environment(plan.device))
-        scheduler = Scheduler(Store(workdir_path), executors, reporter)
-        failure = None
-        try:
-            return scheduler.run(plan, record, only=only or None, force=force)
-        except BaseException as error:  # KeyboardInterrupt too: the report says where the run stopped
-            failure = str(error) or type(error).__name__
-            raise
-        finally:
-            write_report(record.dir, plan, scheduler.outcomes, record.run_id, failure)
-            record.write_json("status.json", step_status(plan, Store(workdir_path)))
-            record.close()
+              executors: Mapping[str, Any], wait: bool = False, verify: bool = False) -> RunReport:
+    return run_recipe(loaded, plan, executors, reporter or LineReporter(sys.stderr), only=only or None, force=force,
+                      wait=wait, verify=verify)
 
 
 def latest_report(plan: Plan) -> Path | None:

@@ -1,6 +1,9 @@
 """`llmrecipe`: arguments in, printing out. Everything else happens in api.py and below.
 
-Exit codes: 0 ok, 1 a step failed (or the workdir is busy), 2 the recipe is wrong, 130 interrupted.
+Exit codes: 0 ok; 1 a step failed, the workdir is busy, full or read-only, or `verify` found a drifted file; 2 the
+recipe is wrong; 75 `[run] max_time` was reached (run the same command again to continue); 130 interrupted by
+SIGINT (Ctrl-C) and 143 by SIGTERM, the codes a shell gives a process those signals kill, after the run saved
+what it could and wrote its record.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from llmrecipe import __version__
-from llmrecipe.errors import RecipeError, StepFailed, WorkdirBusy
+from llmrecipe import __version__, preemption
+from llmrecipe.errors import RecipeError, StepFailed, StorageError, WorkdirBusy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = with_recipe("run", "run the recipe; cached steps are skipped, interrupted steps resume")
     run.add_argument("--only", action="append", default=[], metavar="STEP", help="run only this step and what it needs")
     run.add_argument("--force", action="append", default=[], metavar="STEP", help="run this step again even if cached")
+    run.add_argument("--wait", action="store_true",
+                     help="if another run of this recipe holds the workdir, wait for it to end instead of refusing")
+    run.add_argument("--verify", action="store_true",
+                     help="re-hash every stored output before using it (by default only files changed since hashed)")
     status = with_recipe("status", "each step's state, timings and final metrics")
     status.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_verify_parser(commands)
     add_generate_parser(commands)
     add_serve_parser(commands)
     compare = commands.add_parser(
@@ -51,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print the recipe JSON schema (editors use it for completion)")
     schema.add_argument("-o", "--output", help="write it to this file instead of printing it")
     return parser
+
+
+def add_verify_parser(commands) -> None:
+    help = "re-hash stored outputs against their manifests and name every file that drifted (exit 1 if any did)"
+    sub = commands.add_parser("verify", help=help, description=help + ". With a recipe: the entries of its plan; "
+                              "without: every entry in the workdir's store.")
+    sub.add_argument("recipe", nargs="?", help="the recipe TOML file (default: the whole store of --workdir)")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    sub.add_argument("--workdir", help="artifact store (default: [run] workdir, else ./.llmrecipe)")
+    sub.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
 def add_model_target(sub: argparse.ArgumentParser) -> None:
@@ -106,11 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         if error.details:
             print(f"details: {error.details}", file=sys.stderr)
         return error.exit_code
-    except WorkdirBusy as error:
+    except (WorkdirBusy, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except preemption.Interrupted as stop:
+        during = f" during step '{stop.step}'" if stop.step else ""
+        print(f"interrupted: {stop}{during}; run the same command to resume", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
+        print("interrupted: run the same command to resume", file=sys.stderr)
         return 130
 
 
@@ -126,10 +148,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from llmrecipe import api
 
+    from llmrecipe.run.provenance import notes
+
     plan = api.compile(api.load(args.recipe, args.set), args.workdir)
     states = api.states(plan)
     if args.json:
-        print(json.dumps({"plan": plan.model_dump(mode="json"), "states": states}, indent=2))
+        print(json.dumps({"plan": plan.model_dump(mode="json"), "states": states, "notes": notes(plan)}, indent=2))
         return 0
     from rich.console import Console
 
@@ -138,6 +162,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     console = Console()
     for table in plan_tables(plan, states):
         console.print(table)
+    for note in notes(plan):
+        console.print(f"[dim]note: {note}[/]")
     return 0
 
 
@@ -156,7 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     for table in plan_tables(plan, api.states(plan)):
         console.print(table)
-    report = api.run(loaded, plan=plan, only=args.only, force=args.force, reporter=_reporter())
+    report = api.run(loaded, plan=plan, only=args.only, force=args.force, reporter=_reporter(), wait=args.wait,
+                     verify=args.verify)
     ran = sum(o.state == "done" for o in report.outcomes)
     cached = sum(o.state == "cached" for o in report.outcomes)
     print(f"finished: {ran} steps ran, {cached} cached; run record in {report.record_dir}", file=sys.stderr)
@@ -190,6 +217,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     if report:
         console.print(f"report of this recipe's latest run: {report}  (numbers: {report.with_suffix('.json')})")
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from llmrecipe import api
+    from llmrecipe.run.verify import verify_plan, verify_store
+
+    if args.recipe is not None:
+        result = verify_plan(api.compile(api.load(args.recipe, args.set), args.workdir))
+    else:
+        if args.set:
+            raise RecipeError("--set changes a recipe: name the recipe to verify, or drop --set to verify the whole store")
+        workdir = Path(args.workdir or api.DEFAULT_WORKDIR).resolve()
+        if not (workdir / "store").is_dir():
+            raise RecipeError(f"--workdir {workdir}: no store there; give the workdir a recipe ran in")
+        result = verify_store(workdir)
+    if args.json:
+        print(json.dumps({"ok": result.ok, "entries": result.entries, "files": result.files, "bytes": result.bytes,
+                          "drifted": result.drifted, "not_stored": result.not_stored,
+                          "unverifiable": result.unverifiable}, indent=2))
+        return 0 if result.ok else 1
+    for line in result.drifted:
+        print(f"drifted: {line}")
+    for line in result.unverifiable:
+        print(f"unverifiable: {line}: its manifest lists no files (written before manifests did)")
+    if result.not_stored:
+        print(f"not stored yet: {', '.join(result.not_stored)}")
+    verdict = "all match their manifests" if result.ok else f"{len(result.drifted)} drifted"
+    print(f"verified {result.entries} entries, {result.files} files, {result.bytes:,} bytes: {verdict}")
+    return 0 if result.ok else 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -269,5 +325,5 @@ def _reporter():
     return LineReporter(sys.stderr)
 
 
-COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "run": cmd_run, "status": cmd_status, "compare": cmd_compare, "schema": cmd_schema,
-            "generate": cmd_generate, "serve": cmd_serve}
+COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "run": cmd_run, "status": cmd_status, "verify": cmd_verify,
+            "compare": cmd_compare, "schema": cmd_schema, "generate": cmd_generate, "serve": cmd_serve}

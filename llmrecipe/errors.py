@@ -41,3 +41,12 @@ class WorkdirBusy(Exception):
     """Another run holds the workdir's lock. Exit code 1."""
 
     exit_code = 1
+
+
+class StorageError(Exception):
+    """The workdir cannot be written: the disk is full, or the folder is read-only. Exit code 1.
+
+    The message is one line naming the folder, its free space and what was kept.
+    """
+
+    exit_code = 1

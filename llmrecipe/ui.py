@@ -11,7 +11,7 @@ from rich.table import Table
 from llmrecipe.plan.plan import Plan
 from llmrecipe.run.reporter import format_fields, format_seconds
 
-STATE_STYLE = {"cached": "green", "stale": "yellow", "ready": "cyan", "done": "green", "failed": "red"}
+STATE_STYLE = {"cached": "green", "stale": "yellow", "ready": "cyan", "done": "green", "failed": "red", "corrupt": "red"}
 
 
 class RichProgress:
@@ -94,7 +94,10 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         seconds = f"{row['seconds']:.1f}" if "seconds" in row else ""
         metrics = format_fields(row.get("metrics", {}))
-        table.add_row(row["step"], row["kind"], f"[{STATE_STYLE[row['state']]}]{row['state']}[/]", seconds, metrics)
+        state = f"{row['state']}, resumes" if row.get("resumes") else row["state"]
+        if row.get("drifts"):
+            metrics = "; ".join(row["drifts"])
+        table.add_row(row["step"], row["kind"], f"[{STATE_STYLE[row['state']]}]{state}[/]", seconds, metrics)
     return table
 
 

@@ -107,3 +107,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory) -> Path:
+    """The recipe of tests/full_recipe.py (every step kind) after one uninterrupted `llmrecipe run`, shared by the
+    tests that compare with it or read its store. Tests copy what they change."""
+    from tests.full_recipe import run_cli, write_full_recipe
+
+    recipe = write_full_recipe(tmp_path_factory.mktemp("full-reference"))
+    done = run_cli(recipe)
+    assert done.returncode == 0, done.stderr
+    return recipe

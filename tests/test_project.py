@@ -43,12 +43,13 @@ def test_every_step_kind_has_an_executor_and_reference_rules():
     assert schema_kinds == set(STEP_KINDS)
 
 
-def test_validate_and_plan_do_not_import_torch_or_polars():
+def test_validate_plan_and_status_do_not_import_torch_or_polars():
     code = (
         "import sys\n"
         "from llmrecipe.cli import main\n"
         "assert main(['validate', 'recipes/quickstart.toml']) == 0\n"
         "assert main(['plan', 'recipes/quickstart.toml', '--workdir', sys.argv[1]]) == 0\n"
+        "assert main(['status', 'recipes/quickstart.toml', '--workdir', sys.argv[1]]) == 0\n"
         "heavy = sorted(m for m in ('torch', 'polars', 'tokenizers', 'onnx') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from llmrecipe.errors import StepError, StepFailed, WorkdirBusy
+from llmrecipe.errors import StepError, StepFailed
 from llmrecipe.plan.plan import Plan, PlanStep
-from llmrecipe.run.record import RunRecord, WorkdirLock
+from llmrecipe.run.locks import LockHeld
+from llmrecipe.run.record import RunRecord
 from llmrecipe.run.reporter import LineReporter
 from llmrecipe.run.scheduler import Scheduler
+from llmrecipe.run.session import recipe_lock
 from llmrecipe.run.status import step_states
 from llmrecipe.run.store import MANIFEST, Store
 
@@ -114,9 +116,11 @@ def test_leftover_staging_from_a_killed_run_is_cleared(tmp_path):
 
 
 def test_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
-    with WorkdirLock(tmp_path):
-        with pytest.raises(WorkdirBusy, match=r"in use by pid \d+"):
-            with WorkdirLock(tmp_path):
+    with recipe_lock(tmp_path, "t", "run-1"):
+        with pytest.raises(LockHeld, match=r"pid \d+ on .+, started 20\d\d-.+ \(run run-1\)"):
+            with recipe_lock(tmp_path, "t", "run-2"):
                 pass
-    with WorkdirLock(tmp_path):  # released on exit
+        with recipe_lock(tmp_path, "another recipe", "run-3"):  # another recipe in the same workdir may run
+            pass
+    with recipe_lock(tmp_path, "t", "run-4"):  # released on exit
         pass

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llmrecipe.recipe.base import Section, StepName
 from llmrecipe.recipe.data import DataStep
@@ -51,6 +52,34 @@ class RunConfig(Section):
     ray_address: str | None = None
     """With engine = "ray": the cluster to join (`auto`, `ray://host:10001`, `host:6379`); unset uses the environment's
     RAY_ADDRESS, else starts a Ray instance on this machine for the run."""
+    max_time: str | None = None
+    """Stop cleanly after this long, e.g. "3h50m", "90m" or "1d2h": a training step saves a checkpoint first, and
+    `llmrecipe run` exits with code 75 ("run again to continue"). Set it a little under a batch scheduler's time
+    limit; the next run of the same command resumes. Not part of any fingerprint."""
+
+    @field_validator("max_time")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None and duration_seconds(value) is None:
+            raise ValueError("not a duration: write days, hours, minutes and seconds like \"3h50m\", \"90m\" or \"45s\"")
+        return value
+
+    @property
+    def max_seconds(self) -> float | None:
+        return None if self.max_time is None else duration_seconds(self.max_time)
+
+
+DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def duration_seconds(text: str) -> float | None:
+    """The seconds of a duration like "3h50m" (13800.0); None when `text` is not one, or is zero."""
+    match = DURATION.match(text.strip())
+    if match is None or not any(match.groups()):
+        return None
+    days, hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    return total if total > 0 else None
 
 
 class Recipe(Section):

@@ -1,63 +1,34 @@
-"""The run record, `<workdir>/runs/<run-id>/`: what was asked, what ran, on what, and how it went."""
+"""The run record, `<workdir>/runs/<run-id>/`: what was asked, what ran, on what, and how it went.
+
+recipe.toml and recipe.json (as written and as resolved), plan.json, events.jsonl (one line per event, appended as
+the run goes), and at the end report.md/report.json, status.json and manifest.json (see provenance.py).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
-import os
-import platform
-import sys
 import uuid
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from llmrecipe.errors import WorkdirBusy
-
-PACKAGES = ("llmrecipe", "torch", "polars", "numpy", "tokenizers", "safetensors", "onnx", "onnxruntime",
-            "onnxruntime-gpu", "onnxscript", "pydantic")
+from llmrecipe.run.space import storage_problem
 
 
-class WorkdirLock:
-    """One writer per workdir. flock is released by the kernel when the holder dies, even by kill -9."""
-
-    def __init__(self, workdir: Path):
-        self.path = workdir / "lock"
-        self._file = None
-
-    def __enter__(self) -> "WorkdirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
-            self._file.close()
-            raise WorkdirBusy(
-                f"{self.path.parent} is in use by {holder}; wait for that run to finish, or give this one "
-                "another workdir (--workdir)"
-            ) from None
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"pid {os.getpid()} on {platform.node()}")
-        self._file.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
+def new_run_id(name: str) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{name}-{uuid.uuid4().hex[:6]}"
 
 
 class RunRecord:
-    def __init__(self, workdir: Path, name: str):
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.run_id = f"{stamp}-{name}-{uuid.uuid4().hex[:6]}"
+    def __init__(self, workdir: Path, name: str, run_id: str | None = None):
+        self.run_id = run_id or new_run_id(name)
         self.dir = workdir / "runs" / self.run_id
         self.dir.mkdir(parents=True)
         self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+        self.lost: list[str] = []
+        """What could not be written while the run was already failing (a full disk): the record says so."""
 
     def write_json(self, filename: str, data: Any) -> None:
         (self.dir / filename).write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
@@ -69,11 +40,34 @@ class RunRecord:
         self._events.write(_event_line(record))
         self._events.flush()
 
+    def note(self, record: dict[str, Any]) -> None:
+        """An event written while the run fails or stops: a full or read-only disk must not hide the first error."""
+        try:
+            self.event(record)
+        except OSError as error:
+            if storage_problem(error) is None:
+                raise
+            self.lost.append(f"event {record.get('event')}")
+
+    def keep(self, filename: str, text: str) -> str | None:
+        """Write a file of the failure's story where the disk allows; its path, or None when it could not be kept."""
+        try:
+            self.write_text(filename, text)
+        except OSError as error:
+            if storage_problem(error) is None:
+                raise
+            self.lost.append(filename)
+            return None
+        return str(self.dir / filename)
+
     def step_events(self, step: str) -> StepEvents:
         return StepEvents(str(self.dir / "events.jsonl"), step)
 
     def close(self) -> None:
-        self._events.close()
+        try:
+            self._events.close()
+        except OSError:  # the last buffered line met a full disk; the record lists what it lost
+            self.lost.append("events.jsonl (its last lines)")
 
 
 @dataclass(frozen=True)
@@ -91,24 +85,6 @@ class StepEvents:
 
 def _event_line(record: dict[str, Any]) -> str:
     return json.dumps({"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), **record}) + "\n"
-
-
-def environment(device: str) -> dict[str, Any]:
-    """Versions and machine facts, read from package metadata so that torch is not imported for it."""
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "device": device,
-        "packages": versions,
-    }
 
 
 def latest_runs(workdir: Path) -> list[Path]:

@@ -17,10 +17,15 @@ WORST_TEXT = 160
 """Characters of an example's text shown in the worst-examples tables."""
 
 
-def write_report(record_dir: Path, plan: Plan, outcomes: list[StepOutcome], run_id: str, failure: str | None) -> None:
-    """report.json (every number) and report.md (the same, for people, with the plots) into the run record."""
+def write_report(record_dir: Path, plan: Plan, outcomes: list[StepOutcome], run_id: str, failure: str | None,
+                 outcome: str = "finished", stop: dict[str, Any] | None = None) -> None:
+    """report.json (every number) and report.md (the same, for people, with the plots) into the run record.
+
+    `outcome` is finished, failed or interrupted; `stop` says why an interrupted run stopped (reason, exit code,
+    what the step saved)."""
     store = Store(Path(plan.workdir))
     data = report_data(plan, outcomes, run_id, failure, store)
+    data.update(outcome=outcome, stopped=stop)
     for step in data["steps"]:  # links relative to the report, so the record folder can be moved with the store
         plots = [*step.get("plots", []), *draw_curves(record_dir, step)]
         step["plots"] = [os.path.relpath(plot, record_dir) for plot in plots]
@@ -39,6 +44,7 @@ def report_data(plan: Plan, outcomes: list[StepOutcome], run_id: str, failure: s
             "seconds": round(outcome.seconds, 3) if outcome and outcome.state == "done" else None,
             "fingerprint": step.fingerprint, "artifact": str(folder), "derived": step.derived,
             "metrics": {k: v for k, v in (outcome.metrics if outcome else {}).items() if isinstance(v, (int, float, str))},
+            "note": outcome.note if outcome else None,
         }
         if store.is_done(step.fingerprint):
             entry.update(_artifact_details(step.kind, folder))
@@ -80,12 +86,15 @@ def draw_curves(record_dir: Path, step: dict[str, Any]) -> list[str]:
 
 def render_markdown(data: dict[str, Any], plan: Plan) -> str:
     lines = [f"# Run {data['run_id']}", "", f"Recipe `{data['recipe']}`, seed {data['seed']}, device {data['device']}.", ""]
-    if data["failure"]:
+    if data.get("outcome") == "interrupted":
+        lines += [f"**Interrupted:** {data['failure']}. Run the same command to resume.", ""]
+    elif data["failure"]:
         lines += [f"**Failed:** {data['failure']}", ""]
     lines += ["| step | kind | state | seconds | fingerprint |", "|---|---|---|---|---|"]
     for step in data["steps"]:
         seconds = f"{step['seconds']:.1f}" if step["seconds"] is not None else ""
-        lines.append(f"| {step['step']} | {step['kind']} | {step['state']} | {seconds} | `{step['fingerprint'][:12]}` |")
+        state = step["state"] + (f" ({step['note']})" if step.get("note") else "")
+        lines.append(f"| {step['step']} | {step['kind']} | {state} | {seconds} | `{step['fingerprint'][:12]}` |")
     for step in data["steps"]:
         lines += _step_section(step)
     for step in plan.steps:

@@ -1,41 +1,53 @@
-"""What state each step of a plan is in, read from the store without running anything."""
+"""What state each step of a plan is in, read from the store without running anything (and without writing:
+a read-only workdir answers too)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from llmrecipe.plan.plan import Plan
-from llmrecipe.run.store import Store
+from llmrecipe.run.store import EntryCheck, Store
 
 
 def step_states(plan: Plan, store: Store) -> dict[str, str]:
-    """Per step: `cached` (output in the store; skipped), `stale` (ran before with other settings or inputs;
-    runs again) or `ready` (never ran with these settings; runs)."""
-    previous = store.last_fingerprints(plan.name)
-    states = {}
-    for step in plan.steps:
-        if store.is_done(step.fingerprint):
-            states[step.name] = "cached"
-        elif step.name in previous:
-            states[step.name] = "stale"
-        else:
-            states[step.name] = "ready"
-    return states
+    """Per step: `cached` (output in the store and intact; skipped), `corrupt` (output in the store that no longer
+    matches its manifest; runs again), `stale` (ran before with other settings or inputs; runs again) or `ready`
+    (never ran with these settings; runs)."""
+    return {name: state for name, (state, _) in _checked(plan, store).items()}
 
 
 def step_status(plan: Plan, store: Store) -> list[dict[str, Any]]:
-    """Per step: state, artifact folder, and for finished steps their timing, run and metrics."""
-    states = step_states(plan, store)
-    rows = []
+    """Per step: state, artifact folder, and for finished steps their timing, run and metrics; for a corrupt one
+    what drifted, and for one that will run whether it resumes from saved state."""
+    rows, checks = [], _checked(plan, store)
     for step in plan.steps:
-        row: dict[str, Any] = {"step": step.name, "kind": step.kind, "state": states[step.name], "fingerprint": step.fingerprint}
-        manifest = store.manifest(step.fingerprint)
-        if manifest is not None:
+        state, checked = checks[step.name]
+        row: dict[str, Any] = {"step": step.name, "kind": step.kind, "state": state, "fingerprint": step.fingerprint}
+        manifest = checked.manifest or {}
+        if state == "cached":
             row.update(
                 artifact=str(store.path(step.fingerprint)),
-                seconds=manifest["seconds"],
-                finished_by_run=manifest["run_id"],
-                metrics={k: v for k, v in manifest["metrics"].items() if not isinstance(v, (list, dict))},
+                seconds=manifest.get("seconds"),
+                finished_by_run=manifest.get("run_id"),
+                metrics={k: v for k, v in manifest.get("metrics", {}).items() if not isinstance(v, (list, dict))},
             )
+        elif state == "corrupt":
+            row["drifts"] = [str(d) for d in checked.drifts]
+        else:
+            scratch = store.scratch_root / step.fingerprint
+            row["resumes"] = scratch.is_dir() and any(scratch.iterdir())
         rows.append(row)
     return rows
+
+
+def _checked(plan: Plan, store: Store) -> dict[str, tuple[str, EntryCheck]]:
+    previous = store.last_fingerprints(plan.name)
+    states = {}
+    for step in plan.steps:
+        checked = store.check(step.fingerprint)
+        if checked.state != "missing":
+            state = "cached" if checked.ok else "corrupt"
+        else:
+            state = "stale" if step.name in previous else "ready"
+        states[step.name] = (state, checked)
+    return states
