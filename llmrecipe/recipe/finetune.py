@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from llmrecipe.recipe.base import Section, StepName
+from llmrecipe.recipe.base import MAX_BATCH, MAX_EVAL_BATCHES, MAX_SEQ_LEN, MAX_WIDTH, Section, StepName
 from llmrecipe.recipe.pretrain import Budget, OptimConfig
 
 
@@ -38,7 +38,7 @@ class DatasetConfig(Section):
 class LoraConfig(Section):
     """Low-rank adapters (Hu et al., 2021): W x + (alpha / rank) * B A x on the target linear layers, W frozen."""
 
-    rank: int = Field(default=8, ge=1)
+    rank: int = Field(default=8, ge=1, le=MAX_WIDTH)
     alpha: float = Field(default=16.0, gt=0)
     """Scale of the adapter's output is alpha / rank."""
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -86,7 +86,7 @@ class FinetuneStep(Section):
     end_of_turn: str | None = None
     """`sft` with `chat_template`: the token that ends an assistant turn (one of `special_tokens`); the model learns
     to produce it, and generation stops there."""
-    max_seq_len: int | None = Field(default=None, ge=2)
+    max_seq_len: int | None = Field(default=None, ge=2, le=MAX_SEQ_LEN)
     """Tokens per training sequence, at most the init model's `seq_len` (the default): the length of a packed row
     for `sft` (longer examples are cut at the end) and of a window for `continue`."""
     labels: list[str] | None = Field(default=None, min_length=2)
@@ -98,13 +98,13 @@ class FinetuneStep(Section):
     """`classify`: the token whose state feeds the head; `auto` is the last token for decoders, the first for `bert`."""
     optim: FinetuneOptim = FinetuneOptim()
     budget: Budget
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH)
     """Sequences (packed sequences for `sft`, examples for `classify`) per optimizer step."""
-    micro_batch_size: int | None = Field(default=None, ge=1)
+    micro_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
     """Sequences per forward pass; fewer than `batch_size` means gradient accumulation. Defaults to `batch_size`."""
     eval_every: int = Field(default=50, ge=1)
     """Measure validation loss every this many steps (and at the end)."""
-    eval_batches: int = Field(default=20, ge=1)
+    eval_batches: int = Field(default=20, ge=1, le=MAX_EVAL_BATCHES)
     """At most this many batches of held-out data per measurement."""
     early_stopping_patience: int | None = Field(default=None, ge=1)
     """Stop when this many validations in a row bring no new best validation loss; unset to train to the end."""
