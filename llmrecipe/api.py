@@ -156,7 +156,7 @@ def _run_here(loaded: LoadedRecipe, plan: Plan, only: set[str], force: set[str],
         record = RunRecord(workdir_path, plan.name)
         record.write_text("recipe.toml", loaded.path.read_text(encoding="utf-8"))
         record.write_json("recipe.json", loaded.recipe.model_dump(mode="json"))
-        record.write_json("plan.json", plan.model_dump(mode="json"))
+        record.write_json("plan.json", plan.record())
         record.write_json("environment.json", environment(plan.device))
         scheduler = Scheduler(Store(workdir_path), executors, reporter)
         failure = None
