@@ -52,7 +52,9 @@ see the connection close before it reads the answer."""
 def start_server(folder: Path, port: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "llmrecipe", "serve", str(folder), "--port", str(port), "--api-key", KEY,
                "--log", "", "--model-name", "bench", "--capacity", "256", "--max-batch", "8"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its log goes to a file: a pipe nobody reads fills up (uvicorn logs every request) and then blocks the server.
+    log = open(folder / "server.log", "w+b")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -61,7 +63,7 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
         except httpx.HTTPError:
             time.sleep(0.2)
         if server.poll() is not None:
-            raise RuntimeError(f"the server exited: {server.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"the server exited: {(folder / 'server.log').read_bytes().decode()[-2000:]}")
     server.kill()
     raise RuntimeError("the server did not answer /health within 120 s")
 
