@@ -38,7 +38,9 @@ SETTINGS: dict[str, Settings] = {
                                   recipes=("recipes/shakespeare-char.toml",)),
     "serve_hostile": Settings(quick=("--seconds", "3"), peers=("httpx",)),
     "serve_load": Settings(quick=("--requests", "20"), peers=("httpx",)),
-    "sft_acceptance": Settings(recipes=("recipes/chat.toml",), needs="../shared/data (Austen, ChatterBot pairs)"),
+    "sft_acceptance": Settings(quick=("--set", "steps.base.budget.steps=20", "--set", "steps.base.optim.warmup=2",
+                                      "--set", "steps.chat.budget.epochs=1", "--set", "steps.chat.optim.warmup=2"),
+                               recipes=("recipes/chat.toml",), needs="../shared/data (Austen, ChatterBot pairs)"),
     "train_throughput": Settings(quick=("--steps", "1", "--rounds", "1", "--warmup", "1"), peers=("transformers",)),
 }
 
