@@ -106,6 +106,8 @@ def add_serve_parser(commands) -> None:
     sub.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default: $LLMRECIPE_API_KEY, else none)")
     sub.add_argument("--capacity", type=int, default=256, help="requests waiting or decoding at once; more get 429")
     sub.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    sub.add_argument("--max-request-bytes", type=int, default=1_048_576,
+                     help="largest request body read; a larger one gets 413 before it is read (default: 1 MiB)")
     sub.add_argument("--log", default="serve-log.jsonl",
                      help="JSONL log of completions and feedback, readable as a recipe data source ('' for none)")
     sub.add_argument("--model-name", help="the model id clients send (default: the step or folder name)")
@@ -297,8 +299,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llmrecipe import api
 
     folder = api.model_folder(args.target, args.step, args.set, args.workdir)
-    if args.capacity < 1 or args.max_batch < 1:
-        print("error: --capacity and --max-batch must be at least 1", file=sys.stderr)
+    if args.capacity < 1 or args.max_batch < 1 or args.max_request_bytes < 1:
+        print("error: --capacity, --max-batch and --max-request-bytes must be at least 1", file=sys.stderr)
         return 2
     try:
         model = api.open_model(folder, args.backend)
@@ -308,7 +310,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llmrecipe.serve.server import serve
 
     serve(model, host=args.host, port=args.port, api_key=args.api_key, capacity=args.capacity,
-          max_batch=args.max_batch, log_path=Path(args.log) if args.log else None,
+          max_batch=args.max_batch, max_request_bytes=args.max_request_bytes,
+          log_path=Path(args.log) if args.log else None,
           model_name=args.model_name or args.step or Path(args.target).name)
     return 0
 

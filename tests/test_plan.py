@@ -144,3 +144,25 @@ def test_engine_is_not_fingerprinted_and_ray_missing_is_a_recipe_error(tmp_path,
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
     with pytest.raises(RecipeError, match=r"run.engine = 'ray': Ray is not installed; install it with pip install 'llmrecipe\[ray\]'"):
         api.compile(api.load(path, ["run.engine=ray"]))
+
+
+def test_a_run_record_summarises_a_step_reading_many_files(tmp_path):
+    """100k small files would put a line per file into every run record's plan.json (24 MB); a summary per source
+    keeps it small and still tells two different inputs apart."""
+    from llmrecipe.plan.plan import LISTED_FILES, ExternalFile
+
+    plan = compile_tiny(tmp_path)
+    data = plan.step("corpus")
+    many = [ExternalFile(source=0, name=f"docs/{i:06d}.txt", sha256=f"{i:064x}", size=100, path=f"/data/docs/{i:06d}.txt")
+            for i in range(100_000)]
+    big = plan.model_copy(update={"steps": [s.model_copy(update={"external": many}) if s is data else s for s in plan.steps]})
+    record = big.record()
+    summary = next(s for s in record["steps"] if s["name"] == "corpus")["external"]
+    assert summary == [{"source": 0, "files": 100_000, "bytes": 10_000_000, "listing_sha256": summary[0]["listing_sha256"],
+                        "first": ["docs/000000.txt", "docs/000001.txt", "docs/000002.txt"]}]
+    assert len(json.dumps(record)) < 20_000 < len(json.dumps(big.model_dump(mode="json")))
+    changed = many[:-1] + [many[-1].model_copy(update={"sha256": "f" * 64})]
+    other = big.model_copy(update={"steps": [s.model_copy(update={"external": changed}) if s.name == "corpus" else s
+                                             for s in big.steps]})
+    assert next(s for s in other.record()["steps"] if s["name"] == "corpus")["external"] != summary
+    assert plan.record() == plan.model_dump(mode="json") and len(data.external) <= LISTED_FILES  # small: whole

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import openai
 import pytest
 
 from llmrecipe import api
-from llmrecipe.generate.artifact import LoadedModel
-from llmrecipe.generate.engine import Engine
 from llmrecipe.serve.app import ServeSettings
-from tests.generate_helpers import lively_model, save_artifact, tiny_shape
 from llmrecipe.serve.server import background_server as running_server
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
+from tests.generate_helpers import lively_model, save_artifact, tiny_shape
+from tests.serve_helpers import CHAT_TEMPLATE, slow_model, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -132,41 +125,6 @@ def test_api_key_is_required_when_set(model_folder):
         assert httpx.get(f"{url}/v1/models").status_code == 401
         good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
         assert good.models.list().data[0].id == "tiny"
-
-
-class SlowDecoder:
-    """A real decoder that takes 20 ms a step, so requests overlap long enough to observe the queue."""
-
-    def __init__(self, decoder):
-        self.decoder = decoder
-        self.seq_len, self.vocab_size = decoder.seq_len, decoder.vocab_size
-
-    def empty(self, batch, slots):
-        return self.decoder.empty(batch, slots)
-
-    def forward(self, *args):
-        time.sleep(0.02)
-        return self.decoder.forward(*args)
-
-    def select(self, past, rows):
-        return self.decoder.select(past, rows)
-
-
-def slow_model(folder) -> LoadedModel:
-    loaded = api.open_model(folder)
-    engine = loaded.engine
-    # No end-of-text id: rows run to max_tokens, so a test knows how long a request lasts.
-    slow = Engine(SlowDecoder(engine.decoder), engine.tokenizer, None, engine.vocab_size)
-    return LoadedModel(slow, loaded.folder, loaded.backend, loaded.chat_template)
-
-
-def wait_until(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_full_queue_answers_429_and_a_hang_up_frees_the_slot(model_folder):

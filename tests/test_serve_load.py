@@ -1,4 +1,5 @@
-"""The bounded loopback load test (benchmarks/serve_load.py): 200 concurrent requests, no 5xx, slots freed."""
+"""The bounded loopback load tests: 200 concurrent requests (benchmarks/serve_load.py), and hostile requests beside
+normal traffic (benchmarks/serve_hostile.py): no 5xx, every slot freed, memory bounded, /health within a second."""
 
 from __future__ import annotations
 
@@ -20,3 +21,30 @@ def test_200_concurrent_requests_get_no_server_error_and_free_every_slot():
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["server_errors"] == 0 and summary["statuses"] == {"200": 200}
     assert summary["busy_slots_after"] == 0 and summary["p99_s"] >= summary["p50_s"] > 0
+
+
+def run_hostile(seconds: float) -> dict:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_hostile.py"), "--seconds", str(seconds)],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def check_hostile(summary: dict) -> None:
+    assert summary["unexpected"] == {} and summary["server_errors"] == 0, summary["results"]
+    assert summary["results"]["normal"] == {"200": sum(summary["results"]["normal"].values())}
+    assert summary["health_max_s"] < 1.0 and summary["health_failures"] == 0
+    assert summary["rss_growth_mb"] <= summary["max_growth_mb"] and summary["busy_slots_after"] == 0
+    assert summary["passed"]
+
+
+def test_hostile_requests_beside_normal_traffic_quick():
+    """One or two waves: 10 MB prompts, undelivered 100 MB bodies, 1M-character stops, keyless uploads, hang-ups."""
+    check_hostile(run_hostile(3))
+
+
+@pytest.mark.slow
+def test_hostile_requests_beside_normal_traffic_for_a_minute():
+    summary = run_hostile(60)
+    check_hostile(summary)
+    assert summary["requests"] >= 200

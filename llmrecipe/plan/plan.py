@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -61,12 +62,37 @@ class PlanStep(Frozen):
     fingerprint: str
 
 
+LISTED_FILES = 100
+"""External files a step lists one by one in `Plan.record()`; a step reading more is summarised per source."""
+
+
+def summarise_files(files: list[ExternalFile]) -> list[dict[str, Any]]:
+    """Per source: how many files, their bytes, and one digest over every (name, sha256), so two records still
+    compare equal exactly when the inputs were the same."""
+    summary = []
+    for source in sorted({f.source for f in files}):
+        mine = sorted((f for f in files if f.source == source), key=lambda f: f.name)
+        listing = hashlib.sha256("".join(f"{f.name}\t{f.sha256}\n" for f in mine).encode("utf-8", "surrogatepass"))
+        summary.append({"source": source, "files": len(mine), "bytes": sum(f.size for f in mine),
+                        "listing_sha256": listing.hexdigest(), "first": [f.name for f in mine[:3]]})
+    return summary
+
+
 class Plan(Frozen):
     name: str
     seed: int
     workdir: str
     device: Literal["cpu", "cuda"]
     steps: list[PlanStep]
+
+    def record(self) -> dict[str, Any]:
+        """The plan as a run record keeps it: whole, except that a step reading more than LISTED_FILES files gets a
+        summary per source instead of a line per file (100k small files would make every record tens of MB)."""
+        data = self.model_dump(mode="json")
+        for step, dumped in zip(self.steps, data["steps"]):
+            if len(step.external) > LISTED_FILES:
+                dumped["external"] = summarise_files(step.external)
+        return data
 
     def step(self, name: str) -> PlanStep:
         for step in self.steps:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, Strict, field_validator, model_validator
 
-from llmrecipe.recipe.base import Section
+from llmrecipe.recipe.base import MAX_PROCESSES, Section
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+NGramSize = Annotated[int, Strict(False), Field(ge=1, le=100)]
+"""Words per n-gram: a TOML table key, so written as a string (`5 = 0.15` is `"5"`)."""
 
 
 class Source(Section):
@@ -158,10 +161,10 @@ class Quality(Section):
     """Share of blank-line separated paragraphs that repeat an earlier one above this."""
     max_duplicate_paragraph_chars: float = 0.2
     """Share of characters in repeated paragraphs above this."""
-    max_top_ngram_chars: dict[int, float] = {2: 0.2, 3: 0.18, 4: 0.16}
+    max_top_ngram_chars: dict[NGramSize, float] = {2: 0.2, 3: 0.18, 4: 0.16}
     """n -> limit on the share of word characters covered by the occurrences of one repeated word n-gram (the
     one covering most)."""
-    max_duplicate_ngram_chars: dict[int, float] = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.1}
+    max_duplicate_ngram_chars: dict[NGramSize, float] = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.1}
     """n -> limit on the share of word characters inside word n-grams that occur more than once."""
 
     @field_validator("off")
@@ -198,9 +201,9 @@ class DedupNear(Section):
     threshold form clusters, and one document per cluster is kept."""
 
     op: Literal["dedup_near"] = "dedup_near"
-    shingle_size: int = Field(default=5, ge=1)
+    shingle_size: int = Field(default=5, ge=1, le=100)
     """Words per shingle."""
-    num_perm: int = Field(default=128, ge=2)
+    num_perm: int = Field(default=128, ge=2, le=1024)
     """Signature length (hash values per document)."""
     bands: int = Field(default=32, ge=1)
     """LSH bands; `num_perm / bands` values per band. More bands find less similar pairs (and cost more checks)."""
@@ -253,10 +256,10 @@ class DataStep(Section):
     on_bad_record: Literal["skip", "fail"] = "skip"
     """A record that cannot be read (malformed JSON line, empty file, non-text value, corrupt archive): `skip`
     leaves it out and counts it in the report, `fail` stops the step naming the file and line."""
-    batch_mb: int = Field(default=8, ge=1)
+    batch_mb: int = Field(default=8, ge=1, le=4096)
     """Documents are processed in batches of about this many megabytes of text, which bounds memory use (each
     worker holds about 20 times its batch at its peak)."""
-    workers: int = Field(default=0, ge=0)
+    workers: int = Field(default=0, ge=0, le=MAX_PROCESSES)
     """Worker processes that run the ops on batches in parallel; 0 means one per CPU core. Results do not
     depend on it."""
 

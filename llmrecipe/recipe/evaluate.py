@@ -6,16 +6,16 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from llmrecipe.recipe.base import Section, StepName
+from llmrecipe.recipe.base import MAX_BATCH, MAX_SEQ_LEN, Section, StepName
 
 
 class SamplesConfig(Section):
     """Continuations sampled from the starts of held-out documents, to read what the model writes."""
 
-    count: int = Field(default=3, ge=0)
-    prompt_tokens: int = Field(default=16, ge=1)
+    count: int = Field(default=3, ge=0, le=10_000)
+    prompt_tokens: int = Field(default=16, ge=1, le=MAX_SEQ_LEN)
     """Tokens of the held-out document given as the prompt."""
-    max_new_tokens: int = Field(default=64, ge=1)
+    max_new_tokens: int = Field(default=64, ge=1, le=MAX_SEQ_LEN)
     temperature: float = Field(default=0.8, ge=0.0)
     """0 means greedy decoding."""
     top_k: int | None = Field(default=50, ge=1)
@@ -24,12 +24,13 @@ class SamplesConfig(Section):
 class DecodingConfig(Section):
     """How answers are generated: greedy by default, so scores are reproducible and need no seed."""
 
-    max_new_tokens: int = Field(default=32, ge=1)
+    max_new_tokens: int = Field(default=32, ge=1, le=MAX_SEQ_LEN)
     temperature: float = Field(default=0.0, ge=0.0)
     """0 means greedy decoding."""
     top_k: int | None = Field(default=None, ge=1)
-    stop: list[str] = ["\n"]
-    """The answer ends before the first of these strings (the end-of-text token always ends it)."""
+    stop: list[Annotated[str, Field(max_length=256)]] = Field(default=["\n"], max_length=16)
+    """The answer ends before the first of these strings (the end-of-text token always ends it); up to 16 of up to
+    256 characters (each stop string is looked for at every generated token)."""
 
 
 class PerplexitySuite(Section):
@@ -164,11 +165,11 @@ class EvaluateStep(Section):
     suites: dict[StepName, SuiteConfig] = Field(default=["perplexity", "samples"], json_schema_extra=_list_or_tables)
     """Named suites (tables), or a list of `"perplexity"` (one suite per split, named after it: `val_loss`) and
     `"samples"`."""
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=8, ge=1, le=MAX_BATCH)
     """Sequences per forward pass; results do not depend on it."""
     worst: int = Field(default=5, ge=0)
     """Error analysis: how many of the worst examples of each suite the report lists."""
-    bootstrap: int = Field(default=1000, ge=100)
+    bootstrap: int = Field(default=1000, ge=100, le=10_000)
     """Bootstrap resamples behind each confidence interval (95%)."""
 
     @field_validator("suites", mode="before")

@@ -45,10 +45,26 @@ def _explain_one(item: dict[str, Any], root: type[BaseModel], source: str) -> st
         return f"{where} = {_short(item['input'])}: expected a table (TOML [section] or {{ key = value }})"
     if isinstance(item.get("input"), (dict, list)) and kind in {"value_error", "assertion_error", "too_short"}:
         return f"{where}: {message}"
-    return f"{where} = {_short(item.get('input'))}: {message}"
+    return f"{where} = {_short(item.get('input'))}: {MESSAGES.get(kind, '{message}').format(message=message, **item.get('ctx', {}))}"
+
+
+MESSAGES = {
+    "int_type": "expected a whole number, written without quotes",
+    "float_type": "expected a number, written without quotes",
+    "bool_type": "expected true or false, written without quotes",
+    "string_type": "expected a string, in quotes",
+    "less_than_equal": "at most {le} is allowed; give a smaller value",
+    "less_than": "must be less than {lt}; give a smaller value",
+    "greater_than_equal": "at least {ge} is needed; give a larger value",
+    "greater_than": "must be more than {gt}; give a larger value",
+    "finite_number": "not a finite number; give an ordinary number (inf, nan and out-of-range values like 1e999 are not)",
+}
+"""Wrong types and numbers out of range, said in TOML's terms with the fix (the limit and which way to go)."""
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, bool):  # shown as the TOML the user wrote
+        return "true" if value else "false"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llmrecipe.recipe.base import Section, StepName
+from llmrecipe.recipe.base import MAX_SEQ_LEN, MAX_WIDTH, Section, StepName
 from llmrecipe.recipe.pretrain import Budget, OptimConfig
 from llmrecipe.recipe.training import TrainingControls
 
@@ -39,7 +39,7 @@ class DatasetConfig(Section):
 class LoraConfig(Section):
     """Low-rank adapters (Hu et al., 2021): W x + (alpha / rank) * B A x on the target linear layers, W frozen."""
 
-    rank: int = Field(default=8, ge=1)
+    rank: int = Field(default=8, ge=1, le=MAX_WIDTH)
     alpha: float = Field(default=16.0, gt=0)
     """Scale of the adapter's output is alpha / rank."""
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -87,7 +87,7 @@ class FinetuneStep(TrainingControls):
     end_of_turn: str | None = None
     """`sft` with `chat_template`: the token that ends an assistant turn (one of `special_tokens`); the model learns
     to produce it, and generation stops there."""
-    max_seq_len: int | None = Field(default=None, ge=2)
+    max_seq_len: int | None = Field(default=None, ge=2, le=MAX_SEQ_LEN)
     """Tokens per training sequence, at most the init model's `seq_len` (the default): the length of a packed row
     for `sft` (longer examples are cut at the end) and of a window for `continue`."""
     labels: list[str] | None = Field(default=None, min_length=2)

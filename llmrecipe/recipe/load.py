@@ -43,17 +43,33 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> LoadedRecipe:
     return LoadedRecipe(recipe=recipe, path=path)
 
 
+MAX_RECIPE_BYTES = 10_000_000
+"""A recipe is a small text file; anything bigger (or endless, like /dev/zero) is not one."""
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    if path.exists() and not path.is_file():
+        raise RecipeError(f"{path}: not a regular file; give the path of a TOML recipe file")
     try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: {path.stat().st_size} bytes is no recipe (at most {MAX_RECIPE_BYTES}); "
+                              "check the path")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe file; check the path") from None
-    except (IsADirectoryError, UnicodeDecodeError) as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise RecipeError(f"{path}: cannot read it as a UTF-8 TOML file ({error})") from None
+    return _parse_toml(text, path.name)
+
+
+def _parse_toml(text: str, where: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise RecipeError(f"{path.name}: not valid TOML: {error}") from None
+        raise RecipeError(f"{where}: not valid TOML: {error}") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise RecipeError(f"{where}: arrays or tables nest too deeply to read (hundreds of levels); a recipe needs a "
+                          "few, so look for runaway brackets") from None
 
 
 def _read_with_parents(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -87,6 +103,9 @@ def parse_override_value(text: str) -> Any:
         return tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise RecipeError(f"--set value {text[:40]!r}...: nests too deeply to read; a recipe value needs a few "
+                          "levels") from None
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llmrecipe.recipe.base import Section, StepName
+from llmrecipe.recipe.base import (MAX_BATCH_TOKENS, MAX_EVAL_BATCHES, MAX_HEADS, MAX_LAYERS, MAX_SEQ_LEN, MAX_WIDTH,
+                                   Section, StepName)
 from llmrecipe.recipe.training import TrainingControls
 
 
@@ -17,16 +18,16 @@ class ModelConfig(Section):
     """Architecture: `llama` (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases), `gpt2` (learned
     positions, LayerNorm, GELU MLP, biases), `bert` (bidirectional encoder trained by masked-language modelling)
     or `lstm` (a recurrent baseline: `n_layer` LSTM layers of width `d_model`)."""
-    n_layer: int = Field(default=4, ge=1)
-    n_head: int = Field(default=4, ge=1)
+    n_layer: int = Field(default=4, ge=1, le=MAX_LAYERS)
+    n_head: int = Field(default=4, ge=1, le=MAX_HEADS)
     """Attention heads (not used by `lstm`)."""
-    n_kv_head: int | None = Field(default=None, ge=1)
+    n_kv_head: int | None = Field(default=None, ge=1, le=MAX_HEADS)
     """Key/value heads for grouped-query attention (`llama` only); defaults to `n_head` (plain multi-head attention)."""
-    d_model: int = Field(default=256, ge=8)
+    d_model: int = Field(default=256, ge=8, le=MAX_WIDTH)
     """Width of the residual stream (the hidden size for `lstm`); a multiple of `n_head` for attention models."""
-    seq_len: int = Field(default=256, ge=2)
+    seq_len: int = Field(default=256, ge=2, le=MAX_SEQ_LEN)
     """Context length in tokens."""
-    ffn_mult: float | None = Field(default=None, gt=0)
+    ffn_mult: float | None = Field(default=None, gt=0, le=64)
     """MLP hidden width as a multiple of `d_model`, rounded up to a multiple of 64. Unset: 8/3 for `llama`'s
     SwiGLU (the parameters of a 4x MLP), 4 for `gpt2` and `bert`."""
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -103,9 +104,9 @@ class PretrainStep(TrainingControls):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     budget: Budget
-    batch_tokens: int | None = Field(default=None, ge=1)
+    batch_tokens: int | None = Field(default=None, ge=1, le=MAX_BATCH_TOKENS)
     """Tokens per optimizer step; when set it replaces `batch_size` and must be a multiple of `model.seq_len`."""
-    final_eval_batches: int | None = Field(default=None, ge=1)
+    final_eval_batches: int | None = Field(default=None, ge=1, le=MAX_EVAL_BATCHES)
     """Once training ends, score the best weights on up to this many batches of non-overlapping windows spread
     evenly over the validation split (the whole split when it holds no more) and report that as `best_val_loss`:
     free of the bias of taking the best of several noisy measurements, so the periodic ones can stay small.

@@ -7,19 +7,19 @@ from typing import Literal
 
 from pydantic import Field
 
-from llmrecipe.recipe.base import Section
+from llmrecipe.recipe.base import MAX_BATCH, MAX_EVAL_BATCHES, Section
 
 
 class TrainingControls(Section):
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH)
     """Examples per optimizer step over all processes: windows (`pretrain`, `continue`), packed sequences (`sft`),
     labelled texts (`classify`)."""
-    micro_batch_size: int | None = Field(default=None, ge=1)
+    micro_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH)
     """Examples per forward pass and process; fewer than a process's share of the batch means gradient
     accumulation (the loss stays a mean over the whole batch). Defaults to the whole share."""
     eval_every: int = Field(default=100, ge=1)
     """Measure validation loss every this many steps (and at the end)."""
-    eval_batches: int = Field(default=20, ge=1)
+    eval_batches: int = Field(default=20, ge=1, le=MAX_EVAL_BATCHES)
     """Batches of validation data per measurement (at most: a small held-out set is used whole)."""
     early_stopping_patience: int | None = Field(default=None, ge=1)
     """Stop when this many validations in a row bring no new best validation loss; unset to train to the end."""

@@ -59,7 +59,7 @@ def _run_locked(loaded: LoadedRecipe, plan: Plan, executors: Mapping[str, Execut
     record = RunRecord(workdir, plan.name, run_id)
     record.write_text("recipe.toml", loaded.path.read_text(encoding="utf-8"))
     record.write_json("recipe.json", loaded.recipe.model_dump(mode="json"))
-    record.write_json("plan.json", plan.model_dump(mode="json"))
+    record.write_json("plan.json", plan.record())
     scheduler = Scheduler(Store(workdir), executors, reporter, verify=verify)
     ending: dict[str, object] = {"outcome": "running", "failure": None, "stop": None}
     _write_manifest(record, loaded, plan, scheduler, "running")  # a killed run's record says it never ended

@@ -1,9 +1,12 @@
-"""The routes: /v1/models, /v1/completions, /v1/chat/completions (streamed or not), /v1/feedback, /health, /metrics."""
+"""The routes: /v1/models, /v1/completions, /v1/chat/completions (streamed or not), /v1/feedback, /health, /metrics.
+
+No /docs or /redoc: FastAPI's pages load their scripts from a CDN, which a server on a closed network cannot reach
+and a served page should not depend on. /openapi.json describes the API for any viewer or client generator.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 import uuid
@@ -12,18 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
 
 from llmrecipe.generate.artifact import LoadedModel
-from llmrecipe.generate.chat import NoChatTemplate
 from llmrecipe.generate.engine import Delta
 from llmrecipe.generate.sampling import SamplingParams
 from llmrecipe.serve.batcher import Batcher, Job, QueueFull
-from llmrecipe.serve.errors import ApiError, install_error_handlers
+from llmrecipe.serve.errors import ApiError, ClientGone, install_error_handlers
 from llmrecipe.serve.feedback import ServeLog
+from llmrecipe.serve.guard import OPEN_PATHS, RequestGuard
 from llmrecipe.serve.metrics import Metrics, MetricsMiddleware
+from llmrecipe.serve.prompts import PromptEncoder
 from llmrecipe.serve import schemas
 
 
@@ -37,9 +40,12 @@ class ServeSettings:
     """Requests decoded together in one batch."""
     log_path: Path | None = None
     """JSONL log of completions and feedback (None: not written)."""
+    max_request_bytes: int = 1_048_576
+    """Largest request body read (1 MiB: a prompt of about a quarter million tokens); a larger one is answered 413
+    before it is read."""
 
 
-ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 404, 429)}
+ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 404, 413, 429)}
 SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}}, "required": ["data"]}
 STREAMABLE = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 """With `stream: true` the answer is server-sent events; for OpenAPI 3.1 `schema` describes one event."""
@@ -52,18 +58,20 @@ def create_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
     batcher = Batcher(model.engine, settings.capacity, settings.max_batch, metrics.tokens.inc)
     batcher_ref.append(batcher)
     serve_log = ServeLog(settings.log_path)
+    prompts = PromptEncoder(model)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
         yield
         batcher.stop()
+        prompts.close()
 
-    app = FastAPI(title="llmrecipe", version="1", lifespan=lifespan)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app = FastAPI(title="llmrecipe", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last, so outermost: it counts refusals too
     install_error_handlers(app)
-    app.openapi = lambda: openapi_without_422(app)
-    auth = [Depends(bearer_check(settings.api_key))] if settings.api_key else []
+    app.openapi = lambda: openapi_without_422(app, bool(settings.api_key))
     created = int(time.time())
 
     @app.get("/health", response_model=schemas.Health)
@@ -74,22 +82,22 @@ def create_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/models", response_model=schemas.ModelList, dependencies=auth, responses=ERRORS)
+    @app.get("/v1/models", response_model=schemas.ModelList, responses=ERRORS)
     async def models() -> schemas.ModelList:
         return schemas.ModelList(data=[schemas.ModelCard(id=settings.model_name, created=created)])
 
-    @app.post("/v1/completions", response_model=schemas.CompletionResponse, dependencies=auth,
+    @app.post("/v1/completions", response_model=schemas.CompletionResponse,
               responses={**ERRORS, **STREAMABLE})
-    async def completions(body: schemas.CompletionRequest):
+    async def completions(body: schemas.CompletionRequest, request: Request):
         check_model(body.model, settings.model_name)
         text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-        prompt = encode_checked(model, text, "prompt")
+        prompt = await prompts.completion(text)
         job = submit(batcher, prompt, sampling(body, model))
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         record = lambda output, reason: serve_log.completion(completion_id, settings.model_name, text, output, reason)
         if body.stream:
             return sse(completion_events(job, completion_id, settings.model_name, record))
-        output, reason, count = await collect(job)
+        output, reason, count = await collect_unless_gone(job, request)
         record(output, reason)
         return schemas.CompletionResponse(
             id=completion_id, created=int(time.time()), model=settings.model_name,
@@ -97,25 +105,19 @@ def create_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
             usage=usage(len(prompt), count),
         )
 
-    @app.post("/v1/chat/completions", response_model=schemas.ChatResponse, dependencies=auth,
+    @app.post("/v1/chat/completions", response_model=schemas.ChatResponse,
               responses={**ERRORS, **STREAMABLE})
-    async def chat(body: schemas.ChatRequest):
+    async def chat(body: schemas.ChatRequest, request: Request):
         check_model(body.model, settings.model_name)
         messages = [m.model_dump() for m in body.messages]
-        try:
-            text = model.chat_prompt(messages)
-        except NoChatTemplate as error:
-            raise ApiError(400, str(error), param="model", code="no_chat_template") from None
-        except ValueError as error:
-            raise ApiError(400, str(error), param="messages", code="invalid_value") from None
-        prompt = encode_checked(model, text, "messages")
+        text, prompt = await prompts.chat(messages)
         job = submit(batcher, prompt, sampling(body, model))
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         record = lambda output, reason: serve_log.completion(
             completion_id, settings.model_name, text, output, reason, messages)
         if body.stream:
             return sse(chat_events(job, completion_id, settings.model_name, record))
-        output, reason, count = await collect(job)
+        output, reason, count = await collect_unless_gone(job, request)
         record(output, reason)
         return schemas.ChatResponse(
             id=completion_id, created=int(time.time()), model=settings.model_name,
@@ -123,7 +125,7 @@ def create_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
             usage=usage(len(prompt), count),
         )
 
-    @app.post("/v1/feedback", response_model=schemas.FeedbackReceipt, dependencies=auth, responses=ERRORS)
+    @app.post("/v1/feedback", response_model=schemas.FeedbackReceipt, responses=ERRORS)
     async def feedback(body: schemas.Feedback) -> schemas.FeedbackReceipt:
         if not serve_log.knows(body.completion_id):
             raise ApiError(404, f"no completion with id {body.completion_id!r} was served by this server",
@@ -137,48 +139,33 @@ def create_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
     return app
 
 
-def openapi_without_422(app: FastAPI) -> dict:
-    """FastAPI documents a 422 `{"detail": ...}` for every body; this server answers 400 in OpenAI's shape."""
+def openapi_without_422(app: FastAPI, with_key: bool) -> dict:
+    """FastAPI documents a 422 `{"detail": ...}` for every body; this server answers 400 in OpenAI's shape. With an
+    API key, every route but the open ones says it needs the bearer token (the guard checks it)."""
     if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        for path in schema["paths"].values():
+        for route, path in schema["paths"].items():
             for operation in path.values():
                 operation.get("responses", {}).pop("422", None)
+                if with_key and route not in OPEN_PATHS:
+                    operation["security"] = [{"bearer": []}]
+                    operation.setdefault("responses", {})["401"] = {
+                        "description": "Missing or wrong API key",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        if with_key:
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for unused in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(unused, None)
         app.openapi_schema = schema
     return app.openapi_schema
 
 
-def bearer_check(api_key: str):
-    scheme = HTTPBearer(auto_error=False)
-    expected = api_key.encode()
-
-    async def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
-        given = credentials.credentials.encode() if credentials else b""
-        if not hmac.compare_digest(given, expected):  # constant time: no timing hint about the key
-            raise ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`", code="invalid_api_key")
-
-    return check
-
-
 def check_model(asked: str, served: str) -> None:
     if asked != served:
         raise ApiError(404, f"the model {asked!r} does not exist; this server serves {served!r}", param="model",
                        code="model_not_found")
-
-
-def encode_checked(model: LoadedModel, text: str, param: str) -> list[int]:
-    engine = model.engine
-    prompt = engine.encode(text)
-    if not prompt:
-        raise ApiError(400, f"{param} encodes to no tokens; give some text", param=param, code="invalid_value")
-    if len(prompt) > engine.context:
-        raise ApiError(400, f"{param} is {len(prompt)} tokens, more than the model's context of {engine.context}; "
-                       "shorten it", param=param, code="context_length_exceeded")
-    return prompt
 
 
 def sampling(body: schemas.Sampling, model: LoadedModel) -> SamplingParams:
@@ -206,6 +193,27 @@ async def deltas(job: Job) -> AsyncIterator[Delta]:
             yield item
     finally:
         job.cancel()
+
+
+async def collect_unless_gone(job: Job, request: Request) -> tuple[str, str, int]:
+    """`collect`, given up (and the job's slot freed) the moment the client hangs up: without this a non-streaming
+    request kept decoding for nobody until its last token."""
+    collecting = asyncio.ensure_future(collect(job))
+    watching = asyncio.ensure_future(until_disconnected(request))
+    try:
+        await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not collecting.done():
+            collecting.cancel()  # its `deltas` cancels the job, and the decoder drops it at the next token
+    if collecting.cancelled():
+        raise ClientGone()
+    return collecting.result()
+
+
+async def until_disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def collect(job: Job) -> tuple[str, str, int]:

@@ -10,7 +10,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger("llmrecipe.serve")
@@ -24,6 +24,14 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was ready: there is no one to answer, and nothing went wrong."""
+
+
+CLIENT_CLOSED = 499
+"""nginx's status for a request whose client closed the connection first (only the metrics ever see it)."""
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
@@ -47,6 +55,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             message = "the request body is not valid JSON"
         return error_response(400, message, param, "invalid_value")
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, error: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:

@@ -7,6 +7,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 MAX_STOPS = 4
+MAX_STOP_CHARS = 256
+"""Each stop text is looked for at every generated token, on the one decoder thread all clients share: a long one
+would slow every client's decoding."""
 
 
 def _integral_float(value: Any) -> Any:
@@ -18,6 +21,9 @@ def Int(**bounds: int) -> Any:
     """A strict JSON integer within `bounds` (ge, le), 5.0 included; bounds before the validator keep them in the
     published schema as `minimum`/`maximum`."""
     return Annotated[int, Strict(), Field(**bounds), BeforeValidator(_integral_float)]
+
+
+StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
 class Body(BaseModel):
@@ -37,8 +43,8 @@ class Sampling(Body):
     """Not in OpenAI's API: CTRL's penalty on tokens already seen (1 is none)."""
     n: Int(ge=1, le=1) = 1
     """Choices per request: this server returns one."""
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOPS)] | None = None
-    """Up to four texts that end the output; they are not returned."""
+    stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOPS)] | None = None
+    """Up to four texts of up to 256 characters that end the output; they are not returned."""
     seed: Int(ge=-(2**53), le=2**53) | None = None
     """Within the integers a JSON number holds exactly (torch takes any 64-bit seed)."""
     stream: bool = False

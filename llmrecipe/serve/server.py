@@ -20,10 +20,11 @@ API_KEY_VARIABLE = "LLMRECIPE_API_KEY"
 
 
 def serve(model: LoadedModel, *, host: str, port: int, api_key: str | None, capacity: int, max_batch: int,
-          log_path: Path | None, model_name: str | None = None) -> None:
+          log_path: Path | None, model_name: str | None = None,
+          max_request_bytes: int = ServeSettings.max_request_bytes) -> None:
     settings = ServeSettings(
         model_name=model_name or model.name, api_key=api_key or os.environ.get(API_KEY_VARIABLE) or None,
-        capacity=capacity, max_batch=max_batch, log_path=log_path,
+        capacity=capacity, max_batch=max_batch, log_path=log_path, max_request_bytes=max_request_bytes,
     )
     uvicorn.run(create_app(model, settings), host=host, port=port, log_level="info")
 
