@@ -35,6 +35,10 @@ from typing import Iterator
 SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "max_time": 75}
 
+FORWARD_SIGNAL = signal.SIGUSR1
+"""How a process passes its stop request on to processes it started: a stop at their next safe point, like SIGTERM,
+but never the second request that stops at once."""
+
 DEADLINE_ENV = "LLMRECIPE_DEADLINE"
 """The deadline as Unix time, handed to processes this one starts (training processes of `run.nproc`), whose
 `handling()` takes it up so that they stop at the same deadline."""
@@ -133,6 +137,7 @@ def _install(deadline: float | None) -> dict[int, object] | None:
     if threading.current_thread() is not threading.main_thread():
         return None
     previous = {number: signal.signal(number, _on_signal) for number in SIGNALS}
+    previous[FORWARD_SIGNAL] = signal.signal(FORWARD_SIGNAL, _on_forwarded)
     previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, _on_deadline)
     if deadline is not None:  # the alarm interrupts work outside deferred sections, which never asks pending()
         signal.setitimer(signal.ITIMER_REAL, max(deadline - time.time(), 0.001))
@@ -155,6 +160,14 @@ def _on_deadline(number: int, frame: object) -> None:
     if _state.depth > 0 and _state.request is not None:
         return  # a signal is already pending; the deadline adds nothing and must not force a stop
     _request(Request("max_time"))
+
+
+def _on_forwarded(number: int, frame: object) -> None:
+    # A scheduler's SIGTERM often reaches the whole process group, so a child may hold the same request already:
+    # the parent's copy is never a second request.
+    if _state.depth > 0 and _state.request is not None:
+        return
+    _request(Request("SIGTERM"))
 
 
 def _request(request: Request) -> None:

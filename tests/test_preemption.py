@@ -24,6 +24,7 @@ from tests.fake_steps import Run
 
 
 def test_inside_a_deferred_section_a_signal_is_only_recorded():
+    found = signal.getsignal(signal.SIGTERM)  # not always SIG_DFL: an in-process Ray instance installs its own
     with preemption.handling():
         with preemption.deferred():
             os.kill(os.getpid(), signal.SIGTERM)
@@ -33,7 +34,25 @@ def test_inside_a_deferred_section_a_signal_is_only_recorded():
             preemption.check()
         assert stopped.value.exit_code == 143
     assert preemption.pending() is None  # handling() leaves the process as it found it
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == found
+
+
+def test_a_forwarded_request_never_escalates_a_pending_one():
+    """A scheduler's SIGTERM reaches the whole process group and the parent forwards it too: one request, not two."""
+    with preemption.handling():
+        with preemption.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            os.kill(os.getpid(), preemption.FORWARD_SIGNAL)
+            time.sleep(0.01)
+            assert preemption.pending() == preemption.Request("SIGTERM")
+        with preemption.deferred():
+            pass
+    with preemption.handling():
+        with preemption.deferred():
+            os.kill(os.getpid(), preemption.FORWARD_SIGNAL)  # alone it is a request like SIGTERM
+            time.sleep(0.01)
+            assert preemption.pending() == preemption.Request("SIGTERM")
 
 
 def test_outside_a_deferred_section_a_signal_interrupts_at_once():

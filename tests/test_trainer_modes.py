@@ -1,12 +1,16 @@
-"""The trainer's precision and compile modes through the whole loop, on a tiny model: bf16 autocast, and
-torch.compile (its loss inside the compiled graph), each resuming byte-identically after a crash."""
+"""The trainer's modes through the whole loop, on a tiny model: bf16 autocast and torch.compile (its loss inside the
+compiled graph), each resuming byte-identically after a crash; and a stop request, which checkpoints first."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import pytest
 
+from llmrecipe import preemption
+from llmrecipe.training.checkpoint import latest_checkpoint
 from llmrecipe.training.device import prepare_device
 from tests.test_training import SHAPE, Crash, CrashingReporter, as_bytes, make_spec, train_once, without_speed
 
@@ -37,3 +41,29 @@ def test_compiled_training_follows_eager_and_resumes_byte_identically(tmp_path):
     losses = [r["loss"] for r in summary["metrics_records"] if "loss" in r]
     eager_losses = [r["loss"] for r in eager["metrics_records"] if "loss" in r]
     assert losses == pytest.approx(eager_losses, rel=1e-4)  # the same arithmetic, fused in another order
+
+
+class SignalAt(CrashingReporter):
+    """Sends this process SIGTERM once `after` optimizer steps are done, as a batch scheduler would."""
+
+    def progress(self, name, total, unit, completed=0):
+        progress = super(CrashingReporter, self).progress(name, total, unit, completed)
+        advance, reporter = progress.advance, self
+
+        def signalling(n=1, **fields):
+            advance(n, **fields)
+            if progress.completed == reporter.after:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        progress.advance = signalling
+        return progress
+
+
+def test_sigterm_checkpoints_at_the_end_of_the_step_and_the_run_resumes_to_the_same_bytes(tmp_path):
+    spec = make_spec(checkpoint_every=100)  # no periodic checkpoint before the signal
+    reference, _ = train_once(tmp_path, "straight", spec)
+    with preemption.handling(), pytest.raises(preemption.Interrupted, match=r"SIGTERM received \(checkpoint at step 8"):
+        train_once(tmp_path, "stopped", spec, SignalAt(after=7))  # the signal lands during step 8's work
+    assert latest_checkpoint(tmp_path / "stopped" / "scratch" / "checkpoints").name == "step-00000008"
+    resumed, _ = train_once(tmp_path, "stopped", spec)
+    assert as_bytes(resumed) == as_bytes(reference)

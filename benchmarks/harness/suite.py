@@ -28,12 +28,13 @@ class Settings:
 
 SETTINGS: dict[str, Settings] = {
     "cli_latency": Settings(quick=("--repeat", "1"), recipes=("recipes/quickstart.toml",)),
-    "data_pipeline": Settings(quick=("--docs", "2000", "--skip-stream"), peers=("datatrove", "orjson", "xxhash"),
+    "data_pipeline": Settings(quick=("--docs", "2000", "--skip-stream"), peers=("datatrove", "orjson", "xxhash", "ray"),
                               needs="../shared/data (real texts)"),
     "eval_acceptance": Settings(quick=("--steps", "2", "--limit", "10", "--models", "random"),
                                 needs="../shared/data (Austen, Social IQa)"),
     "generate": Settings(quick=("--sizes", "small", "--new-tokens", "8", "--repeat", "1", "--skip-hf-compiled"),
                          peers=("transformers",)),
+    "gpu_check": Settings(quick=("--budget", "120"), peers=("transformers",)),
     "nanogpt_reference": Settings(quick=("--steps", "5", "--eval-batches", "2"),
                                   recipes=("recipes/shakespeare-char.toml",)),
     "serve_hostile": Settings(quick=("--seconds", "3"), peers=("httpx",)),

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 import torch.multiprocessing as mp
 
+from llmrecipe import preemption
 from llmrecipe.host import core_count
 from llmrecipe.training.distributed import World, init_process_group
 
@@ -21,20 +22,42 @@ Target = Callable[..., None]
 
 
 def spawn(target: Target, args: tuple[Any, ...], nproc: int, device: str) -> None:
-    """Call `target(*args, world)` in `nproc` fresh processes of one group and wait for them."""
+    """Call `target(*args, world)` in `nproc` fresh processes of one group and wait for them.
+
+    A stop request to this process (SIGTERM, SIGINT, max_time) is passed on (`preemption.FORWARD_SIGNAL`), so the processes save a
+    checkpoint at the end of their step and exit; this process then raises `preemption.Interrupted`.
+    """
     port = _free_port()
-    mp.start_processes(_process, args=(nproc, port, target, args, device), nprocs=nproc, start_method="spawn")
+    with preemption.deferred():
+        group = mp.start_processes(_process, args=(nproc, port, target, args, device), nprocs=nproc,
+                                   start_method="spawn", join=False)
+        forwarded = False
+        try:
+            while not group.join(timeout=0.5):
+                if not forwarded and preemption.pending() is not None:
+                    for process in group.processes:
+                        os.kill(process.pid, preemption.FORWARD_SIGNAL)
+                    forwarded = True
+        except mp.ProcessExitedException as exited:
+            stopped = [reason for reason, code in preemption.EXIT_CODES.items() if code == exited.exit_code]
+            if not stopped:
+                raise
+            request = preemption.pending() or preemption.Request(stopped[0])
+            raise preemption.Interrupted(request, saved="a checkpoint of the training processes") from None
 
 
 def _process(rank: int, nproc: int, port: int, target: Target, args: tuple[Any, ...], device: str) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
                        "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(max(1, core_count() // nproc))
-    world: World = init_process_group(device)
-    try:
-        target(*args, world)
-    finally:
-        torch.distributed.destroy_process_group()
+    with preemption.handling():  # signals become stop requests; the parent's max_time deadline comes along
+        world: World = init_process_group(device)
+        try:
+            target(*args, world)
+        except preemption.Interrupted as stop:
+            raise SystemExit(stop.exit_code) from None  # the parent reads why from the exit code
+        finally:
+            torch.distributed.destroy_process_group()
 
 
 def _free_port() -> int:

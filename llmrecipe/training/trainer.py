@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from llmrecipe import preemption
 from llmrecipe.errors import StepError
 from llmrecipe.training.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_best, save_checkpoint
 from llmrecipe.training.config import TrainConfig
@@ -34,6 +35,8 @@ from llmrecipe.training.schedule import learning_rate
 from llmrecipe.training.speed import Speed
 from llmrecipe.training.task import Batch, StepBatch, Task, share
 
+STOP_REASONS = tuple(preemption.EXIT_CODES)
+"""Why a run may be asked to stop (SIGINT, SIGTERM, max_time), in the order the processes agree on them."""
 MAX_ROLLBACKS = 5
 """With on_nonfinite = "rollback", give up after this many: the run is diverging, not hitting one bad batch."""
 
@@ -89,53 +92,62 @@ class Trainer:
         stopped_early, rollbacks, grad_norm = False, 0, float("nan")
         step = counters["step"]
         try:
-            while step < self.total_steps:
-                lr = learning_rate(c.optim, step, self.total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                torch.manual_seed(c.seed * 1_000_003 + step)  # dropout masks are a function of the step too
-                batch = feed.get(step)
-                speed.start()
-                skipped = step in counters["skip_steps"]  # a batch that once gave a non-finite loss, before a rollback
-                loss, grad_norm = (0.0, float("nan")) if skipped else self._train_step(runner, model, batch)
-                if not skipped and not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            with preemption.deferred():  # a stop request (SIGTERM, SIGINT, max_time) waits for a step's end
+                while step < self.total_steps:
+                    lr = learning_rate(c.optim, step, self.total_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    torch.manual_seed(c.seed * 1_000_003 + step)  # dropout masks are a function of the step too
+                    batch = feed.get(step)
+                    speed.start()
+                    skipped = step in counters["skip_steps"]  # a batch that once gave a non-finite loss, before a rollback
+                    if skipped:  # a batch left out after a rollback: nothing to reduce, every process asks alike
+                        loss, grad_norm, stop = 0.0, float("nan"), preemption.pending()
+                    else:
+                        loss, grad_norm, stop = self._train_step(runner, model, batch)
+                    if not skipped and not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                        optimizer.zero_grad(set_to_none=True)
+                        if c.on_nonfinite == "rollback":
+                            rollbacks += 1
+                            counters = self._roll_back(model, optimizer, counters, step, rollbacks, loss)
+                            metrics.truncate(counters["step"])
+                            step = counters["step"]
+                            continue
+                        self._nonfinite(step, loss, grad_norm)  # stop raises; skip goes on without this batch
+                        counters["skip_steps"] = sorted({*counters["skip_steps"], step})
+                        skipped = True
+                    if not skipped:
+                        optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    if c.on_nonfinite == "rollback":
-                        rollbacks += 1
-                        counters = self._roll_back(model, optimizer, counters, step, rollbacks, loss)
-                        metrics.truncate(counters["step"])
-                        step = counters["step"]
-                        continue
-                    self._nonfinite(step, loss, grad_norm)  # stop raises; skip goes on without this batch
-                    counters["skip_steps"] = sorted({*counters["skip_steps"], step})
-                    skipped = True
-                if not skipped:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                speed.stop(batch.tokens)
-                counters.update(step=step, tokens=speed.tokens, train_seconds=speed.seconds)
-                if not skipped:
-                    counters["unlogged_losses"].append(loss)
+                    step += 1
+                    speed.stop(batch.tokens)
+                    counters.update(step=step, tokens=speed.tokens, train_seconds=speed.seconds)
+                    if not skipped:
+                        counters["unlogged_losses"].append(loss)
 
-                if (step % c.log_every == 0 or step == self.total_steps) and counters["unlogged_losses"]:
-                    losses = counters["unlogged_losses"]
-                    metrics.write({"step": step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": grad_norm,
-                                   "tokens": counters["tokens"], **speed.figures()})
-                    counters["unlogged_losses"] = []
-                if step % c.eval_every == 0 or step == self.total_steps:
-                    if (scores := self.evaluate(runner, task.validation_batches())) is not None:
-                        last_val = scores
-                        metrics.write({"step": step, **scores})
-                        stopped_early = self._track_best(counters, scores["val_loss"], model)
-                if step % c.checkpoint_every == 0 and step < self.total_steps and not stopped_early:
-                    save_checkpoint(self.checkpoints, model, optimizer, counters, world)
-                progress.advance(1, loss=loss, lr=lr, tok_s=speed.tokens_per_s(),
-                                 **({"val_loss": last_val["val_loss"]} if last_val else {}))
-                if stopped_early:
-                    self.io.log(f"early stopping at step {step}: no better validation loss in "
-                                f"{c.early_stopping_patience} evaluations")
-                    break
+                    if (step % c.log_every == 0 or step == self.total_steps) and counters["unlogged_losses"]:
+                        losses = counters["unlogged_losses"]
+                        metrics.write({"step": step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": grad_norm,
+                                       "tokens": counters["tokens"], **speed.figures()})
+                        counters["unlogged_losses"] = []
+                    if step % c.eval_every == 0 or step == self.total_steps:
+                        if (scores := self.evaluate(runner, task.validation_batches())) is not None:
+                            last_val = scores
+                            metrics.write({"step": step, **scores})
+                            stopped_early = self._track_best(counters, scores["val_loss"], model)
+                    saved = step % c.checkpoint_every == 0 and step < self.total_steps and not stopped_early
+                    if saved:
+                        save_checkpoint(self.checkpoints, model, optimizer, counters, world)
+                    if stop is not None and step < self.total_steps and not stopped_early:
+                        if not saved:
+                            save_checkpoint(self.checkpoints, model, optimizer, counters, world)
+                        raise preemption.Interrupted(stop, saved=f"checkpoint at step {step} of {self.total_steps}")
+                    progress.advance(1, loss=loss, lr=lr, tok_s=speed.tokens_per_s(),
+                                     **({"val_loss": last_val["val_loss"]} if last_val else {}))
+                    if stopped_early:
+                        self.io.log(f"early stopping at step {step}: no better validation loss in "
+                                    f"{c.early_stopping_patience} evaluations")
+                        break
         finally:
             feed.close()
             progress.close()
@@ -144,9 +156,11 @@ class Trainer:
 
     # --- one optimizer step -------------------------------------------------------------------------------------
 
-    def _train_step(self, runner: nn.Module, model: nn.Module, batch: StepBatch) -> tuple[float, float]:
-        """Forward and backward over this process's micro-batches, then clip; returns the global batch's mean loss
-        and the gradient norm, read from the device together (the step's one host sync)."""
+    def _train_step(self, runner: nn.Module, model: nn.Module,
+                    batch: StepBatch) -> tuple[float, float, preemption.Request | None]:
+        """Forward and backward over this process's micro-batches, then clip; returns the global batch's mean loss,
+        the gradient norm and whether any process was asked to stop, read from the device together (the step's one
+        host sync; the stop requests ride along in the loss's all-reduce, so every process stops at the same step)."""
         scale = self.world.size / batch.normalizer  # processes average gradients; the loss is a global mean
         total = torch.zeros((), device=self.config.device)
         last = len(batch.micro_batches) - 1
@@ -157,9 +171,16 @@ class Trainer:
                 (stats["loss"] * scale).backward()
             total += stats["loss"].detach().float()
         norm = _clip_gradients(model, self.config.optim.grad_clip)
-        mean = all_reduce_sum(total, self.world) / batch.normalizer
-        loss, grad_norm = torch.stack([mean, norm.float()]).tolist()
-        return loss, grad_norm
+        asked = torch.tensor([float(self._local_stop() == reason) for reason in STOP_REASONS], device=total.device)
+        summed = all_reduce_sum(torch.cat([total[None], asked]), self.world)
+        loss, grad_norm, *stops = torch.cat([summed[:1] / batch.normalizer, norm.float()[None], summed[1:]]).tolist()
+        stop = next((preemption.Request(reason) for reason, count in zip(STOP_REASONS, stops) if count), None)
+        return loss, grad_norm, stop
+
+    @staticmethod
+    def _local_stop() -> str | None:
+        request = preemption.pending()
+        return request.reason if request is not None else None
 
     # --- validation ---------------------------------------------------------------------------------------------
 
