@@ -74,8 +74,8 @@ def main() -> int:
         row["hf_mfu_datasheet"] = (round(row["hf_tokens_per_s"] * row["flops_per_token"] / datasheet, 3)
                                    if datasheet else None)
         print(f"{row['arch']}: ours {row['tokens_per_s']:,.0f} tok/s, transformers {row['hf_tokens_per_s']:,.0f} tok/s, "
-              f"ratio {row['ratio']}, MFU {row['mfu']} of the measured peak, {row['mfu_datasheet']} of the datasheet's",
-              flush=True)
+              f"ratio {row['ratio']}, MFU {row['mfu']} of the measured peak"
+              + (f", {row['mfu_datasheet']} of the datasheet's" if datasheet else ""), flush=True)
 
     decode = decode_speed(SIZES[size], device)
     print(f"decode: {decode:,.1f} tokens/s (torch engine, batch 1, greedy, {device})", flush=True)

@@ -12,7 +12,8 @@ and asks `pending()` at its safe points; everywhere else a stop request interrup
                 raise preemption.Interrupted(request, saved=f"checkpoint at step {step}")
 
 `Interrupted` derives from BaseException, like KeyboardInterrupt, so `except Exception` in a library does not
-swallow it. A second signal while one is pending stops at once: the escape hatch when a safe point never comes.
+swallow it. A second signal while one is pending stops at once: the escape hatch when a safe point never comes
+(a SIGTERM within `TERM_ECHO_SECONDS` of the first is the same one, delivered twice).
 
 Exit codes (`Request.exit_code`): 130 for SIGINT and 143 for SIGTERM (128 + the signal number, what a shell
 reports for a process those signals killed, so wrappers that already test for them keep working), and 75 for the
@@ -78,6 +79,8 @@ class _State:
         self.depth = 0
         """How many `deferred()` sections the main thread is inside."""
         self.request: Request | None = None
+        self.requested_at = 0.0
+        """When the pending request arrived (monotonic seconds)."""
         self.deadline: float | None = None
         """Unix time at which `max_time` asks the run to stop; None without a deadline."""
 
@@ -170,9 +173,19 @@ def _on_forwarded(number: int, frame: object) -> None:
     _request(Request("SIGTERM"))
 
 
+TERM_ECHO_SECONDS = 1.0
+"""A SIGTERM this soon after a pending one is the same request arriving twice, not a second request: schedulers
+signal every process of a job, and launchers (torchrun's agent) pass the signal on to their workers as well. A
+person who wants to stop at once sends SIGINT (Ctrl-C) again, or SIGKILL."""
+
+
 def _request(request: Request) -> None:
     if _state.depth > 0 and _state.request is None:
         _state.request = request  # the code inside the deferred section stops at its next safe point
+        _state.requested_at = time.monotonic()
+        return
+    if (_state.depth > 0 and request.reason == "SIGTERM" and _state.request == request
+            and time.monotonic() - _state.requested_at < TERM_ECHO_SECONDS):
         return
     # Outside a deferred section nothing will ask pending(): stop now. Inside one with a request already pending,
     # a second request means the safe point did not come soon enough for whoever is asking.

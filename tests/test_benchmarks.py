@@ -74,6 +74,20 @@ def test_python_m_benchmarks_runs_one_tiny_benchmark_and_compares(tmp_path):
     assert shown.returncode == 0 and "validate_median_s" in shown.stdout and "1.000" in shown.stdout
 
 
+@pytest.mark.e2e
+def test_the_gpu_check_runs_its_cpu_pass_and_ends_in_one_json_object(tmp_path):
+    """CI has no GPU: the CPU pass keeps the script that checks a GPU ready for the next time one is at hand."""
+    run = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path)], capture_output=True,
+                         text=True, cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result == json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["device"] == "cpu" and result["tests"].get("failed", 0) == 0
+    assert {row["arch"] for row in result["throughput"]} == {"gpt2", "llama"}
+    assert all(row["tokens_per_s"] > 0 and row["hf_tokens_per_s"] > 0 for row in result["throughput"])
+    assert result["decode_tokens_per_s"] > 0
+
+
 # --- every benchmark's peers come from the `bench` extra ------------------------------------------------------
 
 def third_party_imports(script: Path) -> set[str]:

@@ -197,6 +197,7 @@ def train_tiny(tmp_path: Path, name: str, tokenizer, reporter=None, **overrides)
     return model, Trainer(model, task, train_config(spec, family(SHAPE.arch)), ctx).fit()
 
 
+@pytest.mark.e2e
 def test_training_learns_a_separable_set_and_resumes_byte_identically(tmp_path, tokenizer):
     reference, summary = train_tiny(tmp_path, "straight", tokenizer)
     assert summary["val_accuracy"] >= 0.9 and summary["val_macro_f1"] >= 0.9  # chance is 0.5
@@ -300,6 +301,7 @@ def classify_recipe(tmp_path: Path, labels: str = "") -> Path:
     return write_tiny_recipe(tmp_path, steps=20, extra=CLASSIFY.format(labels=labels))
 
 
+@pytest.mark.e2e
 def test_classify_recipe_learns_and_its_report_shows_the_confusion_matrix_and_worst_examples(tmp_path, capsys):
     recipe = classify_recipe(tmp_path)
     assert main(["run", str(recipe)]) == 0

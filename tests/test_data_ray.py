@@ -15,6 +15,8 @@ import pytest
 from llmrecipe.data import shardwork
 from tests.data_helpers import planted_corpus, run_step, spec_for
 
+pytestmark = pytest.mark.e2e  # whole recipes, processes or servers: not in the inner loop
+
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[ray]'")
 
 FILES = ("train.parquet", "val.parquet", "test.parquet", "dropped.parquet", "stats.json")

@@ -127,6 +127,7 @@ def test_bad_records_fail_the_step_under_fail_policy(tmp_path, name):
         run_step(tmp_path, [Source(path=str(src))], external(src, names), policy="fail")
 
 
+@pytest.mark.e2e
 def test_a_single_50_mb_line_is_one_document(tmp_path):
     src = tmp_path / "src"
     big = ("word " * 10_000_000).encode()

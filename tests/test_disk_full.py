@@ -114,6 +114,7 @@ def run_cli(recipe: Path, monkeypatch, capsys, disk: DiskFull | None = None) -> 
     return code, capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_disk_that_fills_at_any_write_gives_one_line_keeps_no_partial_entry_and_recovers(tmp_path, monkeypatch, capsys):
     recipe = write_tiny_recipe(tmp_path, steps=20)
     run_cli(write_tiny_recipe(tmp_path / "warm", steps=20), monkeypatch, capsys)  # once-per-process reads done

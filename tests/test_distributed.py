@@ -28,6 +28,8 @@ from llmrecipe.training.distributed import World
 from tests.conftest import write_tiny_recipe
 from tests.test_training import SHAPE, make_spec, token_files, trainer
 
+pytestmark = pytest.mark.e2e  # whole recipes, processes or servers: not in the inner loop
+
 
 def train_target(raw_spec: dict, ctx: StepContext, world: World) -> None:
     """One process of a run: trains on the token files next to its scratch folder; rank 0 saves the results."""

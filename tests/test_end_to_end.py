@@ -17,6 +17,8 @@ from llmrecipe import api
 from llmrecipe.cli import main
 from tests.conftest import write_tiny_recipe
 
+pytestmark = pytest.mark.e2e  # whole recipes, processes or servers: not in the inner loop
+
 REPO = Path(__file__).resolve().parent.parent
 
 EVAL_AND_EXPORT = """

@@ -243,6 +243,7 @@ def test_model_folder_round_trips(artifacts):
     assert torch.equal(model.lm_head.weight, tiny_model(2, 320).embed.weight)
 
 
+@pytest.mark.e2e
 def test_evaluate_step_end_to_end(artifacts, tmp_path):
     from llmrecipe.steps import evaluate
 
@@ -285,6 +286,7 @@ def test_evaluate_step_caps_tokens_and_runs_suites_alone(artifacts, tmp_path):
     assert metrics == {"samples_count": 0}
 
 
+@pytest.mark.e2e
 def test_export_step_end_to_end(artifacts, tmp_path):
     from llmrecipe.steps import export
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from llmrecipe import api
 from llmrecipe.cli import main
 from tests.conftest import write_tiny_recipe
@@ -26,6 +28,7 @@ data = "mc.jsonl"
 """
 
 
+@pytest.mark.e2e
 def test_report_shows_plots_intervals_and_worst_examples_and_compare_reads_runs(tmp_path, capsys):
     rows = [{"context": f"The king speaks of {w}", "choices": ["the castle.", "the sea.", "a crown."], "answer": i % 3}
             for i, w in enumerate(["the sea", "the night", "a crown", "the storm"] * 4)]

@@ -181,6 +181,7 @@ def test_export_step_writes_the_hugging_face_layout(tmp_path):
     assert (tmp_path / "hf" / "generation_config.json").is_file()
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_export_step_quantizes_to_int8_and_reports_size_and_perplexity(tmp_path):
     from llmrecipe.steps import export

@@ -227,6 +227,7 @@ def crash_and_resume(tmp_path: Path, spec: FinetuneSpec, crash_after: int) -> tu
     return reference, resumed
 
 
+@pytest.mark.e2e
 def test_sft_loop_learns_and_reports_the_starting_loss(tmp_path):
     _, summary = sft_once(tmp_path, "learn", tiny_sft_spec(total_steps=30))
     assert summary["best_val_loss"] < summary["base_val_loss"] - 0.5
@@ -238,6 +239,7 @@ def test_sft_stops_early_when_validation_loss_stops_improving(tmp_path):
     assert summary["stopped_early"] and summary["steps"] == 2
 
 
+@pytest.mark.e2e
 def test_full_sft_run_killed_midway_resumes_byte_identical(tmp_path):
     reference, resumed = crash_and_resume(tmp_path, tiny_sft_spec(), crash_after=7)
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
@@ -320,6 +322,7 @@ def chain(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_sft_with_unmerged_lora_then_continue_end_to_end(chain):
     plan = api.compile(api.load(chain))
     chat = api.artifact(plan, "chat")

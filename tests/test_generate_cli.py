@@ -73,6 +73,7 @@ def test_bad_targets_and_settings_are_one_line_errors(folder, tmp_path, capsys):
         assert message in err and "Traceback" not in err, err
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_generate_from_a_recipe_step(tmp_path, capsys):
     recipe = write_tiny_recipe(tmp_path, steps=10)

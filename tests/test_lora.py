@@ -75,6 +75,7 @@ def test_state_dict_names_of_base_weights_do_not_change():
     assert set(lora_state_dict(model)) == {f"blocks.{i}.attn.q_proj.lora_{m}" for i in range(2) for m in "AB"}
 
 
+@pytest.mark.e2e
 def test_lora_sft_run_killed_midway_resumes_to_byte_identical_adapters(tmp_path):
     spec = tiny_sft_spec(lora=LoraConfig(rank=4, targets=["q_proj", "v_proj"]), total_steps=12, checkpoint_every=5)
     reference, resumed = crash_and_resume(tmp_path, spec, crash_after=7)

@@ -106,6 +106,7 @@ def test_the_encoder_looks_both_ways():
         assert not torch.allclose(model(idx)[:, 0], model(changed)[:, 0])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("arch", ["gpt2", "bert", "lstm"])
 def test_architecture_trains_resumes_exactly_and_exports_to_onnx(tmp_path, arch):
     from llmrecipe.export.onnx import export_onnx, max_logit_difference

@@ -63,13 +63,24 @@ def test_outside_a_deferred_section_a_signal_interrupts_at_once():
         assert stopped.value.request.reason == "SIGINT" and stopped.value.exit_code == 130
 
 
-def test_a_second_signal_stops_even_inside_a_deferred_section():
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM-later"])
+def test_a_second_signal_stops_even_inside_a_deferred_section(second):
+    with preemption.handling(), preemption.deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01 if second == signal.SIGINT else preemption.TERM_ECHO_SECONDS + 0.1)
+        with pytest.raises(preemption.Interrupted):
+            os.kill(os.getpid(), second)
+            time.sleep(5)
+
+
+def test_a_sigterm_delivered_twice_at_once_is_one_request():
+    """A scheduler signals every process of the job, and a launcher passes the signal on to its workers too."""
     with preemption.handling(), preemption.deferred():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)
-        with pytest.raises(preemption.Interrupted):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert preemption.pending() == preemption.Request("SIGTERM")
 
 
 def test_the_deadline_is_pending_inside_and_interrupts_outside_a_deferred_section():
@@ -195,7 +206,7 @@ def test_a_second_signal_stops_a_step_whose_safe_point_never_comes(tmp_path):
     run = Run(recipe, env={"FAKE_NEVER_SAFE": "1", "FAKE_STEP_SECONDS": "0.05"})
     run.wait_for("[base] step 5")
     os.killpg(run.process.pid, signal.SIGTERM)
-    time.sleep(0.5)
+    time.sleep(preemption.TERM_ECHO_SECONDS + 0.5)
     assert run.process.poll() is None  # recorded, waiting for a safe point
     os.killpg(run.process.pid, signal.SIGTERM)
     assert run.finish() == 143, run.output()
@@ -204,9 +215,13 @@ def test_a_second_signal_stops_a_step_whose_safe_point_never_comes(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_sigterm_during_real_pretraining_keeps_its_checkpoints_and_a_true_record_then_resumes(tmp_path):
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigterm_during_real_pretraining_keeps_its_checkpoints_and_a_true_record_then_resumes(tmp_path, nproc):
+    """With two processes the signal reaches the whole group and the parent forwards it as well: every process
+    stops at the end of the same step, the main one saving the checkpoint, and no process dies half-way."""
     recipe = write_tiny_recipe(tmp_path, steps=150, checkpoint_every=20)
-    run = Run(recipe, module="llmrecipe")
+    nprocs = ("--set", f"run.nproc={nproc}")
+    run = Run(recipe, *nprocs, module="llmrecipe")
     scratch = tmp_path / "work" / "scratch"
     deadline = time.monotonic() + 300
     while not list(scratch.glob("*/checkpoints/step-*/state.json")):
@@ -218,6 +233,6 @@ def test_sigterm_during_real_pretraining_keeps_its_checkpoints_and_a_true_record
     assert list(scratch.glob("*/checkpoints/step-*/state.json"))
     report = json.loads((latest_record(recipe) / "report.json").read_text())
     assert report["outcome"] == "interrupted" and report["stopped"]["reason"] == "SIGTERM"
-    resumed = Run(recipe, module="llmrecipe")
+    resumed = Run(recipe, *nprocs, module="llmrecipe")
     assert resumed.finish(timeout=600) == 0, resumed.output()
     assert "resumed from checkpoint" in resumed.output()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # whole recipes, processes or servers: not in the inner loop
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -21,6 +21,7 @@ def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
+@pytest.mark.e2e
 def test_pretrain_with_tensorboard_writes_the_metrics_it_writes_as_jsonl(tmp_path):
     recipe = write_tiny_recipe(tmp_path, steps=20)
     loaded = api.load(recipe, ["steps.base.tensorboard=true"])

@@ -25,6 +25,7 @@ def crash_and_resume(tmp_path, spec, crash_after: int):
     return summary
 
 
+@pytest.mark.e2e
 def test_bf16_autocast_trains_and_resumes_byte_identically(tmp_path):
     spec = make_spec(precision="bf16", total_steps=24, optim=make_spec().optim.model_copy(update={"lr": 1e-2}))
     summary = crash_and_resume(tmp_path, spec, crash_after=13)
@@ -59,6 +60,7 @@ class SignalAt(CrashingReporter):
         return progress
 
 
+@pytest.mark.e2e
 def test_sigterm_checkpoints_at_the_end_of_the_step_and_the_run_resumes_to_the_same_bytes(tmp_path):
     spec = make_spec(checkpoint_every=100)  # no periodic checkpoint before the signal
     reference, _ = train_once(tmp_path, "straight", spec)

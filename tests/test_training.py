@@ -95,11 +95,13 @@ def as_bytes(model: torch.nn.Module) -> dict[str, bytes]:
     return {k: v.numpy().tobytes() for k, v in model_tensors(model).items()}
 
 
+@pytest.mark.e2e
 def test_training_learns(tmp_path):
     _, summary = train_once(tmp_path, "learn", make_spec(total_steps=60, optim=OptimConfig(lr=1e-2, warmup=5)))
     assert summary["best_val_loss"] < math.log(64) - 1.0  # well below uniform guessing
 
 
+@pytest.mark.e2e
 def test_resumed_run_ends_byte_identical_to_an_uninterrupted_one(tmp_path):
     spec = make_spec()
     reference, ref_summary = train_once(tmp_path, "straight", spec)
@@ -146,6 +148,7 @@ def test_every_schedule_warms_up_and_ends_at_its_floor(schedule):
         assert lrs[81] == 1.0 and lrs[82] < 1.0
 
 
+@pytest.mark.e2e
 def test_sgd_and_activation_checkpointing_train(tmp_path):
     sgd = make_spec(total_steps=40, optim=OptimConfig(name="sgd", lr=0.3, warmup=5, weight_decay=0.0))
     _, summary = train_once(tmp_path, "sgd", sgd)
@@ -168,6 +171,7 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     assert (tmp_path / "early" / "scratch" / "best" / "model.safetensors").is_file()
 
 
+@pytest.mark.e2e
 def test_final_evaluation_scores_the_best_weights_on_other_windows(tmp_path):
     spec = make_spec(total_steps=200, eval_every=2, early_stopping_patience=1, final_eval_batches=5,
                      optim=OptimConfig(lr=0.3, warmup=1))

@@ -92,6 +92,11 @@ def save_checkpoint(
     files = {name: _digest(temporary / name) for name in ("model.safetensors", "optimizer.safetensors")}
     (temporary / "state.json").write_text(json.dumps({"counters": counters, "optimizer": layout, "files": files},
                                                      indent=1))
+    if final.exists():  # a damaged checkpoint of this step, passed over at resume: the new one takes its place
+        stale = folder / f".stale-step-{step:08d}"
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(final, stale)
+        shutil.rmtree(stale, ignore_errors=True)
     os.replace(temporary, final)
     for old in sorted(folder.glob("step-*"))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)

@@ -6,7 +6,9 @@ do not oversubscribe them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 from typing import Any, Callable
 
@@ -36,20 +38,26 @@ def spawn(target: Target, args: tuple[Any, ...], nproc: int, device: str) -> Non
             while not group.join(timeout=0.5):
                 if not forwarded and preemption.pending() is not None:
                     for process in group.processes:
-                        os.kill(process.pid, preemption.FORWARD_SIGNAL)
+                        with contextlib.suppress(ProcessLookupError):  # it may have stopped on its own signal
+                            os.kill(process.pid, preemption.FORWARD_SIGNAL)
                     forwarded = True
         except mp.ProcessExitedException as exited:
             stopped = [reason for reason, code in preemption.EXIT_CODES.items() if code == exited.exit_code]
-            if not stopped:
-                raise
-            request = preemption.pending() or preemption.Request(stopped[0])
-            raise preemption.Interrupted(request, saved="a checkpoint of the training processes") from None
+            if stopped:
+                request = preemption.pending() or preemption.Request(stopped[0])
+                raise preemption.Interrupted(request, saved="a checkpoint of the training processes") from None
+            if exited.signal_name and (request := preemption.pending()) is not None:
+                raise preemption.Interrupted(request) from None  # a process stopped before it could save
+            raise
 
 
 def _process(rank: int, nproc: int, port: int, target: Target, args: tuple[Any, ...], device: str) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
                        "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(max(1, core_count() // nproc))
+    # A forward from the parent that lands after handling() has put the handlers back (this process already
+    # stopped on the group's own signal) must not kill it while it exits.
+    signal.signal(preemption.FORWARD_SIGNAL, signal.SIG_IGN)
     with preemption.handling():  # signals become stop requests; the parent's max_time deadline comes along
         world: World = init_process_group(device)
         try:
