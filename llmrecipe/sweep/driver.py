@@ -1,0 +1,123 @@
+"""Run a sweep: check every trial, then run those without a result, record each as it ends, and write the
+sweep's records. Run again, it picks up where it stopped: trials with a result are not run again, and a trial
+that was interrupted runs again through the ordinary run, which resumes its training from the checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from llmrecipe.errors import WorkdirBusy
+from llmrecipe.run.locks import FileLock, LockHeld, lock_name
+from llmrecipe.sweep.engines import engine_for
+from llmrecipe.sweep.prepare import PlannedTrial, SweepSetup, plan_trial
+from llmrecipe.sweep.propose import corner_trials, proposer_for
+from llmrecipe.sweep.record import read_result, result_path, trial_row, write_sweep_json, write_trials
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class SweepOutcome:
+    folder: Path
+    rows: list[dict[str, Any]]
+    ran: int
+    """Trials run by this call (the others had a result from an earlier one)."""
+    reused: int
+    interrupted: int
+
+
+def check_trials(setup: SweepSetup) -> list[PlannedTrial]:
+    """Every trial of a grid or random sweep, planned (a RecipeError names the first bad value); for TPE, whose
+    trials are chosen as it goes, trials that set every listed value and both ends of every range."""
+    proposer = proposer_for(setup.sweep, setup.seed, setup.metric)
+    if setup.sweep.method == "tpe":
+        for trial in corner_trials(setup.sweep):
+            plan_trial(setup, trial)
+        return []
+    (trials,) = list(proposer.batches())
+    return [plan_trial(setup, trial) for trial in trials]
+
+
+def run_sweep(setup: SweepSetup, say: Say = lambda line: None) -> SweepOutcome:
+    """Check the trials, then run them (or what is left of them) under the sweep's lock."""
+    checked = {p.index: p for p in check_trials(setup)}
+    (setup.folder / "trials").mkdir(parents=True, exist_ok=True)
+    lock = FileLock(setup.workdir / "locks" / f"{lock_name(setup.sweep_id)}.lock", {"sweep": setup.sweep_id})
+    try:
+        lock.acquire()
+    except LockHeld as held:
+        raise WorkdirBusy(f"sweep {setup.sweep_id} is running already: {held.holder}; wait for it to end") from None
+    try:
+        return _run_locked(setup, checked, say)
+    finally:
+        lock.release()
+
+
+def _run_locked(setup: SweepSetup, checked: dict[int, PlannedTrial], say: Say) -> SweepOutcome:
+    sweep = setup.sweep
+    proposer = proposer_for(sweep, setup.seed, setup.metric)
+    engine = engine_for(sweep.engine, sweep.parallel, sweep.address)
+    rows: list[dict[str, Any]] = []
+    counts = {"ran": 0, "reused": 0, "interrupted": 0}
+    device = "cpu"
+    write_sweep_json(setup, "running", counts, device)
+    try:
+        for batch in proposer.batches():
+            planned = [checked.get(trial.index) or plan_trial(setup, trial) for trial in batch]
+            device = planned[0].plan.device if planned else device
+            results = _run_batch(setup, planned, engine, counts, say)
+            proposer.tell(batch, results)
+            rows += [trial_row(setup, p, results[p.index]) for p in planned if p.index in results]
+            write_trials(setup, rows)
+            if counts["interrupted"]:
+                break  # a TPE sweep's next batch depends on this one's results; the next call finishes it
+    finally:
+        engine.close()
+        outcome = "interrupted" if counts["interrupted"] else "finished"
+        write_sweep_json(setup, outcome, {**counts, "recorded": len(rows)}, device)
+    return SweepOutcome(setup.folder, rows, counts["ran"], counts["reused"], counts["interrupted"])
+
+
+def _run_batch(setup: SweepSetup, planned: list[PlannedTrial], engine, counts: dict[str, int],
+               say: Say) -> dict[int, dict[str, Any]]:
+    results: dict[int, dict[str, Any]] = {}
+    jobs = []
+    for trial in planned:
+        earlier = read_result(setup, trial.index)
+        if earlier is not None:
+            results[trial.index] = earlier
+            counts["reused"] += 1
+            continue
+        jobs.append(job_of(setup, trial))
+    if len(results):
+        say(f"{len(results)} trials have results from an earlier run of this sweep; {len(jobs)} to run")
+    for job, result in engine.run(jobs):
+        if result is None:
+            counts["interrupted"] += 1
+            say(f"trial {job['trial']} interrupted; run the same command to resume it")
+            continue
+        counts["ran"] += 1
+        results[job["trial"]] = result
+        say(_summary(setup, job["trial"], result))
+    return results
+
+
+def job_of(setup: SweepSetup, trial: PlannedTrial) -> dict[str, Any]:
+    """What a worker needs to run the trial: plain JSON, so it crosses to another process or Ray node."""
+    training = [step.spec.get("nproc", 1) for step in trial.plan.steps if step.kind in ("pretrain", "finetune")]
+    processes = max(training, default=1)
+    return {"trial": trial.index, "recipe": str(setup.loaded.path), "overrides": trial.overrides,
+            "workdir": str(setup.workdir), "result": str(result_path(setup, trial.index)),
+            "log": str(result_path(setup, trial.index).with_suffix(".log")),
+            "cpus": processes, "gpus": processes if trial.plan.device == "cuda" else 0}
+
+
+def _summary(setup: SweepSetup, index: int, result: dict[str, Any]) -> str:
+    if result["state"] != "done":
+        return f"trial {index} failed: {result['error']}"
+    value = result["metrics"].get(setup.metric)
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"trial {index} done in {result['seconds']:.0f}s: {setup.metric} = {shown}"
+

@@ -1,0 +1,97 @@
+"""Where trials run: `local` processes on this machine, or `ray` tasks on a Ray cluster. Either way a trial is the
+same worker process (llmrecipe/sweep/worker.py) with the same job, so the results are the same."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from llmrecipe.host import core_count
+from llmrecipe.sweep.worker import INTERRUPTED
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the trial process before it starts: the kernel kills it when the thread that started it goes, so a sweep
+    killed with SIGKILL leaves no orphan trial training on (its checkpoint stays; the next sweep resumes it)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: an orphan finishes its trial, and the next sweep waits for it
+        pass
+
+
+def run_trial_process(job: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one trial's worker process and wait for it: its result, None when it was interrupted (no result; it
+    resumes next time), or a failed result when the process died without writing one (killed, out of memory)."""
+    job_file = Path(job["result"]).with_suffix(".job.json")
+    job_file.write_text(json.dumps(job, indent=2), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), "PYTHONUNBUFFERED": "1"}
+    code = subprocess.run([sys.executable, "-m", "llmrecipe.sweep.worker", str(job_file)], env=env,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(job["log"], "a"),
+                          preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None).returncode
+    result = Path(job["result"])
+    if code == 0 and result.is_file():
+        return json.loads(result.read_text(encoding="utf-8"))
+    if code in (INTERRUPTED, -signal.SIGINT, -signal.SIGTERM, 130, 143):
+        return None
+    ended = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    return {"trial": job["trial"], "state": "failed", "error": f"the trial's process {ended} without a result "
+            f"(see {job['log']})", "run_id": None, "metrics": {}, "started": None, "seconds": None}
+
+
+class LocalEngine:
+    """Up to `parallel` trial processes at once on this machine, each given its share of the cores."""
+
+    def __init__(self, parallel: int):
+        self.parallel = parallel
+        self.threads = max(1, core_count() // parallel)
+
+    def run(self, jobs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+        with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
+            futures = {pool.submit(run_trial_process, {**job, "threads": self.threads}): job for job in jobs}
+            for done in concurrent.futures.as_completed(futures):
+                yield futures[done], done.result()
+
+    def close(self) -> None:
+        pass
+
+
+class RayEngine:
+    """Trials as Ray tasks, `parallel` at a time, each asking for the CPUs and GPUs its plan needs. The workdir must
+    be on a file system every node sees: the tasks read and write the store and the sweep's folder there."""
+
+    def __init__(self, parallel: int, address: str | None):
+        import ray
+
+        self.ray = ray
+        self.parallel = parallel
+        self.started = not ray.is_initialized()
+        if self.started:
+            ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        self.task = ray.remote(max_retries=0)(run_trial_process)
+
+    def run(self, jobs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+        waiting, running = list(jobs), {}
+        while waiting or running:
+            while waiting and len(running) < self.parallel:
+                job = waiting.pop(0)
+                task = self.task.options(num_cpus=job["cpus"], num_gpus=job["gpus"])
+                running[task.remote({**job, "threads": max(1, job["cpus"])})] = job
+            (done,), _ = self.ray.wait(list(running), num_returns=1)
+            yield running.pop(done), self.ray.get(done)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def engine_for(kind: str, parallel: int, address: str | None):
+    return RayEngine(parallel, address) if kind == "ray" else LocalEngine(parallel)
