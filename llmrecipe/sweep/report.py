@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrecipe.errors import RecipeError
-from llmrecipe.sweep.best import best_recipe_text
+from llmrecipe.sweep.best import best_recipe_path, write_best_recipe
 from llmrecipe.sweep.record import FINGERPRINT, SET
 from llmrecipe.sweep.toml import toml_value
 
@@ -46,7 +46,7 @@ def write_report(folder: Path) -> Path:
              f"{len(rows) - len(done)} failed. Metric `{metric}` ({'lower' if goal == 'min' else 'higher'} is "
              f"better). Outcome: {info['outcome']}.", ""]
     if best is not None:
-        lines += _best_section(folder, info, best, keys)
+        lines += _best_section(info, best, keys)
     lines += ["## Trials, best first", "", _table(ranked + [r for r in rows if r not in done], keys, metric)]
     failed = [r for r in rows if r["state"] != "done"]
     if failed:
@@ -63,18 +63,18 @@ def write_report(folder: Path) -> Path:
     return path
 
 
-def _best_section(folder: Path, info: dict[str, Any], best: dict[str, Any], keys: list[str]) -> list[str]:
+def _best_section(info: dict[str, Any], best: dict[str, Any], keys: list[str]) -> list[str]:
     sets = [f"{key}={toml_value(best[SET + key])}" for key in keys]
+    recipe = Path(info["recipe_file"])
     header = (f"The best trial ({best['trial']}) of sweep {info['sweep_id']}: {info['metric']} = {best['objective']:.6g}.\n"
-              f"Recipe {info['recipe_file']} with: {' '.join(sets)}\nRun it: llmrecipe run {folder / 'best.toml'}")
-    text = best_recipe_text(Path(info["recipe_file"]), [*info["overrides"], *sets, f"run.name={toml_value(best['name'])}"],
-                            Path(info["workdir"]), header)
-    (folder / "best.toml").write_text(text, encoding="utf-8")
+              f"{recipe.name} with: {' '.join(sets)}\nRun it: llmrecipe run {best_recipe_path(recipe)}")
+    path = write_best_recipe(recipe, [*info["overrides"], *sets, f"run.name={toml_value(best['name'])}"],
+                             Path(info["workdir"]), header)
     command = " ".join(["llmrecipe run", info["recipe_file"], *(f"--set '{s}'" for s in [*info["overrides"], *sets])])
     return ["## Best trial", "", f"Trial {best['trial']}: `{info['metric']}` = {best['objective']:.6g} with "
             + ", ".join(f"`{k}` = {toml_value(best[SET + k])}" for k in keys) + ".", "",
-            "Its recipe, to run or build on: [best.toml](best.toml) (its steps are in the store already), or:", "",
-            f"    {command}", ""]
+            f"Its recipe, to run or build on: `{path}` (beside the sweep's recipe, whose relative paths it shares; "
+            "its steps are in the store already), or:", "", f"    {command}", ""]
 
 
 def _table(rows: list[dict[str, Any]], keys: list[str], metric: str) -> str:
