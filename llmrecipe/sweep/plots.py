@@ -11,7 +11,7 @@ from llmrecipe.plots import pyplot
 
 def _log_scale(values: Sequence[float]) -> bool:
     positive = [v for v in values if isinstance(v, (int, float)) and v > 0]
-    return len(positive) == len(values) and len(positive) > 1 and max(positive) / min(positive) >= 20
+    return len(positive) == len(values) and len(positive) > 1 and max(positive) / min(positive) >= 10
 
 
 def metric_against(points: list[tuple[Any, float, bool]], path: Path, xlabel: str, ylabel: str) -> Path:
