@@ -80,6 +80,11 @@ def add_sweep_parser(commands) -> None:
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     sub.add_argument("--workdir", help="artifact store and run records (default: [run] workdir, else ./.llmrecipe)")
     sub.add_argument("--report", metavar="RUN", help="redraw the report of a sweep (its folder or sweep id) and exit")
+    sub.add_argument("--smallest", metavar="TARGET",
+                     help='find the smallest model of the sweep\'s grid (a ladder of sizes) that meets TARGET, e.g. '
+                          '"steps.eval.val_loss <= 3.2", guided by a scaling-law fit instead of training every size')
+    sub.add_argument("--by", choices=["params", "flops"], default="params",
+                     help="with --smallest: order the ladder by parameters (default) or training FLOPs")
 
 
 def add_model_target(sub: argparse.ArgumentParser) -> None:

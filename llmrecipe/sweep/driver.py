@@ -40,8 +40,9 @@ def check_trials(setup: SweepSetup) -> list[PlannedTrial]:
     return [plan_trial(setup, trial) for trial in trials]
 
 
-def run_sweep(setup: SweepSetup, say: Say = lambda line: None) -> SweepOutcome:
-    """Check the trials, then run them (or what is left of them) under the sweep's lock."""
+def run_sweep(setup: SweepSetup, say: Say = lambda line: None, search=None) -> SweepOutcome:
+    """Check the trials, then run them (or what is left of them) under the sweep's lock. `search` chooses the
+    trials instead of the sweep's method (`--smallest`): a proposer built from the checked trials."""
     checked = {p.index: p for p in check_trials(setup)}
     (setup.folder / "trials").mkdir(parents=True, exist_ok=True)
     lock = FileLock(setup.workdir / "locks" / f"{lock_name(setup.sweep_id)}.lock", {"sweep": setup.sweep_id})
@@ -50,14 +51,14 @@ def run_sweep(setup: SweepSetup, say: Say = lambda line: None) -> SweepOutcome:
     except LockHeld as held:
         raise WorkdirBusy(f"sweep {setup.sweep_id} is running already: {held.holder}; wait for it to end") from None
     try:
-        return _run_locked(setup, checked, say)
+        proposer = search(list(checked.values())) if search else proposer_for(setup.sweep, setup.seed, setup.metric)
+        return _run_locked(setup, checked, proposer, say)
     finally:
         lock.release()
 
 
-def _run_locked(setup: SweepSetup, checked: dict[int, PlannedTrial], say: Say) -> SweepOutcome:
+def _run_locked(setup: SweepSetup, checked: dict[int, PlannedTrial], proposer, say: Say) -> SweepOutcome:
     sweep = setup.sweep
-    proposer = proposer_for(sweep, setup.seed, setup.metric)
     engine = engine_for(sweep.engine, sweep.parallel, sweep.address)
     rows: list[dict[str, Any]] = []
     counts = {"ran": 0, "reused": 0, "interrupted": 0}

@@ -32,17 +32,17 @@ def reported_metrics(step: PlanStep) -> list[str]:
     return []
 
 
-def check_metric(plan: Plan, metric: str) -> tuple[str, str]:
+def check_metric(plan: Plan, metric: str, where: str = "sweep.metric") -> tuple[str, str]:
     """`steps.<step>.<name>` -> (step, name), or a RecipeError naming `sweep.metric` and what the steps report."""
     _, step_name, name = metric.split(".", 2)
     names = [step.name for step in plan.steps if not step.implicit]
     if step_name not in names:
-        raise RecipeError(f"sweep.metric = {metric!r}: the recipe has no step '{step_name}'; "
+        raise RecipeError(f"{where} = {metric!r}: the recipe has no step '{step_name}'; "
                           f"{did_you_mean(step_name, names)}")
     reported = reported_metrics(plan.step(step_name))
     if name not in reported:
         available = ", ".join(f"steps.{step_name}.{n}" for n in reported) or "none"
-        raise RecipeError(f"sweep.metric = {metric!r}: step '{step_name}' ({plan.step(step_name).kind}) does not report "
+        raise RecipeError(f"{where} = {metric!r}: step '{step_name}' ({plan.step(step_name).kind}) does not report "
                           f"'{name}'; it reports: {available}")
     return step_name, name
 

@@ -82,3 +82,34 @@ def metric_against_cost(points: list[tuple[float, float]], path: Path, xlabel: s
     figure.savefig(path, metadata={"Software": None})
     plt.close(figure)
     return path
+
+
+def scaling_fit(summary: dict[str, Any], path: Path) -> Path:
+    """`--smallest`: measured metric of the trained sizes, the fitted law and its interval at every size of the
+    ladder, the target, and the answer."""
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    ladder = summary["ladder"]
+    fitted = [row for row in ladder if row["predicted"] is not None]
+    if fitted:
+        sizes = [row["params"] for row in fitted]
+        axes.plot(sizes, [row["predicted"] for row in fitted], color="#4c72b0", label=f"fit: {summary['law']}")
+        axes.fill_between(sizes, [row["low"] for row in fitted], [row["high"] for row in fitted], color="#4c72b0",
+                          alpha=0.15, label="90% bootstrap interval")
+    trained = [row for row in ladder if row["measured"] is not None]
+    axes.scatter([row["params"] for row in trained], [row["measured"] for row in trained], color="black", s=30,
+                 zorder=3, label="trained")
+    answer = [row for row in ladder if row["trial"] == summary["answer"]]
+    if answer:
+        axes.scatter([answer[0]["params"]], [answer[0]["measured"]], marker="*", s=180, color="#dd8452", zorder=4,
+                     label="smallest meeting the target")
+    axes.axhline(summary["threshold"], linestyle="--", color="grey", label=f"target {summary['op']} {summary['threshold']:g}")
+    axes.set_xscale("log")
+    axes.set_xlabel("parameters")
+    axes.set_ylabel(summary["metric"])
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, metadata={"Software": None})
+    plt.close(figure)
+    return path

@@ -36,6 +36,9 @@ class SweepSetup:
     metric_name: str
     model_step: str | None
     """The training step whose model the metric measures (its curves and size go in the report)."""
+    metric: str
+    """`steps.<step>.<name>`: the sweep's metric, or the metric of a `--smallest` target."""
+    goal: str
 
     @property
     def sweep(self) -> SweepConfig:
@@ -50,9 +53,6 @@ class SweepSetup:
     def folder(self) -> Path:
         return self.workdir / "runs" / self.sweep_id
 
-    @property
-    def metric(self) -> str:
-        return self.sweep.metric
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,10 @@ class PlannedTrial:
         return self.trial.index
 
 
-def prepare(recipe: str | Path, overrides: list[str], workdir: str | Path | None = None) -> SweepSetup:
+def prepare(recipe: str | Path, overrides: list[str], workdir: str | Path | None = None,
+            search: tuple[str, str, str] | None = None) -> SweepSetup:
+    """`search`: (metric, goal, what) of a search over the sweep's trials that is not the sweep itself (`--smallest`):
+    its metric replaces the sweep's, and `what` keeps its folder apart from the sweep's."""
     loaded = api.load(recipe, overrides)
     sweep = loaded.recipe.sweep
     if sweep is None:
@@ -81,10 +84,14 @@ def prepare(recipe: str | Path, overrides: list[str], workdir: str | Path | None
     folder = api.workdir_of(loaded, workdir)
     digest = hashlib.sha256(canonical_json(loaded.recipe.model_dump(mode="json", by_alias=True)).encode()).hexdigest()
     sweep_id = f"sweep-{loaded.recipe.run.name[:TRIAL_NAME_PREFIX]}-{digest[:10]}".replace(" ", "_")
+    metric, goal = (search[0], search[1]) if search else (sweep.metric, sweep.goal)
+    if search:
+        sweep_id += "-" + hashlib.sha256(search[2].encode()).hexdigest()[:8]
     base = api.compile(loaded, folder)
-    step, name = check_metric(base, sweep.metric)
+    step, name = check_metric(base, metric, "--smallest" if search else "sweep.metric")
     trained = model_step(base, step)
-    return SweepSetup(loaded, list(overrides), folder, sweep_id, step, name, trained.name if trained else None)
+    return SweepSetup(loaded, list(overrides), folder, sweep_id, step, name, trained.name if trained else None,
+                      metric, goal)
 
 
 def _check_installed(sweep: SweepConfig) -> None:

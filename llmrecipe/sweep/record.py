@@ -62,7 +62,7 @@ def write_sweep_json(setup: SweepSetup, outcome: str, counts: dict[str, int], de
             timespec="seconds"), "recipe_file": str(setup.loaded.path), "overrides": setup.overrides,
         "workdir": str(setup.workdir), "metric": setup.metric, "metric_step": setup.metric_step,
         "model_step": setup.model_step,
-        "goal": setup.sweep.goal, "method": setup.sweep.method, "seed": setup.seed,
+        "goal": setup.goal, "method": setup.sweep.method, "seed": setup.seed,
         "sweep": setup.sweep.model_dump(mode="json", by_alias=True), "trials": counts,
         "environment": environment(device), "git": git_state(setup.loaded.path),
     }

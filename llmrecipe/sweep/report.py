@@ -47,6 +47,8 @@ def write_report(folder: Path) -> Path:
              f"better). Outcome: {info['outcome']}.", ""]
     if best is not None:
         lines += _best_section(info, best, keys)
+    if (folder / "smallest.json").is_file():
+        lines += _smallest_section(folder, json.loads((folder / "smallest.json").read_text()))
     lines += ["## Trials, best first", "", _table(ranked + [r for r in rows if r not in done], keys, metric)]
     failed = [r for r in rows if r["state"] != "done"]
     if failed:
@@ -75,6 +77,28 @@ def _best_section(info: dict[str, Any], best: dict[str, Any], keys: list[str]) -
             + ", ".join(f"`{k}` = {toml_value(best[SET + k])}" for k in keys) + ".", "",
             f"Its recipe, to run or build on: `{path}` (beside the sweep's recipe, whose relative paths it shares; "
             "its steps are in the store already), or:", "", f"    {command}", ""]
+
+
+def _smallest_section(folder: Path, summary: dict[str, Any]) -> list[str]:
+    from llmrecipe.sweep.plots import scaling_fit
+
+    answer = next((row for row in summary["ladder"] if row["trial"] == summary["answer"]), None)
+    verdict = (f"trial {answer['trial']} ({answer['params']:,.0f} parameters) is the smallest that meets it: "
+               f"measured {_fmt(answer['measured'])}" if answer else "no rung of the ladder meets it")
+    lines = ["## Smallest model", "", f"Target `{summary['target']}`, ladder of {summary['rungs']} sizes ordered by "
+             f"{summary['by']}: {verdict}. {summary['trials_run']} of the {summary['rungs']} sizes were trained.", "",
+             f"Scaling-law fit to the trained sizes: `{summary['law'] or 'too few points to fit'}` (90% bootstrap "
+             "interval in brackets).", "", "| trial | params | train tokens | measured | fit [90%] | predicted before training |",
+             "|---|---|---|---|---|---|"]
+    for row in summary["ladder"]:
+        interval = f"{_fmt(row['predicted'])} [{_fmt(row['low'])}, {_fmt(row['high'])}]" if row["predicted"] is not None else ""
+        before = (f"{_fmt(row['predicted_before'][0])} [{_fmt(row['predicted_before'][1])}, "
+                  f"{_fmt(row['predicted_before'][2])}]" if row["predicted_before"] else "")
+        lines.append(f"| {row['trial']} | {row['params']:,.0f} | {row['train_tokens']:,.0f} | "
+                     f"{_fmt(row['measured']) if row['tried'] else 'not trained'} | {interval} | {before} |")
+    lines += ["", "How it chose:", ""] + [f"- {line}" for line in summary["history"]]
+    plot = scaling_fit(summary, folder / "scaling_fit.png")
+    return lines + ["", f"![scaling_fit]({plot.name})", ""]
 
 
 def _table(rows: list[dict[str, Any]], keys: list[str], metric: str) -> str:
