@@ -116,7 +116,7 @@ def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     trials = pl.read_parquet(sweep_folder(tmp_path / "work") / "trials.parquet")
     assert trials["state"].to_list() == ["done", "failed"]
     assert "step 'base' failed" in trials["error"][1] and trials["objective"][1] is None
-    assert "## Failed trials" in (sweep_folder(tmp_path / "work") / "report.md").read_text()
+    assert "## Failed and pruned trials" in (sweep_folder(tmp_path / "work") / "report.md").read_text()
 
 
 @pytest.mark.e2e
@@ -161,3 +161,21 @@ def test_the_shipped_grid_sweep_on_shakespeare_resumes_after_sigkill(tmp_path):
     trials = pl.read_parquet(folder / "trials.parquet")
     assert trials["state"].to_list() == ["done"] * 6 and trials["fingerprint:tok"].n_unique() == 1
     assert all((folder / f).is_file() for f in ("sweep.json", "report.md", "validation_curves.png", "metric_vs_params.png"))
+
+
+@pytest.mark.e2e
+def test_early_stop_prunes_trials_whose_validation_falls_behind(tmp_path):
+    """Two good learning rates run first; the two tiny ones are judged by the median pruner at their first
+    validations and stopped long before their 100 steps."""
+    pytest.importorskip("optuna", reason="early_stop needs Optuna: pip install 'llmrecipe[sweep]'")
+    sweep = ('[sweep]\nmetric = "steps.base.best_val_loss"\nearly_stop = "median"\n[sweep.space]\n'
+             '"steps.base.optim.lr" = [1e-2, 8e-3, 1e-6, 2e-6]\n')
+    recipe = write_sweep_recipe(tmp_path, steps=100, checkpoint_every=50, sweep=sweep,
+                                edits=(("eval_every = 20", "eval_every = 10"),))
+    assert main(["sweep", str(recipe)]) == 0
+    folder = sweep_folder(tmp_path / "work")
+    trials = pl.read_parquet(folder / "trials.parquet")
+    assert trials["state"].to_list() == ["done", "done", "pruned", "pruned"]
+    for error in trials["error"][2:]:
+        assert error.startswith("pruned at step ") and int(error.split()[3].rstrip(":")) < 100
+    assert "trial 2: pruned at step" in (folder / "report.md").read_text()

@@ -93,6 +93,11 @@ class SweepConfig(Section):
     address: str | None = None
     """With engine = "ray": the cluster to join (`auto`, `ray://host:10001`); unset uses RAY_ADDRESS, else starts a
     Ray instance on this machine."""
+    early_stop: Literal["none", "median", "halving"] = "none"
+    """Stop trials whose validation loss falls clearly behind, as Optuna's pruners judge it from the loss each
+    trial's training reports at its validations: `median` (behind the median of earlier trials at the same step,
+    once two have finished) or `halving` (successive halving). A stopped trial is recorded as `pruned`. Local
+    engine only; which trials are stopped can depend on timing when trials run in parallel."""
     space: dict[str, Axis] = Field(min_length=1)
     """Recipe key (dotted, as for `--set`) -> its values. Lists are crossed in a grid; a paired list moves several
     keys together; `log_uniform` and `uniform` ranges are for random and tpe."""
@@ -114,6 +119,9 @@ class SweepConfig(Section):
                 if not low < high or (form == "log_uniform" and low <= 0):
                     problems.append(f'space."{key}".{form} = [{low}, {high}]: give [low, high] with low < high'
                                     + (" and low > 0" if form == "log_uniform" else ""))
+        if self.early_stop != "none" and self.engine == "ray":
+            problems.append('early_stop: trials are stopped by watching their validation from this machine, which the '
+                            'ray engine does not allow; set early_stop = "none" or engine = "local"')
         if self.method == "grid" and self.samples is not None:
             problems.append('samples: a grid runs every combination; drop `samples` or set method = "random" or "tpe"')
         if self.method != "grid" and self.samples is None:

@@ -12,7 +12,8 @@ from llmrecipe.errors import WorkdirBusy
 from llmrecipe.run.locks import FileLock, LockHeld, lock_name
 from llmrecipe.sweep.engines import engine_for
 from llmrecipe.sweep.prepare import PlannedTrial, SweepSetup, plan_trial
-from llmrecipe.sweep.propose import corner_trials, proposer_for
+from llmrecipe.sweep.early_stop import EarlyStop
+from llmrecipe.sweep.propose import FixedTrials, TpeTrials, corner_trials, proposer_for
 from llmrecipe.sweep.record import read_result, result_path, trial_row, write_sweep_json, write_trials
 
 Say = Callable[[str], None]
@@ -60,6 +61,7 @@ def run_sweep(setup: SweepSetup, say: Say = lambda line: None, search=None) -> S
 def _run_locked(setup: SweepSetup, checked: dict[int, PlannedTrial], proposer, say: Say) -> SweepOutcome:
     sweep = setup.sweep
     engine = engine_for(sweep.engine, sweep.parallel, sweep.address)
+    early = _early_stop(setup, proposer)
     rows: list[dict[str, Any]] = []
     counts = {"ran": 0, "reused": 0, "interrupted": 0}
     device = "cpu"
@@ -68,7 +70,7 @@ def _run_locked(setup: SweepSetup, checked: dict[int, PlannedTrial], proposer, s
         for batch in proposer.batches():
             planned = [checked.get(trial.index) or plan_trial(setup, trial) for trial in batch]
             device = planned[0].plan.device if planned else device
-            results = _run_batch(setup, planned, engine, counts, say)
+            results = _run_batch(setup, planned, engine, counts, say, early, getattr(proposer, "asked", None))
             proposer.tell(batch, results)
             rows += [trial_row(setup, p, results[p.index]) for p in planned if p.index in results]
             write_trials(setup, rows)
@@ -81,8 +83,24 @@ def _run_locked(setup: SweepSetup, checked: dict[int, PlannedTrial], proposer, s
     return SweepOutcome(setup.folder, rows, counts["ran"], counts["reused"], counts["interrupted"])
 
 
+def _early_stop(setup: SweepSetup, proposer) -> EarlyStop | None:
+    """The sweep's pruner, when it has one; a TPE sweep's lives in its study, so TPE learns which trials fell
+    behind. A `--smallest` search trains each size to the end: it needs their final losses."""
+    if setup.sweep.early_stop == "none" or not isinstance(proposer, (FixedTrials, TpeTrials)):
+        return None
+    return EarlyStop(setup.sweep.early_stop, setup.goal, proposer.study if isinstance(proposer, TpeTrials) else None)
+
+
+def _watching(setup: SweepSetup, trial: PlannedTrial, early: EarlyStop, proposer_asked: Any) -> dict[str, Any]:
+    """The trial's job, with the validation losses early stopping reads: its training step's metrics.jsonl."""
+    early.start(trial.index, proposer_asked)
+    fingerprint = trial.facts["fingerprints"].get(setup.model_step or "")
+    metrics = setup.workdir / "scratch" / str(fingerprint) / "metrics.jsonl"
+    return {**job_of(setup, trial), "watch": str(metrics) if fingerprint else None}
+
+
 def _run_batch(setup: SweepSetup, planned: list[PlannedTrial], engine, counts: dict[str, int],
-               say: Say) -> dict[int, dict[str, Any]]:
+               say: Say, early: EarlyStop | None = None, asked: dict[int, Any] | None = None) -> dict[int, dict[str, Any]]:
     results: dict[int, dict[str, Any]] = {}
     jobs = []
     for trial in planned:
@@ -91,10 +109,15 @@ def _run_batch(setup: SweepSetup, planned: list[PlannedTrial], engine, counts: d
             results[trial.index] = earlier
             counts["reused"] += 1
             continue
-        jobs.append(job_of(setup, trial))
+        jobs.append(_watching(setup, trial, early, (asked or {}).get(trial.index)) if early else job_of(setup, trial))
     if len(results):
         say(f"{len(results)} trials have results from an earlier run of this sweep; {len(jobs)} to run")
-    for job, result in engine.run(jobs):
+    def watch(job: dict[str, Any]) -> str | None:
+        return early.should_stop(job["trial"], Path(job["watch"])) if early and job.get("watch") else None
+
+    for job, result in engine.run(jobs, watch if early else None):
+        if early:
+            early.finish(job["trial"], result or {"state": "failed"}, (result or {}).get("metrics", {}).get(setup.metric))
         if result is None:
             counts["interrupted"] += 1
             say(f"trial {job['trial']} interrupted; run the same command to resume it")
@@ -116,6 +139,8 @@ def job_of(setup: SweepSetup, trial: PlannedTrial) -> dict[str, Any]:
 
 
 def _summary(setup: SweepSetup, index: int, result: dict[str, Any]) -> str:
+    if result["state"] == "pruned":
+        return f"trial {index} {result['error']}"
     if result["state"] != "done":
         return f"trial {index} failed: {result['error']}"
     value = result["metrics"].get(setup.metric)

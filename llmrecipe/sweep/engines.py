@@ -10,13 +10,19 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from llmrecipe.host import core_count
-from llmrecipe.sweep.worker import INTERRUPTED
+from llmrecipe.sweep.worker import INTERRUPTED, write_atomically
 
 PR_SET_PDEATHSIG = 1
+WATCH_SECONDS = 1.0
+"""How often a watched trial's validation losses are read."""
+
+Watch = Callable[[dict[str, Any]], "str | None"]
+"""job -> a reason to stop the trial now (early stopping), or None."""
 
 
 def _die_with_parent() -> None:
@@ -28,23 +34,48 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_trial_process(job: dict[str, Any]) -> dict[str, Any] | None:
+def run_trial_process(job: dict[str, Any], watch: Watch | None = None) -> dict[str, Any] | None:
     """Run one trial's worker process and wait for it: its result, None when it was interrupted (no result; it
-    resumes next time), or a failed result when the process died without writing one (killed, out of memory)."""
+    resumes next time), or a failed result when the process died without writing one (killed, out of memory).
+    `watch(job)`, asked every second, may give a reason to stop the trial: it is sent SIGTERM (it saves a checkpoint
+    and ends) and recorded as pruned, with that reason."""
     job_file = Path(job["result"]).with_suffix(".job.json")
     job_file.write_text(json.dumps(job, indent=2), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), "PYTHONUNBUFFERED": "1"}
-    code = subprocess.run([sys.executable, "-m", "llmrecipe.sweep.worker", str(job_file)], env=env,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(job["log"], "a"),
-                          preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None).returncode
+    clock = time.perf_counter()
+    with open(job["log"], "a") as log:
+        process = subprocess.Popen([sys.executable, "-m", "llmrecipe.sweep.worker", str(job_file)], env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                   preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        pruned = _wait(process, job, watch)
+    code = process.returncode
     result = Path(job["result"])
     if code == 0 and result.is_file():
         return json.loads(result.read_text(encoding="utf-8"))
+    if pruned is not None:
+        record = {"trial": job["trial"], "state": "pruned", "error": pruned, "run_id": None, "metrics": {},
+                  "started": None, "seconds": round(time.perf_counter() - clock, 3)}
+        write_atomically(result, json.dumps(record, indent=2))  # a pruned trial is finished: a resumed sweep skips it
+        return record
     if code in (INTERRUPTED, -signal.SIGINT, -signal.SIGTERM, 130, 143):
         return None
     ended = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
     return {"trial": job["trial"], "state": "failed", "error": f"the trial's process {ended} without a result "
             f"(see {job['log']})", "run_id": None, "metrics": {}, "started": None, "seconds": None}
+
+
+def _wait(process: subprocess.Popen, job: dict[str, Any], watch: Watch | None) -> str | None:
+    """Wait for the trial's process; the reason it was stopped early, if `watch` gave one."""
+    while True:
+        try:
+            process.wait(timeout=WATCH_SECONDS)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        if watch is not None and (reason := watch(job)) is not None:
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+            return reason
 
 
 class LocalEngine:
@@ -54,9 +85,10 @@ class LocalEngine:
         self.parallel = parallel
         self.threads = max(1, core_count() // parallel)
 
-    def run(self, jobs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    def run(self, jobs: list[dict[str, Any]],
+            watch: Watch | None = None) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
         with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
-            futures = {pool.submit(run_trial_process, {**job, "threads": self.threads}): job for job in jobs}
+            futures = {pool.submit(run_trial_process, {**job, "threads": self.threads}, watch): job for job in jobs}
             for done in concurrent.futures.as_completed(futures):
                 yield futures[done], done.result()
 
@@ -78,7 +110,9 @@ class RayEngine:
             ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
         self.task = ray.remote(max_retries=0)(run_trial_process)
 
-    def run(self, jobs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    def run(self, jobs: list[dict[str, Any]],
+            watch: Watch | None = None) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """`watch` is not used: the recipe refuses early_stop with this engine (a task's files are on its node)."""
         waiting, running = list(jobs), {}
         while waiting or running:
             while waiting and len(running) < self.parallel:

@@ -97,6 +97,9 @@ def prepare(recipe: str | Path, overrides: list[str], workdir: str | Path | None
 def _check_installed(sweep: SweepConfig) -> None:
     if sweep.method == "tpe" and importlib.util.find_spec("optuna") is None:
         raise RecipeError("sweep.method = \"tpe\": needs Optuna; pip install 'llmrecipe[sweep]', or use \"random\"")
+    if sweep.early_stop != "none" and importlib.util.find_spec("optuna") is None:
+        raise RecipeError(f"sweep.early_stop = \"{sweep.early_stop}\": needs Optuna's pruners; pip install "
+                          "'llmrecipe[sweep]', or set early_stop = \"none\"")
     if sweep.engine == "ray" and importlib.util.find_spec("ray") is None:
         raise RecipeError("sweep.engine = \"ray\": needs Ray; pip install 'llmrecipe[ray]', or use \"local\"")
 

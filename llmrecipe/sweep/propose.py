@@ -32,12 +32,16 @@ class TpeTrials:
     def __init__(self, sweep: SweepConfig, seed: int, metric: str):
         import optuna
 
+        from llmrecipe.sweep.early_stop import make_pruner
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna = optuna
         self.sweep, self.metric = sweep, metric
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, (sweep.samples or 0) // 3)))
-        self.study = optuna.create_study(direction="minimize" if sweep.goal == "min" else "maximize", sampler=sampler)
-        self._asked: dict[int, Any] = {}
+        self.study = optuna.create_study(direction="minimize" if sweep.goal == "min" else "maximize", sampler=sampler,
+                                         pruner=make_pruner(sweep.early_stop))
+        self.asked: dict[int, Any] = {}
+        """Trial index -> its Optuna trial (early stopping reports to it)."""
 
     def batches(self) -> Iterator[list[Trial]]:
         index, total = 0, self.sweep.samples or 0
@@ -45,7 +49,7 @@ class TpeTrials:
             batch = []
             for _ in range(min(self.sweep.parallel, total - index)):
                 asked = self.study.ask()
-                self._asked[index] = asked
+                self.asked[index] = asked
                 batch.append(Trial(index, self._suggest(asked)))
                 index += 1
             yield batch
@@ -69,10 +73,12 @@ class TpeTrials:
             value = (result or {}).get("metrics", {}).get(self.metric)
             if result is None:  # interrupted: it runs again next time, and the sweep stops here
                 continue
-            if result["state"] != "done" or value is None:
-                self.study.tell(self._asked[trial.index], state=self.optuna.trial.TrialState.FAIL)
+            if result["state"] == "pruned":
+                self.study.tell(self.asked[trial.index], state=self.optuna.trial.TrialState.PRUNED)
+            elif result["state"] != "done" or value is None:
+                self.study.tell(self.asked[trial.index], state=self.optuna.trial.TrialState.FAIL)
             else:
-                self.study.tell(self._asked[trial.index], float(value))
+                self.study.tell(self.asked[trial.index], float(value))
 
 
 def proposer_for(sweep: SweepConfig, seed: int, metric: str):

@@ -43,7 +43,7 @@ def write_report(folder: Path) -> Path:
              f"Recipe `{info['recipe_file']}`" + (f" with {' '.join('--set ' + o for o in info['overrides'])}"
                                                   if info["overrides"] else "") +
              f"; {info['method']} over {len(keys)} keys, seed {info['seed']}; {len(rows)} trials: {len(done)} done, "
-             f"{len(rows) - len(done)} failed. Metric `{metric}` ({'lower' if goal == 'min' else 'higher'} is "
+             f"{sum(r['state'] == 'pruned' for r in rows)} pruned, {sum(r['state'] == 'failed' for r in rows)} failed. Metric `{metric}` ({'lower' if goal == 'min' else 'higher'} is "
              f"better). Outcome: {info['outcome']}.", ""]
     if best is not None:
         lines += _best_section(info, best, keys)
@@ -52,7 +52,7 @@ def write_report(folder: Path) -> Path:
     lines += ["## Trials, best first", "", _table(ranked + [r for r in rows if r not in done], keys, metric)]
     failed = [r for r in rows if r["state"] != "done"]
     if failed:
-        lines += ["", "## Failed trials", ""] + [f"- trial {r['trial']}: {r['error']}" for r in failed]
+        lines += ["", "## Failed and pruned trials", ""] + [f"- trial {r['trial']}: {r['error']}" for r in failed]
     lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     environment = info["environment"]
     lines += ["", "## Environment", "", f"{environment['cpu_model']} ({environment['cpu_count']} cores), "
