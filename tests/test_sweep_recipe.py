@@ -120,3 +120,21 @@ def test_random_and_tpe_need_samples_and_a_grid_refuses_them(tmp_path, capsys):
 def test_run_and_validate_ignore_the_sweep_table(tmp_path):
     recipe = write_sweep_recipe(tmp_path)
     assert main(["validate", str(recipe)]) == 0
+
+
+def test_a_size_ladder_scales_depth_and_width_together(tmp_path):
+    from llmrecipe.sweep.prepare import prepare
+    from llmrecipe.sweep.space import grid_trials
+
+    sweep = '[sweep]\nmetric = "steps.base.best_val_loss"\n[sweep.space]\n"steps.base.model" = { size = [1, 2, 3] }\n'
+    setup = prepare(write_sweep_recipe(tmp_path, sweep=sweep), [])
+    trials = grid_trials(setup.sweep.space)
+    assert [t.values for t in trials] == [  # the tiny recipe's model: 2 layers, 2 heads, 32 wide
+        {f"steps.base.model.{k}": v * s for k, v in (("n_layer", 2), ("n_head", 2), ("d_model", 32))} for s in (1, 2, 3)]
+
+
+def test_a_size_ladder_must_name_a_pretrain_steps_model(tmp_path, capsys):
+    sweep = '[sweep]\nmetric = "steps.base.best_val_loss"\n[sweep.space]\n"steps.base.optim" = { size = [1, 2] }\n'
+    assert main(["sweep", str(write_sweep_recipe(tmp_path, sweep=sweep))]) == 2
+    assert 'sweep.space."steps.base.optim" = { size = [1, 2] }: a size ladder scales a pretrain step\'s model' in \
+        capsys.readouterr().err

@@ -40,15 +40,22 @@ class UniformAxis(Section):
     uniform: list[float] = Field(min_length=2, max_length=2)
 
 
+class SizeAxis(Section):
+    """A ladder of model sizes: each value s sets the model's `n_layer`, `n_head` and `d_model` to s times the
+    recipe's, so depth and width grow together and the head size stays (the key names a pretrain step's `model`)."""
+
+    size: list[Annotated[int, Field(ge=1, le=1024)]] = Field(min_length=1)
+
+
 def _axis_kind(value: Any) -> str | None:
     """Which form an axis has, from TOML input or (when serialising) from the validated axis."""
-    forms = {PairedAxis: "values", LogUniformAxis: "log_uniform", UniformAxis: "uniform"}
+    forms = {PairedAxis: "values", LogUniformAxis: "log_uniform", UniformAxis: "uniform", SizeAxis: "size"}
     if type(value) in forms:
         return forms[type(value)]
     if isinstance(value, list):
         return "list"
     if isinstance(value, dict):
-        for key in ("values", "log_uniform", "uniform"):
+        for key in ("values", "log_uniform", "uniform", "size"):
             if key in value:
                 return key
     return None
@@ -60,15 +67,16 @@ Axis = Annotated[
         Annotated[PairedAxis, Tag("values")],
         Annotated[LogUniformAxis, Tag("log_uniform")],
         Annotated[UniformAxis, Tag("uniform")],
+        Annotated[SizeAxis, Tag("size")],
     ],
     Discriminator(
         _axis_kind,
         custom_error_type="axis",
         custom_error_message="expected a list of values, { values = [...], with = { ... } }, { log_uniform = [low, "
-                             "high] } or { uniform = [low, high] }",
+                             "high] }, { uniform = [low, high] } or { size = [1, 2, ...] }",
     ),
 ]
-"""One key of `[sweep.space]`: listed values, a paired list, or a range to draw from."""
+"""One key of `[sweep.space]`: listed values, a paired list, a range to draw from, or a ladder of model sizes."""
 
 
 class SweepConfig(Section):
@@ -100,7 +108,8 @@ class SweepConfig(Section):
     engine only; which trials are stopped can depend on timing when trials run in parallel."""
     space: dict[str, Axis] = Field(min_length=1)
     """Recipe key (dotted, as for `--set`) -> its values. Lists are crossed in a grid; a paired list moves several
-    keys together; `log_uniform` and `uniform` ranges are for random and tpe."""
+    keys together; `log_uniform` and `uniform` ranges are for random and tpe; `"steps.NAME.model" = { size = [1, 2,
+    3] }` scales a model's depth and width together."""
 
     @model_validator(mode="after")
     def _method_fits_space(self) -> "SweepConfig":

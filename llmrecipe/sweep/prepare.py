@@ -16,6 +16,7 @@ from llmrecipe.plan.plan import Plan
 from llmrecipe.recipe.load import LoadedRecipe
 from llmrecipe.recipe.sweep import PairedAxis, SweepConfig
 from llmrecipe.sweep.metrics import check_metric, model_step
+from llmrecipe.sweep.sizes import expand_sizes
 from llmrecipe.sweep.space import Trial
 from llmrecipe.sweep.toml import toml_value
 
@@ -36,14 +37,11 @@ class SweepSetup:
     metric_name: str
     model_step: str | None
     """The training step whose model the metric measures (its curves and size go in the report)."""
+    sweep: SweepConfig
+    """The recipe's [sweep], its size ladders written out as the values they set."""
     metric: str
     """`steps.<step>.<name>`: the sweep's metric, or the metric of a `--smallest` target."""
     goal: str
-
-    @property
-    def sweep(self) -> SweepConfig:
-        assert self.loaded.recipe.sweep is not None
-        return self.loaded.recipe.sweep
 
     @property
     def seed(self) -> int:
@@ -91,7 +89,7 @@ def prepare(recipe: str | Path, overrides: list[str], workdir: str | Path | None
     step, name = check_metric(base, metric, "--smallest" if search else "sweep.metric")
     trained = model_step(base, step)
     return SweepSetup(loaded, list(overrides), folder, sweep_id, step, name, trained.name if trained else None,
-                      metric, goal)
+                      expand_sizes(loaded.recipe), metric, goal)
 
 
 def _check_installed(sweep: SweepConfig) -> None:
