@@ -138,3 +138,28 @@ def test_a_size_ladder_must_name_a_pretrain_steps_model(tmp_path, capsys):
     assert main(["sweep", str(write_sweep_recipe(tmp_path, sweep=sweep))]) == 2
     assert 'sweep.space."steps.base.optim" = { size = [1, 2] }: a size ladder scales a pretrain step\'s model' in \
         capsys.readouterr().err
+
+
+def test_a_result_is_reused_only_while_its_trial_plans_the_same_steps(tmp_path):
+    """A trial's earlier result whose fingerprints differ (its data files changed, say) runs again."""
+    import json
+
+    from llmrecipe.sweep.driver import _run_batch, check_trials
+    from llmrecipe.sweep.prepare import prepare
+    from llmrecipe.sweep.record import result_path
+
+    setup = prepare(write_sweep_recipe(tmp_path), [])
+    planned = check_trials(setup)
+    result_path(setup, 0).parent.mkdir(parents=True)
+    for index, fingerprints in ((0, planned[0].facts["fingerprints"]), (1, {"base": "another"})):
+        result_path(setup, index).write_text(json.dumps({"trial": index, "state": "done", "metrics": {},
+                                                         "fingerprints": fingerprints}))
+
+    class Engine:
+        def run(self, jobs, watch=None):
+            for job in jobs:
+                yield job, {"trial": job["trial"], "state": "done", "metrics": {}, "seconds": 0.0}
+
+    counts = {"ran": 0, "reused": 0, "interrupted": 0}
+    results = _run_batch(setup, planned, Engine(), counts, lambda line: None)
+    assert sorted(results) == [0, 1, 2, 3] and counts == {"ran": 3, "reused": 1, "interrupted": 0}

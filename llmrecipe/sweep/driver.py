@@ -103,9 +103,9 @@ def _run_batch(setup: SweepSetup, planned: list[PlannedTrial], engine, counts: d
                say: Say, early: EarlyStop | None = None, asked: dict[int, Any] | None = None) -> dict[int, dict[str, Any]]:
     results: dict[int, dict[str, Any]] = {}
     jobs = []
-    for trial in planned:
+    for trial in planned:  # a result is reused while the trial's steps are what they were (same input files too)
         earlier = read_result(setup, trial.index)
-        if earlier is not None:
+        if earlier is not None and earlier.get("fingerprints") == trial.facts["fingerprints"]:
             results[trial.index] = earlier
             counts["reused"] += 1
             continue
@@ -135,7 +135,8 @@ def job_of(setup: SweepSetup, trial: PlannedTrial) -> dict[str, Any]:
     return {"trial": trial.index, "recipe": str(setup.loaded.path), "overrides": trial.overrides,
             "workdir": str(setup.workdir), "result": str(result_path(setup, trial.index)),
             "log": str(result_path(setup, trial.index).with_suffix(".log")),
-            "cpus": processes, "gpus": processes if trial.plan.device == "cuda" else 0}
+            "cpus": processes, "gpus": processes if trial.plan.device == "cuda" else 0,
+            "fingerprints": trial.facts["fingerprints"]}
 
 
 def _summary(setup: SweepSetup, index: int, result: dict[str, Any]) -> str:

@@ -54,7 +54,7 @@ def run_trial_process(job: dict[str, Any], watch: Watch | None = None) -> dict[s
         return json.loads(result.read_text(encoding="utf-8"))
     if pruned is not None:
         record = {"trial": job["trial"], "state": "pruned", "error": pruned, "run_id": None, "metrics": {},
-                  "started": None, "seconds": round(time.perf_counter() - clock, 3)}
+                  "started": None, "seconds": round(time.perf_counter() - clock, 3), "fingerprints": job["fingerprints"]}
         write_atomically(result, json.dumps(record, indent=2))  # a pruned trial is finished: a resumed sweep skips it
         return record
     if code in (INTERRUPTED, -signal.SIGINT, -signal.SIGTERM, 130, 143):

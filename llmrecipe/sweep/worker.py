@@ -44,7 +44,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any] | None:
             state, error = "failed", f"unexpected {type(failure).__name__}: {failure}"
             log.write(traceback.format_exc())
     result = {"trial": job["trial"], "state": state, "error": error, "run_id": run_id, "metrics": metrics,
-              "started": started, "seconds": round(time.perf_counter() - clock, 3)}
+              "started": started, "seconds": round(time.perf_counter() - clock, 3),
+              "fingerprints": job["fingerprints"]}
     write_atomically(Path(job["result"]), json.dumps(result, indent=2))
     return result
 
