@@ -76,9 +76,12 @@ def _run_locked(setup: SweepSetup, checked: dict[int, PlannedTrial], proposer, s
             write_trials(setup, rows)
             if counts["interrupted"]:
                 break  # a TPE sweep's next batch depends on this one's results; the next call finishes it
+        outcome = "interrupted" if counts["interrupted"] else "finished"
+    except BaseException:  # Ctrl-C (its trials stop with a checkpoint), or an error of the sweep itself
+        outcome = "interrupted"
+        raise
     finally:
         engine.close()
-        outcome = "interrupted" if counts["interrupted"] else "finished"
         write_sweep_json(setup, outcome, {**counts, "recorded": len(rows)}, device)
     return SweepOutcome(setup.folder, rows, counts["ran"], counts["reused"], counts["interrupted"])
 
