@@ -163,3 +163,30 @@ def test_a_result_is_reused_only_while_its_trial_plans_the_same_steps(tmp_path):
     counts = {"ran": 0, "reused": 0, "interrupted": 0}
     results = _run_batch(setup, planned, Engine(), counts, lambda line: None)
     assert sorted(results) == [0, 1, 2, 3] and counts == {"ran": 3, "reused": 1, "interrupted": 0}
+
+
+def test_the_local_engine_gives_each_cuda_trial_gpus_of_its_own(monkeypatch):
+    """Three trials wanting one GPU each on a machine with two: never two trials on one GPU at once."""
+    import threading
+    import time
+
+    from llmrecipe.sweep import engines
+
+    busy, seen, lock = set(), [], threading.Lock()
+
+    def fake_trial(job, watch=None):
+        with lock:
+            assert job["visible_gpus"] not in busy
+            busy.add(job["visible_gpus"])
+            seen.append(job["visible_gpus"])
+        time.sleep(0.05)
+        with lock:
+            busy.discard(job["visible_gpus"])
+        return {"trial": job["trial"], "state": "done", "metrics": {}}
+
+    monkeypatch.setattr(engines, "run_trial_process", fake_trial)
+    engine = engines.LocalEngine(parallel=3, gpus=2)
+    done = list(engine.run([{"trial": i, "gpus": 1} for i in range(3)]))
+    assert len(done) == 3 and set(seen) == {"0", "1"}
+    cpu = list(engines.LocalEngine(parallel=1, gpus=2).run([{"trial": 0, "gpus": 0}]))
+    assert cpu[0][1]["state"] == "done" and seen[-1] is None

@@ -7,14 +7,16 @@ import concurrent.futures
 import ctypes
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from llmrecipe.host import core_count
+from llmrecipe.host import core_count, gpu_count
 from llmrecipe.sweep.worker import INTERRUPTED, write_atomically
 
 PR_SET_PDEATHSIG = 1
@@ -42,6 +44,8 @@ def run_trial_process(job: dict[str, Any], watch: Watch | None = None) -> dict[s
     job_file = Path(job["result"]).with_suffix(".job.json")
     job_file.write_text(json.dumps(job, indent=2), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), "PYTHONUNBUFFERED": "1"}
+    if job.get("visible_gpus") is not None:
+        env["CUDA_VISIBLE_DEVICES"] = job["visible_gpus"]
     clock = time.perf_counter()
     with open(job["log"], "a") as log:
         process = subprocess.Popen([sys.executable, "-m", "llmrecipe.sweep.worker", str(job_file)], env=env,
@@ -79,18 +83,36 @@ def _wait(process: subprocess.Popen, job: dict[str, Any], watch: Watch | None) -
 
 
 class LocalEngine:
-    """Up to `parallel` trial processes at once on this machine, each given its share of the cores."""
+    """Up to `parallel` trial processes at once on this machine, each given its share of the cores and, when its
+    plan trains on CUDA, GPUs of its own (CUDA_VISIBLE_DEVICES): a trial waits for free GPUs, so trials never
+    share one."""
 
-    def __init__(self, parallel: int):
+    def __init__(self, parallel: int, gpus: int | None = None):
         self.parallel = parallel
         self.threads = max(1, core_count() // parallel)
+        self.free_gpus: queue.Queue[int] = queue.Queue()
+        for gpu in range(gpu_count() if gpus is None else gpus):
+            self.free_gpus.put(gpu)
+        self.gpus = self.free_gpus.qsize()
+        self._taking = threading.Lock()
 
     def run(self, jobs: list[dict[str, Any]],
             watch: Watch | None = None) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
         with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
-            futures = {pool.submit(run_trial_process, {**job, "threads": self.threads}, watch): job for job in jobs}
+            futures = {pool.submit(self._run_one, {**job, "threads": self.threads}, watch): job for job in jobs}
             for done in concurrent.futures.as_completed(futures):
                 yield futures[done], done.result()
+
+    def _run_one(self, job: dict[str, Any], watch: Watch | None) -> dict[str, Any] | None:
+        wanted = min(job["gpus"], self.gpus)
+        with self._taking:  # one trial takes its GPUs at a time, so two never hold part of what each needs
+            taken = [self.free_gpus.get() for _ in range(wanted)]
+        try:
+            visible = ",".join(map(str, sorted(taken))) if taken else None
+            return run_trial_process({**job, "visible_gpus": visible}, watch)
+        finally:
+            for gpu in taken:
+                self.free_gpus.put(gpu)
 
     def close(self) -> None:
         pass
