@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = with_recipe("status", "each step's state, timings and final metrics")
     status.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_verify_parser(commands)
+    add_sweep_parser(commands)
     add_generate_parser(commands)
     add_serve_parser(commands)
     compare = commands.add_parser(
@@ -69,6 +70,21 @@ def add_verify_parser(commands) -> None:
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     sub.add_argument("--workdir", help="artifact store (default: [run] workdir, else ./.llmrecipe)")
     sub.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def add_sweep_parser(commands) -> None:
+    help = "run the trials of the recipe's [sweep] table and report them (a run again resumes)"
+    sub = commands.add_parser("sweep", help=help, description=help + ". Trials share the store: steps they have in "
+                              "common (data, tokenizer) run once.")
+    sub.add_argument("recipe", nargs="?", help="the recipe TOML file, with a [sweep] table")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    sub.add_argument("--workdir", help="artifact store and run records (default: [run] workdir, else ./.llmrecipe)")
+    sub.add_argument("--report", metavar="RUN", help="redraw the report of a sweep (its folder or sweep id) and exit")
+    sub.add_argument("--smallest", metavar="TARGET",
+                     help='find the smallest model of the sweep\'s grid (a ladder of sizes) that meets TARGET, e.g. '
+                          '"steps.eval.val_loss <= 3.2", guided by a scaling-law fit instead of training every size')
+    sub.add_argument("--by", choices=["params", "flops"], default="params",
+                     help="with --smallest: order the ladder by parameters (default) or training FLOPs")
 
 
 def add_model_target(sub: argparse.ArgumentParser) -> None:
@@ -270,6 +286,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from llmrecipe.sweep import cli as sweep_cli
+
+    return sweep_cli.sweep_command(args)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from llmrecipe.recipe.schema import recipe_json_schema
 
@@ -329,4 +351,4 @@ def _reporter():
 
 
 COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "run": cmd_run, "status": cmd_status, "verify": cmd_verify,
-            "compare": cmd_compare, "schema": cmd_schema, "generate": cmd_generate, "serve": cmd_serve}
+            "compare": cmd_compare, "sweep": cmd_sweep, "schema": cmd_schema, "generate": cmd_generate, "serve": cmd_serve}

@@ -42,6 +42,7 @@ SETTINGS: dict[str, Settings] = {
     "sft_acceptance": Settings(quick=("--set", "steps.base.budget.steps=20", "--set", "steps.base.optim.warmup=2",
                                       "--set", "steps.chat.budget.epochs=1", "--set", "steps.chat.optim.warmup=2"),
                                recipes=("recipes/chat.toml",), needs="../shared/data (Austen, ChatterBot pairs)"),
+    "smallest_search": Settings(quick=("--set", "steps.base.budget.steps=4"), recipes=("recipes/smallest.toml",)),
     "train_throughput": Settings(quick=("--steps", "1", "--rounds", "1", "--warmup", "1"), peers=("transformers",)),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from typing import Any, Union
@@ -85,7 +86,7 @@ def _display_path(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseMode
             parts.append(str(entry))
             current = field.annotation if field is not None else None
         elif typing.get_origin(current) is dict:
-            parts.append("(step name)" if entry == "[key]" else str(entry))
+            parts.append("(step name)" if entry == "[key]" else toml_key(str(entry)))
             current = typing.get_args(current)[1]
         elif typing.get_origin(current) is list:
             parts.append(f"[{entry}]")
@@ -99,6 +100,14 @@ def _display_path(loc: tuple, root: type[BaseModel]) -> tuple[str, type[BaseMode
             parts.append(str(entry))
             current = None
     return ".".join(parts).replace(".[", "["), parent
+
+
+def toml_key(key: str) -> str:
+    """A table key as TOML writes it: bare when it can be (`lr`), quoted otherwise (`"steps.base.optim.lr"`)."""
+    return key if BARE_KEY.fullmatch(key) else '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -13,6 +13,7 @@ from llmrecipe.recipe.evaluate import EvaluateStep
 from llmrecipe.recipe.export import ExportStep
 from llmrecipe.recipe.finetune import FinetuneStep
 from llmrecipe.recipe.pretrain import PretrainStep
+from llmrecipe.recipe.sweep import SweepConfig
 from llmrecipe.recipe.tokenizer import TokenizerStep
 
 StepConfig = Annotated[
@@ -90,3 +91,5 @@ class Recipe(Section):
     run: RunConfig = RunConfig()
     steps: dict[StepName, StepConfig] = Field(min_length=1)
     """The steps, by name. Order does not matter: the plan orders them by their references."""
+    sweep: SweepConfig | None = None
+    """A search over this recipe's values, run by `llmrecipe sweep` (and ignored by `llmrecipe run`)."""
