@@ -19,6 +19,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from llmrecipe.errors import StepError
+from llmrecipe.finetune.fit import FitCounts, Truncation, fit_messages
 from llmrecipe.jsonl import json_objects
 from llmrecipe.recipe.finetune import DatasetConfig
 
@@ -134,15 +135,33 @@ def encode_example(tokenizer: Tokenizer, text: str, spans: list[tuple[int, int]]
     return Example(ids=list(encoding.ids), targets=targets)
 
 
-def load_examples(path: Path, dataset: DatasetConfig, tokenizer: Tokenizer, template: str, end_of_turn: str) -> dict[str, list[Example]]:
-    """Every row of the file checked and encoded, per split, before any training starts."""
+def load_examples(path: Path, dataset: DatasetConfig, tokenizer: Tokenizer, template: str, end_of_turn: str,
+                  limit: int | None = None, truncation: Truncation = "left") -> tuple[dict[str, list[Example]], dict[str, FitCounts]]:
+    """Every row of the file checked, fitted into `limit` tokens (see llmrecipe/finetune/fit.py; None: no limit) and
+    encoded, per split, before any training starts; with what fitting did to each split's rows."""
     encoded: dict[str, list[Example]] = {}
+    counts: dict[str, FitCounts] = {}
     for split, rows in read_rows(path, dataset).items():
-        encoded[split] = []
+        encoded[split], counts[split] = [], FitCounts()
         for number, row in rows:
             where = f"{path.name} line {number}"
-            text, spans = assistant_spans(template, conversation(row, dataset, path.name, number), end_of_turn, where)
-            encoded[split].append(encode_example(tokenizer, text, spans))
-    if not encoded["train"]:
-        raise StepError(f"{path.name} has no train examples; check dataset.split_field and dataset.val_fraction")
-    return encoded
+            messages = conversation(row, dataset, path.name, number)
+
+            def example_of(turns: list[dict[str, str]]) -> Example:
+                return encode_example(tokenizer, *assistant_spans(template, turns, end_of_turn, where))
+
+            example, outcome = example_of(messages), "intact"
+            if limit is not None and len(example.ids) > limit:
+                fitted, outcome = fit_messages(messages, lambda turns: len(example_of(turns).ids), limit, truncation,
+                                               tokenizer)
+                example = example_of(fitted) if fitted is not None else None
+            setattr(counts[split], outcome, getattr(counts[split], outcome) + 1)
+            if example is not None:
+                counts[split].target_tokens += sum(example.targets[1:])  # the first token is never predicted
+                encoded[split].append(example)
+    if not counts["train"].rows:
+        if not any(c.rows for c in counts.values()):
+            raise StepError(f"{path.name} has no rows: the file is empty (or only blank lines)")
+        raise StepError(f"{path.name} has no train rows ({counts['val'].rows} validation, {counts['test'].rows} test); "
+                        f"check dataset.split_field and dataset.val_fraction")
+    return encoded, counts

@@ -244,6 +244,7 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
     return FinetuneSpec(
         task=step.task, init_model=init, model=model, dataset=dataset, dataset_file=dataset_file,
         chat_template=template, special_tokens=specials, end_of_turn=end_of_turn, seq_len=seq_len,
+        truncation=step.truncation,
         labels=step.labels, class_weighting=step.class_weighting,
         pooling=("last" if arch.causal else "first") if step.pooling == "auto" else step.pooling,
         lora=_resolved_lora(step, model),
