@@ -78,11 +78,18 @@ def tokenizer():
 
 def encoded_split(tokenizer, rows: list[dict], labels: list[str], pooling: str = "last") -> LabelledRows:
     eot = tokenizer.token_to_id("<|endoftext|>")
-    ids = encode(tokenizer, [row["text"] for row in rows], SHAPE.seq_len, eot, pooling)
+    ids, _ = encode(tokenizer, [row["text"] for row in rows], SHAPE.seq_len, eot, pooling)
     return LabelledRows(ids, torch.tensor([labels.index(row["label"]) for row in rows]))
 
 
 # ---- data and labels -----------------------------------------------------------------------------------------------
+
+
+def test_texts_longer_than_the_context_keep_their_beginning_and_are_counted(tokenizer):
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    rows, cut = encode(tokenizer, ["a sea", "the sea " * 40, "sea"], 8, eot, "last")
+    assert cut == 1 and [len(r) for r in rows][1] == 8 and rows[1][-1] == eot
+    assert rows[1][:7] == tokenizer.encode("the sea " * 40).ids[:7]
 
 
 def test_labels_that_do_not_match_the_recipe_are_named():

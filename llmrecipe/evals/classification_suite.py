@@ -71,7 +71,7 @@ def run(config: ClassificationSuite, env: SuiteEnv) -> SuiteResult:
     splits = read_splits(env.data_path, fields, config.val_fraction)
     rows = scored_rows(splits, config.split)[: config.limit]
     labels = label_ids(rows, model.labels, env.data_path.name)
-    probabilities = classify(model, rows, env)
+    probabilities, cut = classify(model, rows, env)
     columns = metric_columns(probabilities, labels, len(model.labels))
     matrix = confusion_matrix(labels, probabilities.argmax(axis=1), len(model.labels))
     plot = plot_confusion_matrix(matrix, model.labels, env.out_dir / f"{env.name}_confusion.png",
@@ -83,7 +83,8 @@ def run(config: ClassificationSuite, env: SuiteEnv) -> SuiteResult:
         columns=columns,
         examples=[described(row, probabilities[i], model.labels) for i, row in enumerate(rows)],
         worst=[described(rows[i], probabilities[i], model.labels) for i in confident_mistakes(probabilities, labels, env.worst)],
-        extra={"majority_baseline": float(np.bincount(labels, minlength=len(model.labels)).max() / len(labels))},
+        extra={"majority_baseline": float(np.bincount(labels, minlength=len(model.labels)).max() / len(labels)),
+               "texts_cut": cut},
         plots=[plot.name],
         tables=tables,
     )
@@ -107,10 +108,11 @@ def label_ids(rows: list[Example], labels: list[str], file_name: str) -> np.ndar
     return np.array([index[row.label] for row in rows], dtype=np.int64)
 
 
-def classify(model: Classifier, rows: list[Example], env: SuiteEnv) -> np.ndarray:
-    """Class probabilities (N, C), encoded as the classify step encoded its training rows."""
-    encoded = encode(env.tokenizer, [row.text for row in rows], model.max_seq_len, env.eot_id, model.pooling)
-    return predict_probabilities(model, encoded, env.batch_size, env.device).double().numpy()
+def classify(model: Classifier, rows: list[Example], env: SuiteEnv) -> tuple[np.ndarray, int]:
+    """Class probabilities (N, C), encoded as the classify step encoded its training rows; and how many texts
+    were longer than the model's context (each keeps its beginning)."""
+    encoded, cut = encode(env.tokenizer, [row.text for row in rows], model.max_seq_len, env.eot_id, model.pooling)
+    return predict_probabilities(model, encoded, env.batch_size, env.device).double().numpy(), cut
 
 
 def metric_columns(probabilities: np.ndarray, labels: np.ndarray, classes: int) -> dict[str, np.ndarray]:
@@ -143,7 +145,7 @@ def likely_mislabelled(model: Classifier, train: list[Example], k: int, env: Sui
     """The training rows whose label the model most confidently contradicts: candidates for relabelling."""
     if not train:
         return []
-    probabilities = classify(model, train, env)
+    probabilities, _ = classify(model, train, env)
     labels = label_ids(train, model.labels, env.data_path.name)
     return [described(train[i], probabilities[i], model.labels) for i in confident_mistakes(probabilities, labels, k)]
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from llmrecipe.errors import StepError
 from llmrecipe.evals.jsonl import read_jsonl
-from llmrecipe.evals.loglikelihood import encode_pair, score_requests
+from llmrecipe.evals.loglikelihood import cut_requests, encode_pair, score_requests
 from llmrecipe.evals.stats import Metric
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, progress_bar, proportion
 from llmrecipe.recipe.evaluate import MultipleChoiceSuite
@@ -46,7 +46,8 @@ def run(config: MultipleChoiceSuite, env: SuiteEnv) -> SuiteResult:
         "chance": np.array([1.0 / len(row["choices"]) for row in rows]),
         "count": np.ones(len(rows)),
     }
-    return SuiteResult(columns=columns, examples=examples, worst=confident_mistakes(examples, env.worst))
+    return SuiteResult(columns=columns, examples=examples, worst=confident_mistakes(examples, env.worst),
+                       extra={"contexts_cut": cut_requests(requests, env.model.shape.seq_len)})
 
 
 def check_rows(rows: list[dict], file_name: str) -> None:

@@ -42,7 +42,7 @@ def run(config: QaFactualitySuite, env: SuiteEnv) -> SuiteResult:
             )
         wanted.append(answer)
     prompts = [config.template.replace("{prompt}", row[config.prompt_field]) for row in rows]
-    generations = generate_all(env, prompts, config.decoding)
+    generations, cut = generate_all(env, prompts, config.decoding)
     given = [leading_answer(text, config.answers) for text in generations]
     examples = [
         {"question": row[config.prompt_field], "reference": answer, "generation": text, "answer": got}
@@ -55,7 +55,8 @@ def run(config: QaFactualitySuite, env: SuiteEnv) -> SuiteResult:
         "count": np.ones(len(rows)),
     }
     hallucinations = [e for e in examples if e["answer"] is not None and e["answer"] != e["reference"]]
-    return SuiteResult(columns=columns, examples=examples, worst=hallucinations[: env.worst])
+    return SuiteResult(columns=columns, examples=examples, worst=hallucinations[: env.worst],
+                       extra={"prompts_cut": cut})
 
 
 def leading_answer(text: str, answers: list[str]) -> str | None:

@@ -111,17 +111,19 @@ def label_set(train: list[Example], held: list[Example], expected: list[str] | N
     return list(expected)
 
 
-def encode(tokenizer, texts: list[str], seq_len: int, marker_id: int, pooling: str) -> list[list[int]]:
-    """Token ids per text with a marker token at the pooled end, cut to `seq_len`.
+def encode(tokenizer, texts: list[str], seq_len: int, marker_id: int, pooling: str) -> tuple[list[list[int]], int]:
+    """Token ids per text with a marker token at the pooled end, cut to `seq_len`; and how many texts were cut
+    (a long text keeps its beginning), so callers can say so.
 
     `last` pooling appends the marker (the end-of-text id the model saw after every document), so every
     example ends on the same token whose state summarizes it; `first` prepends it, like BERT's [CLS].
     """
-    rows = []
+    rows, cut = [], 0
     for encoding in tokenizer.encode_batch(texts):
         ids = encoding.ids[: seq_len - 1]  # long texts keep their beginning
+        cut += len(encoding.ids) > seq_len - 1
         rows.append([*ids, marker_id] if pooling == "last" else [marker_id, *ids])
-    return rows
+    return rows, cut
 
 
 def class_weights(label_ids: torch.Tensor, classes: int, mode: str) -> torch.Tensor | None:
