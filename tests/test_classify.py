@@ -337,13 +337,13 @@ def test_classify_recipe_learns_and_its_report_shows_the_confusion_matrix_and_wo
     assert (report.parent / image).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_classify_recipe_with_mismatched_labels_fails_before_training(tmp_path, capsys):
+def test_classify_recipe_with_mismatched_labels_fails_before_anything_runs(tmp_path, capsys):
     recipe = classify_recipe(tmp_path, labels='labels = ["castle", "river"]')
-    assert main(["run", str(recipe)]) == 1
+    assert main(["run", str(recipe)]) == 2  # a sample of the file shows it: no step runs, not even pre-training
     err = capsys.readouterr().err
-    assert "labels ['sea']" in err and "['river']" in err
-    plan = api.compile(api.load(recipe))
-    assert not (Path(plan.workdir) / "scratch" / plan.step("clf").fingerprint / "checkpoints").exists()
+    assert "steps.clf.dataset.path: the data has labels ['sea'] that `labels` does not list" in err
+    assert "['castle', 'river']" in err
+    assert not list(tmp_path.rglob("manifest.json"))
 
 
 def test_suites_that_do_not_fit_a_classifier_are_recipe_errors(tmp_path, capsys):

@@ -19,9 +19,10 @@ from llmrecipe.classification import (
     confusion_matrix,
     plot_confusion_matrix,
 )
+from llmrecipe.evals.jsonl import suite_key
 from llmrecipe.evals.stats import Metric
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, proportion
-from llmrecipe.finetune.classify_data import Example, Fields, encode, read_splits
+from llmrecipe.finetune.classify_data import Example, Fields, encode, foreign_labels, read_splits
 from llmrecipe.models.classifier import Classifier, predict_probabilities
 from llmrecipe.recipe.evaluate import ClassificationSuite
 
@@ -67,10 +68,10 @@ def run(config: ClassificationSuite, env: SuiteEnv) -> SuiteResult:
     if not isinstance(model, Classifier):
         raise StepError(f"suite {env.name}: a classification suite needs a classifier (a `finetune` step with "
                         "task = 'classify'); this model is a language model")
-    fields = Fields(config.text_field, config.label_field, config.split_field)
+    fields = Fields(config.text_field, config.label_field, config.split_field, suite_key(env.ctx.name, env.name))
     splits = read_splits(env.data_path, fields, config.val_fraction)
     rows = scored_rows(splits, config.split)[: config.limit]
-    labels = label_ids(rows, model.labels, env.data_path.name)
+    labels = label_ids(rows, model.labels, env.data_path.name, fields.key)
     probabilities, cut = classify(model, rows, env)
     columns = metric_columns(probabilities, labels, len(model.labels))
     matrix = confusion_matrix(labels, probabilities.argmax(axis=1), len(model.labels))
@@ -96,13 +97,12 @@ def scored_rows(splits: dict[str, list[Example]], split: str) -> list[Example]:
     return splits[split]
 
 
-def label_ids(rows: list[Example], labels: list[str], file_name: str) -> np.ndarray:
+def label_ids(rows: list[Example], labels: list[str], file_name: str, key: str) -> np.ndarray:
     """Class ids of the rows; labels the model was not trained on are an error that names them."""
     index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({row.label for row in rows} - set(index))
-    if unknown:
-        raise StepError(f"{file_name}: labels {unknown} are not among the model's classes {labels}; evaluate on data "
-                        "with the model's label set (or fix label_field)")
+    problem = foreign_labels({row.label for row in rows}, labels, file_name, key)
+    if problem:
+        raise StepError(problem)
     if not rows:
         raise StepError(f"{file_name}: no rows in the chosen split; pick another `split` (or `all`)")
     return np.array([index[row.label] for row in rows], dtype=np.int64)
@@ -146,7 +146,7 @@ def likely_mislabelled(model: Classifier, train: list[Example], k: int, env: Sui
     if not train:
         return []
     probabilities, _ = classify(model, train, env)
-    labels = label_ids(train, model.labels, env.data_path.name)
+    labels = label_ids(train, model.labels, env.data_path.name, suite_key(env.ctx.name, env.name))
     return [described(train[i], probabilities[i], model.labels) for i in confident_mistakes(probabilities, labels, k)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from llmrecipe.evals.decoding import complete, prompt_is_cut, suite_engine
-from llmrecipe.evals.jsonl import read_jsonl
+from llmrecipe.evals.jsonl import read_jsonl, required_keys, suite_key
 from llmrecipe.evals.stats import Metric
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, progress_bar
 from llmrecipe.evals.text_metrics import (
@@ -38,7 +38,7 @@ METRICS = {
 
 
 def run(config: GenerationSuite, env: SuiteEnv) -> SuiteResult:
-    rows = read_jsonl(env.data_path, {config.prompt_field: str, config.reference_field: str}, config.limit)
+    rows = read_jsonl(env.data_path, *required_keys(config, suite_key(env.ctx.name, env.name)), limit=config.limit)
     prompts = [config.template.replace("{prompt}", row[config.prompt_field]) for row in rows]
     references = [row[config.reference_field] for row in rows]
     predictions, cut = generate_all(env, prompts, config.decoding)

@@ -13,7 +13,7 @@ import numpy as np
 
 from llmrecipe.errors import StepError
 from llmrecipe.evals.generation import generate_all
-from llmrecipe.evals.jsonl import read_jsonl
+from llmrecipe.evals.jsonl import read_jsonl, required_keys, suite_key
 from llmrecipe.evals.stats import Metric
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, proportion
 from llmrecipe.evals.text_metrics import normalize_answer
@@ -31,7 +31,7 @@ METRICS = {
 
 
 def run(config: QaFactualitySuite, env: SuiteEnv) -> SuiteResult:
-    rows = read_jsonl(env.data_path, {config.prompt_field: str, config.reference_field: str}, config.limit)
+    rows = read_jsonl(env.data_path, *required_keys(config, suite_key(env.ctx.name, env.name)), limit=config.limit)
     wanted = []
     for number, row in enumerate(rows, start=1):
         answer = leading_answer(row[config.reference_field], config.answers)

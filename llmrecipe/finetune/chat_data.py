@@ -12,16 +12,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import Tokenizer
 
 from llmrecipe.errors import StepError
 from llmrecipe.finetune.fit import FitCounts, Truncation, fit_messages
 from llmrecipe.jsonl import json_objects
 from llmrecipe.recipe.finetune import DatasetConfig
+
+if TYPE_CHECKING:  # `validate` checks rows with this module, without loading the tokenizer library
+    from tokenizers import Tokenizer
 
 VAL_SPLITS = ("validation", "val")
 ROLES = ("system", "user", "assistant")
@@ -71,8 +73,10 @@ def row_split(row: dict[str, Any], dataset: DatasetConfig, file: str, number: in
     raise StepError(f"{file} line {number}: {dataset.split_field} = {value!r}; use train, validation (or val) or test")
 
 
-def conversation(row: dict[str, Any], dataset: DatasetConfig, file: str, number: int) -> list[dict[str, str]]:
-    """A row as messages [{"role", "content"}] with at least one assistant turn; a mismatch names the line and field."""
+def conversation(row: dict[str, Any], dataset: DatasetConfig, file: str, number: int,
+                 key: str = "dataset") -> list[dict[str, str]]:
+    """A row as messages [{"role", "content"}] with at least one assistant turn; a mismatch names the line, the field
+    and the recipe's setting (`key`: where the dataset table is, e.g. `steps.chat.dataset`)."""
     where = f"{file} line {number}"
     if dataset.messages_field in row:
         messages = row[dataset.messages_field]
@@ -88,10 +92,13 @@ def conversation(row: dict[str, Any], dataset: DatasetConfig, file: str, number:
         return [{"role": m["role"], "content": m["content"]} for m in messages]
     missing = [f for f in (dataset.prompt_field, dataset.response_field) if not isinstance(row.get(f), str)]
     if missing:
+        labelled = dataset.text_field in row and dataset.label_field in row
+        fix = (f"With '{dataset.text_field}' and '{dataset.label_field}' it looks like a classification file: an sft "
+               "step learns prompt/response pairs or conversations; to learn labels use task = \"classify\"" if labelled
+               else f"Set {key}.prompt_field / {key}.response_field (or {key}.messages_field) to the names the data uses")
         raise StepError(
             f"{where}: no string field {' or '.join(repr(f) for f in missing)} and no {dataset.messages_field!r} list; "
-            f"the row has {sorted(row)}. Set dataset.prompt_field / dataset.response_field (or "
-            "dataset.messages_field) to the names the data uses"
+            f"the row has {sorted(row)}. {fix}"
         )
     return [{"role": "user", "content": row[dataset.prompt_field]},
             {"role": "assistant", "content": row[dataset.response_field]}]
@@ -136,7 +143,8 @@ def encode_example(tokenizer: Tokenizer, text: str, spans: list[tuple[int, int]]
 
 
 def load_examples(path: Path, dataset: DatasetConfig, tokenizer: Tokenizer, template: str, end_of_turn: str,
-                  limit: int | None = None, truncation: Truncation = "left") -> tuple[dict[str, list[Example]], dict[str, FitCounts]]:
+                  limit: int | None = None, truncation: Truncation = "left",
+                  key: str = "dataset") -> tuple[dict[str, list[Example]], dict[str, FitCounts]]:
     """Every row of the file checked, fitted into `limit` tokens (see llmrecipe/finetune/fit.py; None: no limit) and
     encoded, per split, before any training starts; with what fitting did to each split's rows."""
     encoded: dict[str, list[Example]] = {}
@@ -145,7 +153,7 @@ def load_examples(path: Path, dataset: DatasetConfig, tokenizer: Tokenizer, temp
         encoded[split], counts[split] = [], FitCounts()
         for number, row in rows:
             where = f"{path.name} line {number}"
-            messages = conversation(row, dataset, path.name, number)
+            messages = conversation(row, dataset, path.name, number, key)
 
             def example_of(turns: list[dict[str, str]]) -> Example:
                 return encode_example(tokenizer, *assistant_spans(template, turns, end_of_turn, where))

@@ -11,9 +11,10 @@ last assistant turn does not fit even after an empty prompt is dropped (so is ev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
-from tokenizers import Tokenizer
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 Messages = list[dict[str, str]]
 Truncation = Literal["left", "drop"]

@@ -35,11 +35,11 @@ def run_classify(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str
     tokenizer, meta = load_tokenizer(ctx.inputs["tokenizer"])
     marker = meta["eot_id"]  # the token after every pre-training document: a natural place to read a summary
     dataset = spec.dataset
-    splits = read_splits(Path(spec.dataset_file), Fields(dataset.text_field, dataset.label_field, dataset.split_field),
-                         dataset.val_fraction)
+    fields = Fields(dataset.text_field, dataset.label_field, dataset.split_field, f"steps.{ctx.name}.dataset")
+    splits = read_splits(Path(spec.dataset_file), fields, dataset.val_fraction)
     if not splits["train"]:
         raise StepError(f"{spec.dataset_file}: no training examples (every row is held out or marked test); mark "
-                        f"rows '{dataset.split_field}': 'train' or lower dataset.val_fraction")
+                        f"rows '{dataset.split_field}': 'train' or lower steps.{ctx.name}.dataset.val_fraction")
     labels = label_set(splits["train"], splits["val"] + splits["test"], spec.labels)
     ctx.log(f"{len(splits['train'])} train / {len(splits['val'])} validation examples; labels {labels}")
     (train, train_cut), (val, val_cut) = (encoded(tokenizer, splits[name], labels, spec.seq_len, marker, spec.pooling)

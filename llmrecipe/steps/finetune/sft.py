@@ -31,7 +31,8 @@ def run_sft(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str, Any
     known = tokenizer.get_vocab_size(with_added_tokens=True)
     new_ids = add_special_tokens(tokenizer, spec.special_tokens, spec.model.vocab_size)
     examples, counts = load_examples(Path(spec.dataset_file), spec.dataset, tokenizer, spec.chat_template,
-                                     spec.end_of_turn, spec.seq_len + 1, spec.truncation)  # +1: inputs and next token
+                                     spec.end_of_turn, spec.seq_len + 1, spec.truncation,
+                                     f"steps.{ctx.name}.dataset")  # +1: inputs and next token
     ctx.log(f"fitting into max_seq_len = {spec.seq_len} (truncation = {spec.truncation!r}): train "
             f"{counts['train'].sentence()}; validation {counts['val'].sentence()}")
     require_targets(counts["train"], spec)
