@@ -158,12 +158,13 @@ def latest_report(plan: Plan) -> Path | None:
 def compare(
     run_a: str, run_b: str, *, workdir: str | Path | None = None, step: str | None = None, resamples: int = 1000
 ) -> dict[str, Any]:
-    """Paired bootstrap comparison of two evaluations: each side is a run record, a run id or an evaluate artifact."""
+    """Paired bootstrap comparison of two evaluations: each side is a run record, a run id or an evaluate artifact.
+    `same_artifact` says when both sides are one folder (two runs that reused the same cached evaluation)."""
     from llmrecipe.compare import compare_folders, evaluation_folder
 
     root = Path(workdir or DEFAULT_WORKDIR).resolve()
     a, b = evaluation_folder(run_a, root, step), evaluation_folder(run_b, root, step)
-    return {"a": str(a), "b": str(b), "rows": compare_folders(a, b, resamples)}
+    return {"a": str(a), "b": str(b), "same_artifact": a.resolve() == b.resolve(), "rows": compare_folders(a, b, resamples)}
 
 
 def _check_step_names(plan: Plan, names: set[str], flag: str) -> None:

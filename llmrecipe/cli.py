@@ -3,13 +3,15 @@
 Exit codes: 0 ok; 1 a step failed, the workdir is busy, full or read-only, or `verify` found a drifted file; 2 the
 recipe is wrong; 75 `[run] max_time` was reached (run the same command again to continue); 130 interrupted by
 SIGINT (Ctrl-C) and 143 by SIGTERM, the codes a shell gives a process those signals kill, after the run saved
-what it could and wrote its record.
+what it could and wrote its record; 141 when the reader of the output went away (`llmrecipe status --json | head`),
+the code of a process SIGPIPE ends, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -48,11 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare", help="A/B: per-metric difference of two evaluations with a paired bootstrap interval and a verdict",
         description="Compare the evaluate results of two runs (run record folders, run ids or evaluate artifact "
-        "folders), suite by suite, on the same examples.",
+        "folders), suite by suite, on the same examples. Name the recipe first to look run ids up in its workdir.",
+        usage="llmrecipe compare [-h] [RECIPE] RUN_A RUN_B [--set KEY=VALUE] [--workdir WORKDIR] [--step STEP] "
+              "[--resamples N] [--json]",
     )
-    compare.add_argument("run_a", metavar="RUN_A")
-    compare.add_argument("run_b", metavar="RUN_B")
-    compare.add_argument("--workdir", help="where run ids are looked up (default: ./.llmrecipe)")
+    compare.add_argument("sides", nargs="+", metavar="[RECIPE] RUN",
+                         help="an optional recipe (its workdir holds the runs), then the two runs")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a recipe value (when the workdir depends on it)")
+    compare.add_argument("--workdir", help="where run ids are looked up (default: the recipe's [run] workdir, "
+                                           "else ./.llmrecipe)")
     compare.add_argument("--step", help="the evaluate step to compare when a run has several")
     compare.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     compare.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -73,7 +80,8 @@ def add_verify_parser(commands) -> None:
 
 def add_model_target(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("target", metavar="RECIPE_OR_FOLDER", help="a recipe (then name STEP) or an artifact folder")
-    sub.add_argument("step", nargs="?", metavar="STEP", help="the pretrain or export step of the recipe")
+    sub.add_argument("step", nargs="?", metavar="STEP",
+                     help="the recipe's pretrain, finetune (sft or continue) or export step whose model to use")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     sub.add_argument("--workdir", help="the recipe's artifact store (default: [run] workdir, else ./.llmrecipe)")
     sub.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
@@ -88,13 +96,15 @@ def add_generate_parser(commands) -> None:
     sub.add_argument("--chat", action="store_true",
                      help="each --prompt is a user message, formatted with the model's chat template")
     sub.add_argument("--system", help="with --chat: a system message first")
-    sub.add_argument("--max-tokens", type=int, default=64)
-    sub.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
-    sub.add_argument("--top-k", type=int, default=None)
-    sub.add_argument("--top-p", type=float, default=1.0)
-    sub.add_argument("--repetition-penalty", type=float, default=1.0)
+    sub.add_argument("--max-tokens", type=int, default=64, help="new tokens at most (default: 64)")
+    sub.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8); 0 is greedy")
+    sub.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (default: all)")
+    sub.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling share (default: 1.0, off)")
+    sub.add_argument("--repetition-penalty", type=float, default=1.0, help="default: 1.0, off")
     sub.add_argument("--stop", action="append", default=[], help="text that ends the output (repeatable)")
-    sub.add_argument("--seed", type=int, default=None, help="same seed, same output")
+    sub.add_argument("--seed", type=int, default=None,
+                     help="same seed, same output; the i-th --prompt (from 0) samples with seed + i, so repeated "
+                          "prompts in one batch differ (default: a fresh seed per prompt)")
 
 
 def add_serve_parser(commands) -> None:
@@ -116,7 +126,12 @@ def add_serve_parser(commands) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, inside the handler, rather than at exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
     except RecipeError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -142,6 +157,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from llmrecipe import api
 
     plan = api.compile(api.load(args.recipe, args.set), args.workdir)
+    _warn(plan)
     implicit = sum(step.implicit for step in plan.steps)
     print(f"ok: {args.recipe} is valid ({len(plan.steps) - implicit} steps, {implicit} implicit)")
     return 0
@@ -153,6 +169,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from llmrecipe.run.provenance import notes
 
     plan = api.compile(api.load(args.recipe, args.set), args.workdir)
+    _warn(plan)
     states = api.states(plan)
     if args.json:
         print(json.dumps({"plan": plan.model_dump(mode="json"), "states": states, "notes": notes(plan)}, indent=2))
@@ -184,6 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     for table in plan_tables(plan, api.states(plan)):
         console.print(table)
+    _warn(plan)
     report = api.run(loaded, plan=plan, only=args.only, force=args.force, reporter=_reporter(), wait=args.wait,
                      verify=args.verify)
     ran = sum(o.state == "done" for o in report.outcomes)
@@ -253,11 +271,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from llmrecipe import api
 
-    result = api.compare(args.run_a, args.run_b, workdir=args.workdir, step=args.step, resamples=args.resamples)
+    sides, workdir = args.sides, args.workdir
+    if len(sides) == 3 and sides[0].endswith(".toml"):
+        workdir = api.workdir_of(api.load(sides[0], args.set), workdir)
+        sides = sides[1:]
+    if len(sides) != 2:
+        raise RecipeError(f"compare takes two runs (optionally after the recipe), got {len(args.sides)} arguments: "
+                          f"{' '.join(args.sides)}")
+    result = api.compare(*sides, workdir=workdir, step=args.step, resamples=args.resamples)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"A: {result['a']}\nB: {result['b']}")
+    if result["same_artifact"]:
+        print("A and B are the same evaluation artifact (the same step with the same inputs): every difference is 0")
     for row in result["rows"]:
         if row["metric"] == "*":
             print(f"{row['suite']}: {row['verdict']}")
@@ -314,6 +341,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
           log_path=Path(args.log) if args.log else None,
           model_name=args.model_name or args.step or Path(args.target).name)
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again on the closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file descriptor (captured in tests)
+        pass
+
+
+def _warn(plan) -> None:
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _reporter():

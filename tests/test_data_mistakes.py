@@ -8,7 +8,6 @@ message is the one the step itself gives for what a sample cannot see.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

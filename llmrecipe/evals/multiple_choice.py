@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmrecipe.errors import StepError
 from llmrecipe.evals.jsonl import check_choices, read_jsonl, required_keys, suite_key
 from llmrecipe.evals.loglikelihood import cut_requests, encode_pair, score_requests
 from llmrecipe.evals.stats import Metric

@@ -47,13 +47,20 @@ def references(step) -> list[tuple[str, str, tuple[str, ...]]]:
     return found
 
 
+def candidates(steps: dict, referring: str, wanted: tuple[str, ...]) -> list[str]:
+    """The steps a reference could have meant: of a kind it accepts, and never the step that holds the reference
+    (a step cannot use itself)."""
+    others = [name for name in steps if name != referring]
+    return [name for name in others if steps[name].kind in wanted] or others
+
+
 def check_references(recipe: Recipe) -> None:
     """Dangling references, then cycles, then kind mismatches; each a one-line error with its TOML path."""
     steps = recipe.steps
     dangling = [
-        f"steps.{name}.{field} = '{target}': no step has that name; {did_you_mean(target, steps)}"
+        f"steps.{name}.{field} = '{target}': no step has that name; {did_you_mean(target, candidates(steps, name, wanted))}"
         for name, step in steps.items()
-        for field, target, _ in references(step)
+        for field, target, wanted in references(step)
         if target not in steps
     ]
     if dangling:
@@ -194,8 +201,9 @@ def compile_plan(
         elif step.kind == "export":
             spec = ExportSpec(format=step.format, opset=step.opset, tolerance=step.tolerance, quantize=step.quantize)
             builder.add(name, "export", spec, {"model": step.model})
-    check_sizes(builder.steps)
-    return Plan(name=recipe.run.name, seed=seed, workdir=workdir, device=device, steps=builder.steps)
+    warnings = check_sizes(builder.steps, host, device)
+    return Plan(name=recipe.run.name, seed=seed, workdir=workdir, device=device, steps=builder.steps,
+                warnings=warnings)
 
 
 def pretrained_root(recipe: Recipe, model: str) -> str:
