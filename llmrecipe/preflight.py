@@ -1,11 +1,12 @@
-"""Read a cheap sample of every data file a recipe names, so data mistakes stop `validate` and `plan` (exit 2).
+"""Read a cheap sample of every data file a recipe names, so data mistakes stop `validate` and `plan` (exit 2);
+and check every regex op with the engine that will run it (llmrecipe/data/patterns.py).
 
 A missing key, a label the recipe does not list, an empty file, an SFT step pointed at a classification file or
 a multiple-choice file without its keys would otherwise pass `validate` and fail the step at run time, after the
 upstream steps have spent their compute. Each check here runs the same function the step runs on every row, on the
 first `SAMPLE_ROWS` rows (a table's header or a Parquet file's schema), so a mistake has one message; what a sample
 cannot show (a label first seen at row 90,000) still fails the step with that message. Every problem is prefixed
-by the recipe key that names the file. No torch, no polars unless a Parquet source is named.
+by the recipe key that names the file. No torch, and no polars unless a Parquet source or a regex op is named.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from llmrecipe.data.formats import file_format, missing_column, split_compression
+from llmrecipe.data.patterns import pattern_problem
 from llmrecipe.errors import RecipeError, StepError
 from llmrecipe.evals.jsonl import check_choices, read_jsonl, required_keys, suite_key
 from llmrecipe.finetune.chat_data import conversation, row_split
@@ -60,12 +62,19 @@ def check_data_samples(recipe: Recipe, files: dict[str, list[ExternalFile]]) -> 
 
 
 def source_checks(name: str, step: DataStep, files: list[ExternalFile]) -> list[tuple[str, Callable[[], None]]]:
-    checks = []
+    checks = [(f"steps.{name}.ops[{index}].pattern", lambda p=op.pattern: check_pattern(p))
+              for index, op in enumerate(step.ops) if isinstance(getattr(op, "pattern", None), str)]
     for index, source in enumerate(step.sources):
         mine = [f for f in files if f.source == index and Path(f.path).is_file()]
         if source.url is None and mine:
             checks.append((f"steps.{name}.sources[{index}]", lambda s=source, m=mine: source_check(s, m)))
     return checks
+
+
+def check_pattern(pattern: str) -> None:
+    problem = pattern_problem(pattern)
+    if problem:
+        raise StepError(problem)
 
 
 def source_check(source: Source, files: list[ExternalFile]) -> None:

@@ -53,6 +53,16 @@ CASES = {
     "whitespace-only-source": (
         '\n[steps.extra]\nkind = "data"\nsources = [{ path = "blank.txt" }]\n', {"blank.txt": "\n\n   \n"},
         ["steps.extra.sources[0]", "blank.txt holds only whitespace"]),
+    # regex ops, judged by polars' engine, which runs them
+    "regex-look-ahead": (
+        '\n[steps.extra]\nkind = "data"\nsources = [{ path = "corpus" }]\n'
+        'ops = [{ op = "normalize" }, { op = "regex_filter", pattern = "(?=king)k" }]\n', {},
+        ["steps.extra.ops[1].pattern", "look-around, including look-ahead and look-behind, is not supported",
+         "Rust's `regex` syntax"]),
+    "regex-backreference": (
+        '\n[steps.extra]\nkind = "data"\nsources = [{ path = "corpus" }]\n'
+        'ops = [{ op = "regex_replace", pattern = "(a)\\\\1", replacement = "" }]\n', {},
+        ["steps.extra.ops[0].pattern", "backreferences are not supported"]),
     # sft datasets
     "sft-missing-response-field": (
         finetune("sft", "pairs.jsonl", ', response_field = "answer"'), {"pairs.jsonl": PAIRS},
@@ -136,6 +146,12 @@ def test_the_cases_are_mistakes_only_in_their_data(tmp_path, capsys):
     (tmp_path / "labelled.jsonl").write_text(LABELLED)
     (tmp_path / "pairs.jsonl").write_text(PAIRS)
     assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
+
+
+def test_patterns_polars_runs_pass_even_where_pythons_re_would_refuse_them(tmp_path, capsys):
+    extra = ('\n[steps.extra]\nkind = "data"\nsources = [{ path = "corpus" }]\n'
+             'ops = [{ op = "regex_replace", pattern = "\\\\p{Lu}+", replacement = "X" }]\n')
+    assert main(["validate", str(write_tiny_recipe(tmp_path, extra=extra))]) == 0, capsys.readouterr().err
 
 
 def test_what_a_sample_cannot_see_fails_at_run_time_with_the_same_message(tmp_path):
