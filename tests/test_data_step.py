@@ -317,7 +317,7 @@ def test_op_that_removes_everything_is_named(tmp_path):
     write_files(tmp_path / "src", {"a.txt": "short\n\nshort\n\ntiny"})
     ctx = context(tmp_path, external(tmp_path / "src", ["a.txt"]))
     ops = [{"op": "dedup_exact"}, {"op": "filter_length", "min_chars": 100}]
-    with pytest.raises(StepError, match=r"ops\[1\] filter_length removed the last 2 documents; loosen"):
+    with pytest.raises(StepError, match=r"ops\[1\] filter_length removed the last 2 documents \(\d+ characters\) by min_chars = 100: 2; loosen"):
         run(data_spec([Source(path=str(tmp_path / "src"), unit="paragraph")], ops), ctx)
 
 
