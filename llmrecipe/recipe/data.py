@@ -191,8 +191,8 @@ class DedupExact(Section):
 
 
 class DedupNear(Section):
-    """MinHash over word shingles with LSH banding: documents whose estimated Jaccard similarity reaches the
-    threshold form clusters, and one document per cluster is kept."""
+    """MinHash over word shingles with LSH banding: documents whose Jaccard similarity reaches the threshold form
+    clusters, and the earliest document of each cluster (in source order) is kept."""
 
     op: Literal["dedup_near"] = "dedup_near"
     shingle_size: int = Field(default=5, ge=1, le=100)
@@ -202,7 +202,12 @@ class DedupNear(Section):
     bands: int = Field(default=32, ge=1)
     """LSH bands; `num_perm / bands` values per band. More bands find less similar pairs (and cost more checks)."""
     threshold: float = Field(default=0.8, gt=0.0, le=1.0)
-    """Estimated Jaccard similarity at or above which two documents are duplicates."""
+    """Jaccard similarity of word shingles at or above which two documents are duplicates."""
+    verify: bool = False
+    """Judge each candidate pair (documents sharing a band) by its exact shingle Jaccard similarity instead of the
+    MinHash estimate. The estimate's error is about 1 / sqrt(num_perm) (0.09 at 128), large for short documents:
+    without `verify`, pairs a little above the threshold can be missed and pairs below it removed. Costs the
+    documents' shingles on disk while the op decides."""
 
     @model_validator(mode="after")
     def _bands_divide(self) -> "DedupNear":

@@ -140,10 +140,15 @@ def _accounting(name: str, stats: dict[str, Any]) -> list[str]:
     for source in stats.get("sources", []):
         lines.append(f"| source {source.get('source')} ({source.get('files')} files) | {_fmt(source.get('docs'))} | "
                      f"{_fmt(source.get('chars'))} |")
-    for op in stats.get("ops", []):
-        lines.append(f"| after {op.get('op')} | {_fmt(op.get('docs_out'))} | {_fmt(op.get('chars_out'))} |")
+    for stage in stats.get("stages", []):
+        lines.append(f"| after {stage.get('stage')} | {_fmt(stage.get('docs_out'))} | {_fmt(stage.get('chars_out'))} |")
     for split, size in stats.get("splits", {}).items():
         lines.append(f"| split {split} | {_fmt(size.get('docs'))} | {_fmt(size.get('chars'))} |")
+    kept = [s for s in stats.get("sources", []) if "kept_docs" in s]
+    if kept:  # per source: what cleaning left of each, so a mix it reshaped is visible
+        lines += ["", "| source | documents kept | share | characters kept | share |", "|---|---|---|---|---|"]
+        lines += [f"| source {s['source']} | {_fmt(s['kept_docs'])} of {_fmt(s['docs'])} | {s['kept_docs_share']:.1%} | "
+                  f"{_fmt(s['kept_chars'])} of {_fmt(s['chars'])} | {s['kept_chars_share']:.1%} |" for s in kept]
     return lines
 
 
