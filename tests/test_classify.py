@@ -321,10 +321,17 @@ def test_classify_recipe_learns_and_its_report_shows_the_confusion_matrix_and_wo
     results = json.loads((api.artifact(plan, "clf_eval") / "results.json").read_text())["suites"]["held"]
     assert results["metrics"]["accuracy"] >= 0.9  # 18 of the 20 test rows carry the label their word says
     assert {row["line"] for row in results["worst"]} >= {82, 87}  # the flipped test rows are the confident mistakes
-    review = results["tables"]["likely mislabelled training rows"]
+    review = results["tables"]["training rows the model confidently contradicts (check their labels)"]
     rows = [json.loads(line) for line in (tmp_path / "labelled.jsonl").read_text().splitlines()]
     flipped_train = {i + 1 for i in (3, 10) if not held_out(rows[i]["text"], 0.2)}  # those not held out for validation
     assert flipped_train and {row["line"] for row in review} >= flipped_train  # listed for review as likely mislabelled
+    # the suite holds out its own validation share (val_fraction 0.1) from the rows marked train
+    train_texts = {row["text"] for row in rows[:80] if not held_out(row["text"], 0.1)}
+    in_train = [i + 1 for i, row in enumerate(rows[80:], start=80) if row["text"] in train_texts]
+    assert in_train and results["extra"]["rows_also_in_train"] == len(in_train)  # 128 possible texts, 100 rows
+    listed = results["tables"]["scored rows whose exact text is also a training row (they flatter the scores)"]
+    assert [row["line"] for row in listed] == in_train[:20]
+    assert all(row["in_train"] == (row["line"] in in_train) for row in results["worst"])
 
     capsys.readouterr()
     assert main(["status", str(recipe), "--json"]) == 0
@@ -332,7 +339,8 @@ def test_classify_recipe_learns_and_its_report_shows_the_confusion_matrix_and_wo
     markdown = report.read_text()
     assert "held_confusion.png" in markdown and "Worst examples:" in markdown
     assert "Per class:" in markdown and "| class | precision | recall | f1 | support |" in markdown
-    assert "Likely mislabelled training rows:" in markdown and "| macro_f1 |" in markdown
+    assert "Training rows the model confidently contradicts (check their labels):" in markdown
+    assert "| macro_f1 |" in markdown and "rows_also_in_train" in markdown
     image = next(line[line.index("(") + 1 : -1] for line in markdown.splitlines() if "held_confusion.png" in line)
     assert (report.parent / image).read_bytes()[:4] == b"\x89PNG"
 

@@ -79,13 +79,22 @@ def run(config: ClassificationSuite, env: SuiteEnv) -> SuiteResult:
                                  f"{env.name} ({len(rows)} examples)")
     tables = {"per class": per_class_table(matrix, model.labels)}
     if config.review:
-        tables["likely mislabelled training rows"] = likely_mislabelled(model, splits["train"], config.review, env)
+        tables[MISLABELLED] = likely_mislabelled(model, splits["train"], config.review, env)
+    seen = {e.text for e in splits["train"]} if config.split != "train" else set()
+    also_in_train = [row for row in rows if row.text in seen]
+    if also_in_train:
+        tables[IN_TRAIN] = [{"line": row.line, "text": row.text[:EXCERPT_CHARS], "label": row.label}
+                            for row in also_in_train[:LISTED_IN_TRAIN]]
+
+    def shown(i: int) -> dict:
+        return {**described(rows[i], probabilities[i], model.labels), "in_train": rows[i].text in seen}
+
     return SuiteResult(
         columns=columns,
-        examples=[described(row, probabilities[i], model.labels) for i, row in enumerate(rows)],
-        worst=[described(rows[i], probabilities[i], model.labels) for i in confident_mistakes(probabilities, labels, env.worst)],
+        examples=[shown(i) for i in range(len(rows))],
+        worst=[shown(i) for i in confident_mistakes(probabilities, labels, env.worst)],
         extra={"majority_baseline": float(np.bincount(labels, minlength=len(model.labels)).max() / len(labels)),
-               "texts_cut": cut},
+               "texts_cut": cut, "rows_also_in_train": len(also_in_train)},
         plots=[plot.name],
         tables=tables,
     )
@@ -139,6 +148,14 @@ def per_class_table(matrix: np.ndarray, labels: list[str]) -> list[dict]:
          "f1": round(scores.f1[c], 4), "support": scores.support[c]}
         for c, label in enumerate(labels)
     ]
+
+
+MISLABELLED = "training rows the model confidently contradicts (check their labels)"
+"""The review table: the model predicts another label with high confidence. Often a wrong label, sometimes a hard
+row or a model mistake; a person decides."""
+IN_TRAIN = "scored rows whose exact text is also a training row (they flatter the scores)"
+LISTED_IN_TRAIN = 20
+"""Rows listed in that table; `rows_also_in_train` counts them all."""
 
 
 def likely_mislabelled(model: Classifier, train: list[Example], k: int, env: SuiteEnv) -> list[dict]:
