@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_verify_parser(commands)
     add_generate_parser(commands)
+    add_predict_parser(commands)
     add_serve_parser(commands)
     compare = commands.add_parser(
         "compare", help="A/B: per-metric difference of two evaluations with a paired bootstrap interval and a verdict",
@@ -107,8 +108,22 @@ def add_generate_parser(commands) -> None:
                           "prompts in one batch differ (default: a fresh seed per prompt)")
 
 
+def add_predict_parser(commands) -> None:
+    help = "label the texts of a JSONL file with a classify fine-tune (labels and probabilities, JSONL out)"
+    sub = commands.add_parser("predict", help=help, description=help + ". Each input row is written back with a "
+                              "`prediction`: {label, confidence, probabilities, text_cut}.")
+    sub.add_argument("target", metavar="RECIPE_OR_FOLDER", help="a recipe (then name STEP) or a classify artifact folder")
+    sub.add_argument("step", nargs="?", metavar="STEP", help="the recipe's finetune step with task = \"classify\"")
+    sub.add_argument("--input", required=True, help="JSONL file, one object with a text per line")
+    sub.add_argument("--text-field", default="text", help="the key that holds the text (default: text)")
+    sub.add_argument("--output", help="write here instead of standard output")
+    sub.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    sub.add_argument("--workdir", help="the recipe's artifact store (default: [run] workdir, else ./.llmrecipe)")
+
+
 def add_serve_parser(commands) -> None:
-    help = "serve a trained model over an OpenAI-compatible HTTP API"
+    help = ("serve a trained model over an OpenAI-compatible HTTP API (a classify fine-tune: labels at /v1/classify)")
     sub = commands.add_parser("serve", help=help, description=help)
     add_model_target(sub)
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -322,6 +337,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from llmrecipe import api
+    from llmrecipe.errors import StepError
+    from llmrecipe.models.classifier import is_classifier_artifact
+
+    folder = api.model_folder(args.target, args.step, args.set, args.workdir)
+    if not is_classifier_artifact(folder):
+        raise RecipeError(f"{folder} is not a classifier: predict takes a finetune step with task = \"classify\" "
+                          "(generate continues text with a language model)")
+    if args.batch_size < 1:
+        raise RecipeError("--batch-size must be at least 1")
+    source = Path(args.input)
+    if not source.is_file():
+        raise RecipeError(f"--input {args.input}: no such file")
+    from llmrecipe.predict import TextClassifier, predict_file
+
+    classifier = TextClassifier(folder)
+    try:
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as out:
+                counts = predict_file(classifier, source, args.text_field, out, args.batch_size)
+        else:
+            counts = predict_file(classifier, source, args.text_field, sys.stdout, args.batch_size)
+    except StepError as error:
+        raise RecipeError(str(error)) from None
+    cut = f"; {counts['texts_cut']} longer than the context kept their beginning" if counts["texts_cut"] else ""
+    print(f"predicted {counts['rows']} rows over the labels {classifier.labels}{cut}", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from llmrecipe import api
 
@@ -329,6 +374,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.capacity < 1 or args.max_batch < 1 or args.max_request_bytes < 1:
         print("error: --capacity, --max-batch and --max-request-bytes must be at least 1", file=sys.stderr)
         return 2
+    from llmrecipe.models.classifier import is_classifier_artifact
+
+    if is_classifier_artifact(folder):  # labels, not text: /v1/classify
+        from llmrecipe.serve.server import serve_classifier
+
+        serve_classifier(folder, host=args.host, port=args.port, api_key=args.api_key,
+                         model_name=args.model_name or args.step or Path(args.target).name,
+                         max_request_bytes=args.max_request_bytes)
+        return 0
     try:
         model = api.open_model(folder, args.backend)
     except ValueError as error:
@@ -369,4 +423,5 @@ def _reporter():
 
 
 COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "run": cmd_run, "status": cmd_status, "verify": cmd_verify,
-            "compare": cmd_compare, "schema": cmd_schema, "generate": cmd_generate, "serve": cmd_serve}
+            "compare": cmd_compare, "schema": cmd_schema, "generate": cmd_generate, "predict": cmd_predict,
+            "serve": cmd_serve}

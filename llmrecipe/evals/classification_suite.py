@@ -121,7 +121,7 @@ def classify(model: Classifier, rows: list[Example], env: SuiteEnv) -> tuple[np.
     """Class probabilities (N, C), encoded as the classify step encoded its training rows; and how many texts
     were longer than the model's context (each keeps its beginning)."""
     encoded, cut = encode(env.tokenizer, [row.text for row in rows], model.max_seq_len, env.eot_id, model.pooling)
-    return predict_probabilities(model, encoded, env.batch_size, env.device).double().numpy(), cut
+    return predict_probabilities(model, encoded, env.batch_size, env.device).double().numpy(), sum(cut)
 
 
 def metric_columns(probabilities: np.ndarray, labels: np.ndarray, classes: int) -> dict[str, np.ndarray]:

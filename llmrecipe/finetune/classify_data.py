@@ -131,17 +131,17 @@ def unknown_labels(seen: set[str], expected: list[str]) -> str | None:
     return f"the data has labels {unknown} that `labels` does not list" if unknown else None
 
 
-def encode(tokenizer, texts: list[str], seq_len: int, marker_id: int, pooling: str) -> tuple[list[list[int]], int]:
-    """Token ids per text with a marker token at the pooled end, cut to `seq_len`; and how many texts were cut
+def encode(tokenizer, texts: list[str], seq_len: int, marker_id: int, pooling: str) -> tuple[list[list[int]], list[bool]]:
+    """Token ids per text with a marker token at the pooled end, cut to `seq_len`; and per text whether it was cut
     (a long text keeps its beginning), so callers can say so.
 
     `last` pooling appends the marker (the end-of-text id the model saw after every document), so every
     example ends on the same token whose state summarizes it; `first` prepends it, like BERT's [CLS].
     """
-    rows, cut = [], 0
+    rows, cut = [], []
     for encoding in tokenizer.encode_batch(texts):
         ids = encoding.ids[: seq_len - 1]  # long texts keep their beginning
-        cut += len(encoding.ids) > seq_len - 1
+        cut.append(len(encoding.ids) > seq_len - 1)
         rows.append([*ids, marker_id] if pooling == "last" else [marker_id, *ids])
     return rows, cut
 

@@ -68,7 +68,7 @@ def encoded(tokenizer: Tokenizer, examples: list, labels: list[str], seq_len: in
     """The examples as rows and class ids; with how many texts were cut to fit `seq_len`."""
     index = {label: i for i, label in enumerate(labels)}
     rows, cut = encode(tokenizer, [e.text for e in examples], seq_len, marker, pooling)
-    return LabelledRows(rows, torch.tensor([index[e.label] for e in examples], dtype=torch.long)), cut
+    return LabelledRows(rows, torch.tensor([index[e.label] for e in examples], dtype=torch.long)), sum(cut)
 
 
 def adapt(model: Classifier, lora: LoraConfig | None) -> int:

@@ -1,0 +1,111 @@
+"""A classifier you can use: `llmrecipe predict` (JSONL in, labels and probabilities out) and `/v1/classify` in
+`serve`, on a small classify artifact; both give the probabilities the evaluation computes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from llmrecipe.cli import main
+from llmrecipe.finetune.classify_data import encode
+from llmrecipe.models.build import build_model
+from llmrecipe.models.classifier import Classifier, load_classifier, predict_probabilities
+from llmrecipe.models.shape import ModelShape
+from llmrecipe.predict import TextClassifier
+from llmrecipe.serve.app import ServeSettings
+from llmrecipe.serve.classify import create_classifier_app
+from llmrecipe.serve.server import background_app
+from llmrecipe.tokenizer.train import train_char
+from llmrecipe.training.checkpoint import model_tensors
+from tests.conftest import SUBJECTS, VERBS
+
+LABELS = ["castle", "sea", "storm"]
+
+
+def classifier_artifact(folder: Path, arch: str = "llama", pooling: str = "last") -> Path:
+    """A classify artifact as the finetune step writes one: config.json, model.safetensors, tokenizer, meta."""
+    texts = [f"{s} {v} the castle and the sea" for s in SUBJECTS for v in VERBS]
+    tokenizer = train_char(iter(texts), vocab_size=300, min_frequency=1, eot_token="<|endoftext|>")
+    shape = ModelShape(arch=arch, n_layer=2, n_head=2, n_kv_head=2, d_model=32, head_dim=16, ffn_hidden=64,
+                       vocab_size=320, seq_len=64, dropout=0.0, rope_theta=10000.0, tie_embeddings=arch != "bert")
+    torch.manual_seed(0)
+    model = Classifier(build_model(shape), LABELS, pooling, max_seq_len=48)
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1.0)  # a head with opinions: probabilities far from uniform
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(model.config()))
+    save_file(model_tensors(model), str(folder / "model.safetensors"))
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "meta.json").write_text(json.dumps({"type": "char", "vocab_size": 300,
+                                                  "eot_id": tokenizer.token_to_id("<|endoftext|>")}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    return classifier_artifact(tmp_path_factory.mktemp("clf") / "clf")
+
+
+TEXTS = ["The king walks toward the castle", "a soldier weeps for the sea", "the storm " * 30]
+
+
+def expected(folder: Path) -> torch.Tensor:
+    """What the evaluation computes: the suite's encoding and batching."""
+    model = load_classifier(folder)
+    classifier = TextClassifier(folder)
+    rows, _ = encode(classifier.tokenizer, TEXTS, model.max_seq_len, classifier.marker, model.pooling)
+    return predict_probabilities(model, rows, 8, "cpu")
+
+
+def test_predict_writes_each_row_with_its_label_and_probabilities(artifact, tmp_path, capsys):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "review": text}) + "\n" for i, text in enumerate(TEXTS)))
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(artifact), "--input", str(source), "--text-field", "review", "--output", str(out)]) == 0
+    assert "predicted 3 rows over the labels ['castle', 'sea', 'storm']; 1 longer than the context" in capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    reference = expected(artifact)
+    for row, probabilities in zip(rows, reference):
+        prediction = row["prediction"]
+        assert list(prediction["probabilities"]) == LABELS
+        assert [prediction["probabilities"][label] for label in LABELS] == pytest.approx(probabilities.tolist(), abs=1e-6)
+        assert prediction["label"] == LABELS[int(probabilities.argmax())]
+        assert prediction["confidence"] == pytest.approx(float(probabilities.max()), abs=1e-6)
+    assert [row["id"] for row in rows] == [0, 1, 2] and [r["prediction"]["text_cut"] for r in rows] == [False, False, True]
+
+
+def test_predict_mistakes_are_one_line_errors(artifact, tmp_path, capsys):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"review": "the sea"}) + "\n")
+    assert main(["predict", str(artifact), "--input", str(source)]) == 2
+    assert "in.jsonl line 1: no string field 'text'" in capsys.readouterr().err
+    language_model = tmp_path / "lm"
+    language_model.mkdir()
+    (language_model / "config.json").write_text(json.dumps({"arch": "llama"}))
+    assert main(["predict", str(language_model), "--input", str(source)]) == 2
+    assert "is not a classifier" in capsys.readouterr().err
+
+
+def test_v1_classify_answers_with_the_same_probabilities(artifact):
+    app = create_classifier_app(TextClassifier(artifact), ServeSettings(model_name="clf", api_key="secret"))
+    reference = expected(artifact)
+    with background_app(app) as url:
+        headers = {"Authorization": "Bearer secret"}
+        answer = httpx.post(f"{url}/v1/classify", json={"model": "clf", "input": TEXTS}, headers=headers).json()
+        one = httpx.post(f"{url}/v1/classify", json={"model": "clf", "input": TEXTS[0]}, headers=headers).json()
+        wrong = httpx.post(f"{url}/v1/classify", json={"model": "other", "input": "x"}, headers=headers)
+        unauthorised = httpx.post(f"{url}/v1/classify", json={"model": "clf", "input": "x"})
+        assert "llmrecipe_requests_total{path=\"/v1/classify\",status=\"200\"}" in httpx.get(f"{url}/metrics",
+                                                                                          headers=headers).text
+    assert [r["index"] for r in answer["data"]] == [0, 1, 2] and answer["model"] == "clf"
+    for result, probabilities in zip(answer["data"], reference):
+        assert [result["probabilities"][label] for label in LABELS] == pytest.approx(probabilities.tolist(), abs=1e-6)
+        assert result["label"] == LABELS[int(probabilities.argmax())]
+    assert answer["data"][2]["text_cut"] is True and one["data"][0] == {**answer["data"][0], "index": 0}
+    assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
+    assert unauthorised.status_code == 401
