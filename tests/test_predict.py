@@ -109,3 +109,59 @@ def test_v1_classify_answers_with_the_same_probabilities(artifact):
     assert answer["data"][2]["text_cut"] is True and one["data"][0] == {**answer["data"][0], "index": 0}
     assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
     assert unauthorised.status_code == 401
+
+
+# ---- exports -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch,pooling", [("llama", "last"), ("gpt2", "last"), ("bert", "first")])
+def test_the_onnx_export_of_a_classifier_gives_torchs_class_logits(tmp_path, arch, pooling):
+    pytest.importorskip("onnxruntime")
+    from llmrecipe.export.classifier import export_classifier
+
+    folder = classifier_artifact(tmp_path / "clf", arch, pooling)
+    out = tmp_path / "onnx"
+    out.mkdir()
+    metrics = export_classifier(load_classifier(folder), folder, out, "onnx", 18, 1e-4, print)
+    assert metrics["max_abs_diff"] <= 1e-4 and (out / "model.onnx").is_file() and (out / "config.json").is_file()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_the_hugging_face_export_of_a_classifier_loads_as_sequence_classification(tmp_path, arch):
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from llmrecipe.export.classifier import export_classifier
+
+    folder = classifier_artifact(tmp_path / "clf", arch)
+    out = tmp_path / "hf"
+    out.mkdir()
+    metrics = export_classifier(load_classifier(folder), folder, out, "hf", 18, 1e-4, print)
+    assert metrics["max_abs_diff"] <= 1e-4
+    model = AutoModelForSequenceClassification.from_pretrained(str(out), local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    assert type(model).__name__ == f"{'Llama' if arch == 'llama' else 'GPT2'}ForSequenceClassification"
+    assert model.config.id2label == dict(enumerate(LABELS))
+    with torch.no_grad():
+        logits = model(**tokenizer(TEXTS[:2], padding=True, return_tensors="pt")).logits
+    assert torch.softmax(logits, -1).numpy() == pytest.approx(expected(folder)[:2].numpy(), abs=1e-5)
+
+
+def test_a_bert_classifier_is_refused_by_the_hugging_face_export_with_the_reason(tmp_path):
+    from llmrecipe.errors import StepError
+    from llmrecipe.export.classifier import export_classifier
+
+    folder = classifier_artifact(tmp_path / "clf", "bert", "first")
+    with pytest.raises(StepError, match="no exact Hugging Face counterpart .* format = \"onnx\" exports it"):
+        export_classifier(load_classifier(folder), folder, tmp_path, "hf", 18, 1e-4, print)
+
+
+def test_a_recipe_may_export_its_classifier_but_not_quantize_it(tmp_path, capsys):
+    from tests.test_classify import classify_recipe
+
+    recipe = classify_recipe(tmp_path)
+    with open(recipe, "a") as f:
+        f.write('\n[steps.clf_onnx]\nkind = "export"\nmodel = "clf"\nformat = "onnx"\n')
+    assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
+    assert main(["validate", str(recipe), "--set", "steps.clf_onnx.quantize=\"int8\""]) == 2
+    assert "int8 quantization is for decoders" in capsys.readouterr().err

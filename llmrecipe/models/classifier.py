@@ -59,7 +59,8 @@ class Classifier(nn.Module):
         """(B, T, D) -> (B, D): the state at the last real token of each row, or at the first."""
         if self.pooling == "first":
             return hidden[:, 0]
-        return hidden[torch.arange(len(hidden), device=hidden.device), lengths.to(hidden.device) - 1]
+        rows = torch.arange(hidden.size(0), device=hidden.device)  # size(0), not len(): an ONNX batch axis stays free
+        return hidden[rows, lengths.to(hidden.device) - 1]
 
     def config(self) -> dict[str, Any]:
         """config.json of the artifact: the backbone's shape plus the task, label set and pooling."""

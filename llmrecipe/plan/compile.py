@@ -92,9 +92,9 @@ def check_classifier_uses(recipe: Recipe) -> None:
             continue
         target = recipe.steps[step.model]
         classifier = _is_classifier(target)
-        if step.kind == "export" and classifier:
-            problems.append(f"steps.{name}.model = '{step.model}': a classify fine-tune has no language-model output "
-                            f"to export; export its init step '{target.init}' instead")
+        if step.kind == "export" and classifier and step.quantize is not None:
+            problems.append(f"steps.{name}.quantize: int8 quantization is for decoders; a classify fine-tune exports "
+                            "in fp32 (remove quantize)")
         for suite_name, suite in (step.named_suites().items() if step.kind == "evaluate" else ()):
             if classifier and suite.type != "classification":
                 problems.append(f"steps.{name}.suites.{suite_name}: a {suite.type} suite scores a language model, but "
