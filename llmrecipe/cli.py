@@ -123,7 +123,8 @@ def add_predict_parser(commands) -> None:
 
 
 def add_serve_parser(commands) -> None:
-    help = ("serve a trained model over an OpenAI-compatible HTTP API (a classify fine-tune: labels at /v1/classify)")
+    help = ("serve a trained model over an OpenAI-compatible HTTP API (a classify fine-tune: labels at /v1/classify; "
+            "an encoder such as bert: /v1/embeddings)")
     sub = commands.add_parser("serve", help=help, description=help)
     add_model_target(sub)
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -374,14 +375,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.capacity < 1 or args.max_batch < 1 or args.max_request_bytes < 1:
         print("error: --capacity, --max-batch and --max-request-bytes must be at least 1", file=sys.stderr)
         return 2
-    from llmrecipe.models.classifier import is_classifier_artifact
+    from llmrecipe.models.classifier import is_classifier_artifact, is_encoder_artifact
 
-    if is_classifier_artifact(folder):  # labels, not text: /v1/classify
-        from llmrecipe.serve.server import serve_classifier
+    if is_classifier_artifact(folder) or is_encoder_artifact(folder):  # models that read: /v1/classify, /v1/embeddings
+        from llmrecipe.serve.server import serve_reader
 
-        serve_classifier(folder, host=args.host, port=args.port, api_key=args.api_key,
-                         model_name=args.model_name or args.step or Path(args.target).name,
-                         max_request_bytes=args.max_request_bytes)
+        serve_reader(folder, classifier=is_classifier_artifact(folder), host=args.host, port=args.port,
+                     api_key=args.api_key, model_name=args.model_name or args.step or Path(args.target).name,
+                     max_request_bytes=args.max_request_bytes)
         return 0
     try:
         model = api.open_model(folder, args.backend)

@@ -18,7 +18,7 @@ from llmrecipe.models.classifier import Classifier, load_classifier, predict_pro
 from llmrecipe.models.shape import ModelShape
 from llmrecipe.predict import TextClassifier
 from llmrecipe.serve.app import ServeSettings
-from llmrecipe.serve.classify import create_classifier_app
+from llmrecipe.serve.encoders import create_classifier_app, create_embeddings_app
 from llmrecipe.serve.server import background_app
 from llmrecipe.tokenizer.train import train_char
 from llmrecipe.training.checkpoint import model_tensors
@@ -165,3 +165,46 @@ def test_a_recipe_may_export_its_classifier_but_not_quantize_it(tmp_path, capsys
     assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
     assert main(["validate", str(recipe), "--set", "steps.clf_onnx.quantize=\"int8\""]) == 2
     assert "int8 quantization is for decoders" in capsys.readouterr().err
+
+
+# ---- embeddings of an encoder ----------------------------------------------------------------------------------------
+
+
+def encoder_artifact(folder: Path) -> Path:
+    texts = [f"{s} {v} the castle and the sea" for s in SUBJECTS for v in VERBS]
+    tokenizer = train_char(iter(texts), vocab_size=300, min_frequency=1, eot_token="<|endoftext|>")
+    shape = ModelShape(arch="bert", n_layer=2, n_head=2, n_kv_head=2, d_model=32, head_dim=16, ffn_hidden=64,
+                       vocab_size=320, seq_len=40, dropout=0.0, rope_theta=10000.0, tie_embeddings=False)
+    torch.manual_seed(0)
+    folder.mkdir(parents=True)
+    save_file(model_tensors(build_model(shape)), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(shape.model_dump_json())
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_v1_embeddings_of_an_encoder_are_unit_mean_states_whatever_the_batch(tmp_path):
+    from llmrecipe.embed import TextEncoder
+    from llmrecipe.models.build import load_trained
+    from llmrecipe.models.classifier import is_encoder_artifact
+
+    folder = encoder_artifact(tmp_path / "bert")
+    assert is_encoder_artifact(folder)
+    app = create_embeddings_app(TextEncoder(folder), ServeSettings(model_name="enc"))
+    texts = ["the king walks", "a soldier weeps for the sea tonight", "the storm " * 10]
+    with background_app(app) as url:
+        batch = httpx.post(f"{url}/v1/embeddings", json={"model": "enc", "input": texts}).json()
+        alone = httpx.post(f"{url}/v1/embeddings", json={"model": "enc", "input": texts[0]}).json()
+        empty = httpx.post(f"{url}/v1/embeddings", json={"model": "enc", "input": ""})
+    vectors = torch.tensor([row["embedding"] for row in batch["data"]])  # (3, D)
+    assert vectors.shape == (3, 32) and torch.allclose(vectors.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(torch.tensor(alone["data"][0]["embedding"]), vectors[0], atol=1e-5)  # padding changes nothing
+    assert [row["text_cut"] for row in batch["data"]] == [False, False, True]  # 100 characters, context 40
+    model, _ = load_trained(folder)
+    model.lm_head = torch.nn.Identity()
+    ids = torch.tensor([TextEncoder(folder).tokenizer.encode(texts[1]).ids])
+    with torch.no_grad():
+        mean = model(ids)[0].mean(0)
+    assert torch.allclose(vectors[1], mean / mean.norm(), atol=1e-5)
+    assert batch["usage"]["prompt_tokens"] == len("the king walks") + len(texts[1]) + 40
+    assert empty.status_code == 400 and "no tokens" in empty.json()["error"]["message"]

@@ -80,6 +80,12 @@ def is_classifier_artifact(folder: Path) -> bool:
     return json.loads((folder / "config.json").read_text()).get("task") == "classify"
 
 
+def is_encoder_artifact(folder: Path) -> bool:
+    """A language model that reads both ways (`bert`): it embeds texts rather than continuing them."""
+    config = json.loads((folder / "config.json").read_text())
+    return config.get("task") is None and "arch" in config and not family(config["arch"]).causal
+
+
 def load_classifier(folder: Path, device: str = "cpu") -> Classifier:
     """A classify artifact folder -> the classifier in eval mode."""
     config = json.loads((folder / "config.json").read_text())

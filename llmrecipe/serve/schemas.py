@@ -186,3 +186,28 @@ class ClassifyResponse(BaseModel):
     object: Literal["list"] = "list"
     model: str
     data: list[ClassifyResult]
+
+
+class EmbeddingRequest(ClassifyRequest):
+    """OpenAI's embeddings request: `input` is a text or a list of texts (`encoding_format` is always floats)."""
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float]
+    """Unit length: a dot product of two embeddings is their cosine similarity."""
+    text_cut: bool
+    """Not in OpenAI's API: the text was longer than the model's context and only its beginning was read."""
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Embedding]
+    usage: EmbeddingUsage

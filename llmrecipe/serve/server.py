@@ -29,15 +29,22 @@ def serve(model: LoadedModel, *, host: str, port: int, api_key: str | None, capa
     uvicorn.run(create_app(model, settings), host=host, port=port, log_level="info")
 
 
-def serve_classifier(folder: Path, *, host: str, port: int, api_key: str | None, model_name: str,
-                     max_request_bytes: int = ServeSettings.max_request_bytes) -> None:
-    """A classify artifact behind /v1/classify (llmrecipe/serve/classify.py)."""
-    from llmrecipe.predict import TextClassifier
-    from llmrecipe.serve.classify import create_classifier_app
+def serve_reader(folder: Path, *, classifier: bool, host: str, port: int, api_key: str | None, model_name: str,
+                 max_request_bytes: int = ServeSettings.max_request_bytes) -> None:
+    """A classify artifact behind /v1/classify, or an encoder's behind /v1/embeddings (llmrecipe/serve/encoders.py)."""
+    from llmrecipe.serve import encoders
 
     settings = ServeSettings(model_name=model_name, api_key=api_key or os.environ.get(API_KEY_VARIABLE) or None,
                              max_request_bytes=max_request_bytes)
-    uvicorn.run(create_classifier_app(TextClassifier(folder), settings), host=host, port=port, log_level="info")
+    if classifier:
+        from llmrecipe.predict import TextClassifier
+
+        app = encoders.create_classifier_app(TextClassifier(folder), settings)
+    else:
+        from llmrecipe.embed import TextEncoder
+
+        app = encoders.create_embeddings_app(TextEncoder(folder), settings)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def free_port() -> int:
