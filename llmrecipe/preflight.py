@@ -79,13 +79,14 @@ def check_pattern(pattern: str) -> None:
 
 def source_check(source: Source, files: list[ExternalFile]) -> None:
     if all(f.size == 0 for f in files):
-        raise StepError(f"{'the file' if len(files) == 1 else f'all {len(files)} files'} it names "
-                        f"({', '.join(f.name for f in files[:3])}{', ...' if len(files) > 3 else ''}) "
-                        "are empty (0 bytes): the source has no documents")
+        names = ", ".join(f.name for f in files[:3]) + (", ..." if len(files) > 3 else "")
+        which = f"the file it names ({names}) is" if len(files) == 1 else f"all {len(files)} files it names ({names}) are"
+        raise StepError(f"{which} empty (0 bytes): the source has no documents")
     file = next(f for f in files if f.size)
     fmt = file_format(source.format, file.name)
     if fmt == "text":
-        if len(files) == 1 and not head(file).strip():
+        sample = head(file)
+        if len(files) == 1 and sample is not None and not sample.strip():
             raise StepError(f"{file.name} holds only whitespace in its first {SAMPLE_BYTES:,} bytes: no text")
         return
     columns = sample_columns(file, fmt)
@@ -93,29 +94,33 @@ def source_check(source: Source, files: list[ExternalFile]) -> None:
         raise StepError(missing_column(file.name, source.text_field, columns) + f" (text_field = '{source.text_field}')")
 
 
-def head(file: ExternalFile) -> bytes:
-    """The first SAMPLE_BYTES of the file, decompressed when it is gzip (a zstd file is not sampled)."""
-    _, compression = split_compression(file.name)
-    if compression == "zstd":
-        return b"?"  # not sampled: assume text
-    opener = gzip.open if compression == "gzip" else open
-    with opener(file.path, "rb") as stream:
-        return stream.read(SAMPLE_BYTES)
-
-
-def sample_columns(file: ExternalFile, fmt: str) -> list[str] | None:
-    """The column names a table file shows in its sample (None: not sampled, e.g. zstd)."""
+def head(file: ExternalFile) -> bytes | None:
+    """The first SAMPLE_BYTES of the file, decompressed when it is gzip; None when it is not sampled (zstd, or a
+    file that does not decompress: the step handles those by its `on_bad_record` rule)."""
     _, compression = split_compression(file.name)
     if compression == "zstd":
         return None
+    opener = gzip.open if compression == "gzip" else open
+    try:
+        with opener(file.path, "rb") as stream:
+            return stream.read(SAMPLE_BYTES)
+    except (OSError, EOFError):
+        return None
+
+
+def sample_columns(file: ExternalFile, fmt: str) -> list[str] | None:
+    """The column names a table file shows in its sample (None: not sampled)."""
     if fmt == "parquet":
         import polars as pl  # only a recipe that names a Parquet file pays for the import
 
         try:
             return list(pl.read_parquet_schema(file.path))
-        except pl.exceptions.PolarsError as error:
-            raise StepError(f"{file.name} is not a readable Parquet file: {str(error).splitlines()[0]}") from None
-    lines = head(file).decode("utf-8", errors="replace").splitlines()
+        except (pl.exceptions.PolarsError, OSError):  # a malformed file: the step's on_bad_record rule decides
+            return None
+    sample = head(file)
+    if sample is None:
+        return None
+    lines = sample.decode("utf-8", errors="replace").splitlines()
     if fmt == "csv":
         return next(csv.reader(io.StringIO("\n".join(lines[:1]))), [])
     keys: dict[str, None] = {}

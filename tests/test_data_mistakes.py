@@ -49,7 +49,7 @@ CASES = {
         {"docs.csv": "id,body\n1,hello\n"}, ["steps.extra.sources[0]", "docs.csv has no column 'content'"]),
     "empty-source-file": (
         '\n[steps.extra]\nkind = "data"\nsources = [{ path = "empty.txt" }]\n', {"empty.txt": ""},
-        ["steps.extra.sources[0]", "empty.txt", "are empty (0 bytes): the source has no documents"]),
+        ["steps.extra.sources[0]: the file it names (empty.txt) is empty (0 bytes): the source has no documents"]),
     "whitespace-only-source": (
         '\n[steps.extra]\nkind = "data"\nsources = [{ path = "blank.txt" }]\n', {"blank.txt": "\n\n   \n"},
         ["steps.extra.sources[0]", "blank.txt holds only whitespace"]),
@@ -137,6 +137,21 @@ def test_a_data_mistake_exits_2_at_validate_naming_the_key_and_the_file(tmp_path
     for text in expected:
         assert text in captured.err, captured.err
     assert not (tmp_path / "work").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("name", ["docs.parquet", "docs.jsonl.gz"])
+def test_parquet_schemas_and_compressed_jsonl_are_sampled_too(tmp_path, name, capsys):
+    import gzip
+
+    import polars as pl
+
+    if name.endswith(".parquet"):
+        pl.DataFrame({"body": ["The king speaks."]}).write_parquet(tmp_path / name)
+    else:
+        (tmp_path / name).write_bytes(gzip.compress(jsonl({"body": "The king speaks."}).encode()))
+    extra = f'\n[steps.extra]\nkind = "data"\nsources = [{{ path = "{name}" }}]\n'
+    assert main(["validate", str(write_tiny_recipe(tmp_path, extra=extra))]) == 2
+    assert f"steps.extra.sources[0]: {name} has no column 'text' (it has: body)" in capsys.readouterr().err
 
 
 def test_the_cases_are_mistakes_only_in_their_data(tmp_path, capsys):

@@ -215,3 +215,23 @@ def test_activation_checkpointing_and_a_smaller_micro_batch_lower_the_estimate(t
     checkpointed = estimate(plan_on(monkeypatch, tmp_path, None, [*BIG, "steps.base.activation_checkpointing=true"]))
     smaller = estimate(plan_on(monkeypatch, tmp_path, None, [*BIG, "steps.base.micro_batch_size=1"]))
     assert checkpointed < base and smaller < base
+
+
+def test_gpu_memory_is_the_smallest_visible_gpu_as_nvidia_smi_reports_it(monkeypatch):
+    import subprocess
+
+    from llmrecipe import host
+
+    answer = subprocess.CompletedProcess([], 0, stdout="143771\n81559\n143771\n", stderr="")
+    monkeypatch.setattr(host.subprocess, "run", lambda *args, **kwargs: answer)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert host.gpu_memory_bytes() == 81559 * 2**20
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
+    assert host.gpu_memory_bytes() == 143771 * 2**20
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("nvidia-smi")
+
+    monkeypatch.setattr(host.subprocess, "run", missing)
+    assert host.gpu_memory_bytes() is None
+    assert host.memory_bytes() is None or host.memory_bytes() > 2**28
