@@ -8,6 +8,7 @@ and including the end-of-turn token. Those tokens are the targets; the model als
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -106,10 +107,18 @@ def conversation(row: dict[str, Any], dataset: DatasetConfig, file: str, number:
 
 def render(template: str, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
     """The same Jinja settings as generation (llmrecipe/generate/chat.py), so training and chat see one format."""
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     try:
-        return environment.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                        bos_token="", eos_token="")
+        return compiled(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         bos_token="", eos_token="")
+    except TemplateError as error:
+        raise StepError(f"the chat template failed: {error}; check the recipe's chat_template") from None
+
+
+@functools.lru_cache(maxsize=8)
+def compiled(template: str):
+    """The template compiled once: a step renders it a few times per row (more when fitting long rows)."""
+    try:
+        return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
     except TemplateError as error:
         raise StepError(f"the chat template failed: {error}; check the recipe's chat_template") from None
 
