@@ -54,7 +54,8 @@ def main() -> None:
     data_path = Path(step.external[0].path)
 
     tokenizer = Tokenizer.from_file(str(sft_dir / "tokenizer.json"))
-    held_out = load_examples(data_path, spec.dataset, tokenizer, spec.chat_template, spec.end_of_turn)["val"]
+    held_out = load_examples(data_path, spec.dataset, tokenizer, spec.chat_template, spec.end_of_turn,
+                             spec.seq_len + 1, spec.truncation)[0]["val"]
     losses = response_losses(spec, sft_dir, base_dir, base_tokenizer_dir, tokenizer, held_out)
     stops = greedy_stops(sft_dir, data_path, spec, args.max_new_tokens)
 

@@ -19,6 +19,7 @@ from llmrecipe.finetune.locate import finetune_files
 from llmrecipe.host import probe_host, torchrun_world
 from llmrecipe.plan.compile import compile_plan
 from llmrecipe.plan.plan import Plan
+from llmrecipe.preflight import check_data_samples
 from llmrecipe.recipe.explain import did_you_mean
 from llmrecipe.recipe.load import LoadedRecipe, load_recipe
 from llmrecipe.run.context import Reporter
@@ -46,14 +47,13 @@ def workdir_of(loaded: LoadedRecipe, override: str | Path | None = None) -> Path
 
 
 def compile(loaded: LoadedRecipe, workdir: str | Path | None = None) -> Plan:
-    return compile_plan(
-        loaded.recipe,
-        workdir=str(workdir_of(loaded, workdir)),
-        host=probe_host(),
-        external={**external_files(loaded.recipe, loaded.base_dir), **evaluate_files(loaded.recipe, loaded.base_dir),
-                  **finetune_files(loaded.recipe, loaded.base_dir)},
-        executor_versions=EXECUTOR_VERSIONS,
-    )
+    """The recipe's plan; before it, a sample of every data file the recipe names is checked (llmrecipe/preflight.py)."""
+    external = {**external_files(loaded.recipe, loaded.base_dir), **evaluate_files(loaded.recipe, loaded.base_dir),
+                **finetune_files(loaded.recipe, loaded.base_dir)}
+    plan = compile_plan(loaded.recipe, workdir=str(workdir_of(loaded, workdir)), host=probe_host(), external=external,
+                        executor_versions=EXECUTOR_VERSIONS)
+    check_data_samples(loaded.recipe, external)
+    return plan
 
 
 def artifact(plan: Plan, step: str) -> Path:
@@ -158,12 +158,13 @@ def latest_report(plan: Plan) -> Path | None:
 def compare(
     run_a: str, run_b: str, *, workdir: str | Path | None = None, step: str | None = None, resamples: int = 1000
 ) -> dict[str, Any]:
-    """Paired bootstrap comparison of two evaluations: each side is a run record, a run id or an evaluate artifact."""
+    """Paired bootstrap comparison of two evaluations: each side is a run record, a run id or an evaluate artifact.
+    `same_artifact` says when both sides are one folder (two runs that reused the same cached evaluation)."""
     from llmrecipe.compare import compare_folders, evaluation_folder
 
     root = Path(workdir or DEFAULT_WORKDIR).resolve()
     a, b = evaluation_folder(run_a, root, step), evaluation_folder(run_b, root, step)
-    return {"a": str(a), "b": str(b), "rows": compare_folders(a, b, resamples)}
+    return {"a": str(a), "b": str(b), "same_artifact": a.resolve() == b.resolve(), "rows": compare_folders(a, b, resamples)}
 
 
 def _check_step_names(plan: Plan, names: set[str], flag: str) -> None:

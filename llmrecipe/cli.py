@@ -3,13 +3,15 @@
 Exit codes: 0 ok; 1 a step failed, the workdir is busy, full or read-only, or `verify` found a drifted file; 2 the
 recipe is wrong; 75 `[run] max_time` was reached (run the same command again to continue); 130 interrupted by
 SIGINT (Ctrl-C) and 143 by SIGTERM, the codes a shell gives a process those signals kill, after the run saved
-what it could and wrote its record.
+what it could and wrote its record; 141 when the reader of the output went away (`llmrecipe status --json | head`),
+the code of a process SIGPIPE ends, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,15 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_parser(commands)
     add_sweep_parser(commands)
     add_generate_parser(commands)
+    add_predict_parser(commands)
     add_serve_parser(commands)
     compare = commands.add_parser(
         "compare", help="A/B: per-metric difference of two evaluations with a paired bootstrap interval and a verdict",
         description="Compare the evaluate results of two runs (run record folders, run ids or evaluate artifact "
-        "folders), suite by suite, on the same examples.",
+        "folders), suite by suite, on the same examples. Name the recipe first to look run ids up in its workdir.",
+        usage="llmrecipe compare [-h] [RECIPE] RUN_A RUN_B [--set KEY=VALUE] [--workdir WORKDIR] [--step STEP] "
+              "[--resamples N] [--json]",
     )
-    compare.add_argument("run_a", metavar="RUN_A")
-    compare.add_argument("run_b", metavar="RUN_B")
-    compare.add_argument("--workdir", help="where run ids are looked up (default: ./.llmrecipe)")
+    compare.add_argument("sides", nargs="+", metavar="[RECIPE] RUN",
+                         help="an optional recipe (its workdir holds the runs), then the two runs")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a recipe value (when the workdir depends on it)")
+    compare.add_argument("--workdir", help="where run ids are looked up (default: the recipe's [run] workdir, "
+                                           "else ./.llmrecipe)")
     compare.add_argument("--step", help="the evaluate step to compare when a run has several")
     compare.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     compare.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -89,7 +97,8 @@ def add_sweep_parser(commands) -> None:
 
 def add_model_target(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("target", metavar="RECIPE_OR_FOLDER", help="a recipe (then name STEP) or an artifact folder")
-    sub.add_argument("step", nargs="?", metavar="STEP", help="the pretrain or export step of the recipe")
+    sub.add_argument("step", nargs="?", metavar="STEP",
+                     help="the recipe's pretrain, finetune (sft or continue) or export step whose model to use")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     sub.add_argument("--workdir", help="the recipe's artifact store (default: [run] workdir, else ./.llmrecipe)")
     sub.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
@@ -104,17 +113,34 @@ def add_generate_parser(commands) -> None:
     sub.add_argument("--chat", action="store_true",
                      help="each --prompt is a user message, formatted with the model's chat template")
     sub.add_argument("--system", help="with --chat: a system message first")
-    sub.add_argument("--max-tokens", type=int, default=64)
-    sub.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
-    sub.add_argument("--top-k", type=int, default=None)
-    sub.add_argument("--top-p", type=float, default=1.0)
-    sub.add_argument("--repetition-penalty", type=float, default=1.0)
+    sub.add_argument("--max-tokens", type=int, default=64, help="new tokens at most (default: 64)")
+    sub.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8); 0 is greedy")
+    sub.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (default: all)")
+    sub.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling share (default: 1.0, off)")
+    sub.add_argument("--repetition-penalty", type=float, default=1.0, help="default: 1.0, off")
     sub.add_argument("--stop", action="append", default=[], help="text that ends the output (repeatable)")
-    sub.add_argument("--seed", type=int, default=None, help="same seed, same output")
+    sub.add_argument("--seed", type=int, default=None,
+                     help="same seed, same output; the i-th --prompt (from 0) samples with seed + i, so repeated "
+                          "prompts in one batch differ (default: a fresh seed per prompt)")
+
+
+def add_predict_parser(commands) -> None:
+    help = "label the texts of a JSONL file with a classify fine-tune (labels and probabilities, JSONL out)"
+    sub = commands.add_parser("predict", help=help, description=help + ". Each input row is written back with a "
+                              "`prediction`: {label, confidence, probabilities, text_cut}.")
+    sub.add_argument("target", metavar="RECIPE_OR_FOLDER", help="a recipe (then name STEP) or a classify artifact folder")
+    sub.add_argument("step", nargs="?", metavar="STEP", help="the recipe's finetune step with task = \"classify\"")
+    sub.add_argument("--input", required=True, help="JSONL file, one object with a text per line")
+    sub.add_argument("--text-field", default="text", help="the key that holds the text (default: text)")
+    sub.add_argument("--output", help="write here instead of standard output")
+    sub.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    sub.add_argument("--workdir", help="the recipe's artifact store (default: [run] workdir, else ./.llmrecipe)")
 
 
 def add_serve_parser(commands) -> None:
-    help = "serve a trained model over an OpenAI-compatible HTTP API"
+    help = ("serve a trained model over an OpenAI-compatible HTTP API (a classify fine-tune: labels at /v1/classify; "
+            "an encoder such as bert: /v1/embeddings)")
     sub = commands.add_parser("serve", help=help, description=help)
     add_model_target(sub)
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -132,7 +158,12 @@ def add_serve_parser(commands) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, inside the handler, rather than at exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
     except RecipeError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -158,6 +189,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from llmrecipe import api
 
     plan = api.compile(api.load(args.recipe, args.set), args.workdir)
+    _warn(plan)
     implicit = sum(step.implicit for step in plan.steps)
     print(f"ok: {args.recipe} is valid ({len(plan.steps) - implicit} steps, {implicit} implicit)")
     return 0
@@ -169,6 +201,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from llmrecipe.run.provenance import notes
 
     plan = api.compile(api.load(args.recipe, args.set), args.workdir)
+    _warn(plan)
     states = api.states(plan)
     if args.json:
         print(json.dumps({"plan": plan.model_dump(mode="json"), "states": states, "notes": notes(plan)}, indent=2))
@@ -200,6 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     for table in plan_tables(plan, api.states(plan)):
         console.print(table)
+    _warn(plan)
     report = api.run(loaded, plan=plan, only=args.only, force=args.force, reporter=_reporter(), wait=args.wait,
                      verify=args.verify)
     ran = sum(o.state == "done" for o in report.outcomes)
@@ -269,11 +303,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from llmrecipe import api
 
-    result = api.compare(args.run_a, args.run_b, workdir=args.workdir, step=args.step, resamples=args.resamples)
+    sides, workdir = args.sides, args.workdir
+    if len(sides) == 3 and sides[0].endswith(".toml"):
+        workdir = api.workdir_of(api.load(sides[0], args.set), workdir)
+        sides = sides[1:]
+    if len(sides) != 2:
+        raise RecipeError(f"compare takes two runs (optionally after the recipe), got {len(args.sides)} arguments: "
+                          f"{' '.join(args.sides)}")
+    result = api.compare(*sides, workdir=workdir, step=args.step, resamples=args.resamples)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"A: {result['a']}\nB: {result['b']}")
+    if result["same_artifact"]:
+        print("A and B are the same evaluation artifact (the same step with the same inputs): every difference is 0")
     for row in result["rows"]:
         if row["metric"] == "*":
             print(f"{row['suite']}: {row['verdict']}")
@@ -317,6 +360,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from llmrecipe import api
+    from llmrecipe.errors import StepError
+    from llmrecipe.models.classifier import is_classifier_artifact
+
+    folder = api.model_folder(args.target, args.step, args.set, args.workdir)
+    if not is_classifier_artifact(folder):
+        raise RecipeError(f"{folder} is not a classifier: predict takes a finetune step with task = \"classify\" "
+                          "(generate continues text with a language model)")
+    if args.batch_size < 1:
+        raise RecipeError("--batch-size must be at least 1")
+    source = Path(args.input)
+    if not source.is_file():
+        raise RecipeError(f"--input {args.input}: no such file")
+    from llmrecipe.predict import TextClassifier, predict_file
+
+    classifier = TextClassifier(folder)
+    try:
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as out:
+                counts = predict_file(classifier, source, args.text_field, out, args.batch_size)
+        else:
+            counts = predict_file(classifier, source, args.text_field, sys.stdout, args.batch_size)
+    except StepError as error:
+        raise RecipeError(str(error)) from None
+    cut = f"; {counts['texts_cut']} longer than the context kept their beginning" if counts["texts_cut"] else ""
+    print(f"predicted {counts['rows']} rows over the labels {classifier.labels}{cut}", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from llmrecipe import api
 
@@ -324,6 +397,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.capacity < 1 or args.max_batch < 1 or args.max_request_bytes < 1:
         print("error: --capacity, --max-batch and --max-request-bytes must be at least 1", file=sys.stderr)
         return 2
+    from llmrecipe.models.classifier import is_classifier_artifact, is_encoder_artifact
+
+    if is_classifier_artifact(folder) or is_encoder_artifact(folder):  # models that read: /v1/classify, /v1/embeddings
+        from llmrecipe.serve.server import serve_reader
+
+        serve_reader(folder, classifier=is_classifier_artifact(folder), host=args.host, port=args.port,
+                     api_key=args.api_key, model_name=args.model_name or args.step or Path(args.target).name,
+                     max_request_bytes=args.max_request_bytes)
+        return 0
     try:
         model = api.open_model(folder, args.backend)
     except ValueError as error:
@@ -336,6 +418,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
           log_path=Path(args.log) if args.log else None,
           model_name=args.model_name or args.step or Path(args.target).name)
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again on the closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file descriptor (captured in tests)
+        pass
+
+
+def _warn(plan) -> None:
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _reporter():
@@ -351,4 +446,5 @@ def _reporter():
 
 
 COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "run": cmd_run, "status": cmd_status, "verify": cmd_verify,
-            "compare": cmd_compare, "sweep": cmd_sweep, "schema": cmd_schema, "generate": cmd_generate, "serve": cmd_serve}
+            "compare": cmd_compare, "sweep": cmd_sweep, "schema": cmd_schema, "generate": cmd_generate,
+            "predict": cmd_predict, "serve": cmd_serve}

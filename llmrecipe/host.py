@@ -4,15 +4,46 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 from llmrecipe.plan.plan import Host
 
 
 def probe_host() -> Host:
-    return Host(cuda=gpu_count() > 0, gpus=gpu_count(), cpu_bf16=_cpu_has_bf16(), cpu_cores=core_count(),
+    gpus = gpu_count()
+    return Host(cuda=gpus > 0, gpus=gpus, cpu_bf16=_cpu_has_bf16(), cpu_cores=core_count(),
                 matmul_peak=measured_peaks(), torchrun_processes=torchrun_world()[1],
-                torchrun_local_processes=_int_env("LOCAL_WORLD_SIZE") if launched_by_torchrun() else None)
+                torchrun_local_processes=_int_env("LOCAL_WORLD_SIZE") if launched_by_torchrun() else None,
+                memory_bytes=memory_bytes(), gpu_memory_bytes=gpu_memory_bytes() if gpus else None)
+
+
+def memory_bytes() -> int | None:
+    """RAM this process may use: MemTotal, or the cgroup's limit when a container sets a lower one."""
+    try:
+        total = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):  # not Linux: the plan skips the memory check
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def gpu_memory_bytes() -> int | None:
+    """Memory of the smallest visible NVIDIA GPU, asked of nvidia-smi (torch is too slow to import for a plan)."""
+    try:
+        answer = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        sizes = [int(line) * 2**20 for line in answer.split() if line.strip().isdigit()]  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible and all(d.strip().isdigit() for d in visible.split(",")):
+        sizes = [sizes[int(d)] for d in visible.split(",") if int(d) < len(sizes)]
+    return min(sizes) if sizes else None
 
 
 def launched_by_torchrun() -> bool:

@@ -11,7 +11,13 @@ from rich.table import Table
 from llmrecipe.plan.plan import Plan
 from llmrecipe.run.reporter import format_fields, format_seconds
 
-STATE_STYLE = {"cached": "green", "stale": "yellow", "ready": "cyan", "done": "green", "failed": "red", "corrupt": "red"}
+STATE_STYLE = {"cached": "green", "stale": "yellow", "ready": "cyan", "done": "green", "failed": "red", "corrupt": "red",
+               "partial": "magenta"}
+
+
+def state_style(state: str) -> str:
+    """The colour of a state; `partial (step N of M)` is coloured as `partial`."""
+    return STATE_STYLE[state.split(" ", 1)[0]]
 
 
 class RichProgress:
@@ -74,7 +80,7 @@ def plan_tables(plan: Plan, states: dict[str, str]) -> list[Table]:
         state = states[step.name]
         name = f"{step.name} [dim](implicit)[/]" if step.implicit else step.name
         inputs = ", ".join(f"{role}={up}" for role, up in step.inputs.items())
-        table.add_row(name, step.kind, f"[{STATE_STYLE[state]}]{state}[/]", inputs, step.fingerprint[:12])
+        table.add_row(name, step.kind, f"[{state_style(state)}]{state}[/]", inputs, step.fingerprint[:12])
     tables = [table]
     for step in plan.steps:
         if step.derived:
@@ -94,10 +100,11 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         seconds = f"{row['seconds']:.1f}" if "seconds" in row else ""
         metrics = format_fields(row.get("metrics", {}))
-        state = f"{row['state']}, resumes" if row.get("resumes") else row["state"]
+        resumes = row.get("resumes") and not row["state"].startswith("partial")  # a partial state says so already
+        state = f"{row['state']}, resumes" if resumes else row["state"]
         if row.get("drifts"):
             metrics = "; ".join(row["drifts"])
-        table.add_row(row["step"], row["kind"], f"[{STATE_STYLE[row['state']]}]{state}[/]", seconds, metrics)
+        table.add_row(row["step"], row["kind"], f"[{state_style(row['state'])}]{state}[/]", seconds, metrics)
     return table
 
 

@@ -78,11 +78,18 @@ def tokenizer():
 
 def encoded_split(tokenizer, rows: list[dict], labels: list[str], pooling: str = "last") -> LabelledRows:
     eot = tokenizer.token_to_id("<|endoftext|>")
-    ids = encode(tokenizer, [row["text"] for row in rows], SHAPE.seq_len, eot, pooling)
+    ids, _ = encode(tokenizer, [row["text"] for row in rows], SHAPE.seq_len, eot, pooling)
     return LabelledRows(ids, torch.tensor([labels.index(row["label"]) for row in rows]))
 
 
 # ---- data and labels -----------------------------------------------------------------------------------------------
+
+
+def test_texts_longer_than_the_context_keep_their_beginning_and_are_counted(tokenizer):
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    rows, cut = encode(tokenizer, ["a sea", "the sea " * 40, "sea"], 8, eot, "last")
+    assert cut == [False, True, False] and [len(r) for r in rows][1] == 8 and rows[1][-1] == eot
+    assert rows[1][:7] == tokenizer.encode("the sea " * 40).ids[:7]
 
 
 def test_labels_that_do_not_match_the_recipe_are_named():
@@ -222,7 +229,7 @@ def test_lora_trains_adapters_and_the_head_and_the_artifact_loads_to_the_same_lo
     lora = {"rank": 2, "alpha": 4.0, "targets": ["q_proj", "v_proj"], "merge": merge}
     model, summary = train_tiny(tmp_path, "lora", tokenizer, lora=lora, total_steps=6, eval_every=3)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n in trainable if n.endswith(("lora_A", "lora_B"))} | {"score.weight", "score.bias"}
+    assert trainable == {n for n in trainable if n.endswith(("lora_A", "lora_B"))} | {"score.weight"}  # no bias: a decoder
     assert any(n.endswith("lora_A") for n in trainable)
     (tmp_path / "tok").mkdir()
     tokenizer.save(str(tmp_path / "tok" / "tokenizer.json"))
@@ -271,7 +278,7 @@ CLASSIFY = """
 kind = "finetune"
 init = "base"
 task = "classify"
-optim = {{ lr = 3e-3, warmup = 2 }}
+optim = {{ lr = 5e-3, warmup = 2 }}
 budget = {{ epochs = 4 }}
 batch_size = 8
 eval_every = 5
@@ -316,10 +323,17 @@ def test_classify_recipe_learns_and_its_report_shows_the_confusion_matrix_and_wo
     results = json.loads((api.artifact(plan, "clf_eval") / "results.json").read_text())["suites"]["held"]
     assert results["metrics"]["accuracy"] >= 0.9  # 18 of the 20 test rows carry the label their word says
     assert {row["line"] for row in results["worst"]} >= {82, 87}  # the flipped test rows are the confident mistakes
-    review = results["tables"]["likely mislabelled training rows"]
+    review = results["tables"]["training rows the model confidently contradicts (check their labels)"]
     rows = [json.loads(line) for line in (tmp_path / "labelled.jsonl").read_text().splitlines()]
     flipped_train = {i + 1 for i in (3, 10) if not held_out(rows[i]["text"], 0.2)}  # those not held out for validation
     assert flipped_train and {row["line"] for row in review} >= flipped_train  # listed for review as likely mislabelled
+    # the suite holds out its own validation share (val_fraction 0.1) from the rows marked train
+    train_texts = {row["text"] for row in rows[:80] if not held_out(row["text"], 0.1)}
+    in_train = [i + 1 for i, row in enumerate(rows[80:], start=80) if row["text"] in train_texts]
+    assert in_train and results["extra"]["rows_also_in_train"] == len(in_train)  # 128 possible texts, 100 rows
+    listed = results["tables"]["scored rows whose exact text is also a training row (they flatter the scores)"]
+    assert [row["line"] for row in listed] == in_train[:20]
+    assert all(row["in_train"] == (row["line"] in in_train) for row in results["worst"])
 
     capsys.readouterr()
     assert main(["status", str(recipe), "--json"]) == 0
@@ -327,18 +341,19 @@ def test_classify_recipe_learns_and_its_report_shows_the_confusion_matrix_and_wo
     markdown = report.read_text()
     assert "held_confusion.png" in markdown and "Worst examples:" in markdown
     assert "Per class:" in markdown and "| class | precision | recall | f1 | support |" in markdown
-    assert "Likely mislabelled training rows:" in markdown and "| macro_f1 |" in markdown
+    assert "Training rows the model confidently contradicts (check their labels):" in markdown
+    assert "| macro_f1 |" in markdown and "rows_also_in_train" in markdown
     image = next(line[line.index("(") + 1 : -1] for line in markdown.splitlines() if "held_confusion.png" in line)
     assert (report.parent / image).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_classify_recipe_with_mismatched_labels_fails_before_training(tmp_path, capsys):
+def test_classify_recipe_with_mismatched_labels_fails_before_anything_runs(tmp_path, capsys):
     recipe = classify_recipe(tmp_path, labels='labels = ["castle", "river"]')
-    assert main(["run", str(recipe)]) == 1
+    assert main(["run", str(recipe)]) == 2  # a sample of the file shows it: no step runs, not even pre-training
     err = capsys.readouterr().err
-    assert "labels ['sea']" in err and "['river']" in err
-    plan = api.compile(api.load(recipe))
-    assert not (Path(plan.workdir) / "scratch" / plan.step("clf").fingerprint / "checkpoints").exists()
+    assert "steps.clf.dataset.path: the data has labels ['sea'] that `labels` does not list" in err
+    assert "['castle', 'river']" in err
+    assert not list(tmp_path.rglob("manifest.json"))
 
 
 def test_suites_that_do_not_fit_a_classifier_are_recipe_errors(tmp_path, capsys):

@@ -54,12 +54,16 @@ def kept_texts(dedup_class, op, texts: list[str]) -> list[str]:
 @settings(max_examples=60, deadline=None)
 @given(texts=DOCUMENTS, seed=st.integers(0, 1000), near=st.booleans())
 def test_dedup_is_idempotent_and_order_independent(texts, seed, near):
+    """Exact dedup keeps the same texts in any order; near dedup the same number (the earliest of each cluster)."""
     dedup_class, op = (NearDedup, DedupNear(shingle_size=2, num_perm=32, bands=16, threshold=0.6)) if near \
         else (ExactDedup, DedupExact())
     kept = kept_texts(dedup_class, op, texts)
     assert kept_texts(dedup_class, op, kept) == kept
     shuffled = [texts[k] for k in np.random.default_rng(seed).permutation(len(texts))]
-    assert sorted(kept_texts(dedup_class, op, shuffled)) == sorted(kept)
+    if near:  # the clusters do not depend on the order, and each keeps its earliest document, so only the count does not
+        assert len(kept_texts(dedup_class, op, shuffled)) == len(kept)
+    else:
+        assert sorted(kept_texts(dedup_class, op, shuffled)) == sorted(kept)
 
 
 @settings(max_examples=60, deadline=None)

@@ -142,8 +142,22 @@ def test_filtering_everything_names_the_op(tmp_path):
     src = tmp_path / "src"
     names = write(src, {"a.txt": "short one\n\nshort two"})
     ops = [{"op": "normalize"}, {"op": "quality"}, {"op": "dedup_exact"}]
-    with pytest.raises(StepError, match=r"ops\[1\] quality removed the last 2 documents; loosen"):
+    with pytest.raises(StepError) as error:
         run_step(tmp_path, [Source(path=str(src), unit="paragraph")], external(src, names), ops=ops)
+    # the deciding numbers are in the message: a failed step writes no stats.json
+    assert "ops[1] quality removed the last 2 documents (18 characters) by min_words = 50: 2; loosen" in str(error.value)
+
+
+def test_a_whole_book_past_max_words_is_explained_with_the_rule_and_the_fix(tmp_path):
+    src = tmp_path / "src"
+    names = write(src, {"book.txt": "The king speaks of the sea and the night. " * 400})
+    ops = [{"op": "quality", "max_words": 1000, "off": ["max_duplicate_lines", "max_duplicate_line_chars",
+                                                        "max_top_ngram_chars", "max_duplicate_ngram_chars"]}]
+    with pytest.raises(StepError) as error:
+        run_step(tmp_path, [Source(path=str(src))], external(src, names), ops=ops)
+    message = str(error.value)
+    assert "ops[0] quality removed the last 1 documents" in message and "by max_words = 1000: 1" in message
+    assert 'unit = "paragraph"' in message
 
 
 # URL sources

@@ -317,7 +317,7 @@ def test_op_that_removes_everything_is_named(tmp_path):
     write_files(tmp_path / "src", {"a.txt": "short\n\nshort\n\ntiny"})
     ctx = context(tmp_path, external(tmp_path / "src", ["a.txt"]))
     ops = [{"op": "dedup_exact"}, {"op": "filter_length", "min_chars": 100}]
-    with pytest.raises(StepError, match=r"ops\[1\] filter_length removed the last 2 documents; loosen"):
+    with pytest.raises(StepError, match=r"ops\[1\] filter_length removed the last 2 documents \(\d+ characters\) by min_chars = 100: 2; loosen"):
         run(data_spec([Source(path=str(tmp_path / "src"), unit="paragraph")], ops), ctx)
 
 
@@ -372,6 +372,27 @@ def test_plan_shows_lsh_banding_and_workers_leave_the_fingerprint_alone(tmp_path
     plan = api.compile(api.load(path, ()))
     corpus = next(step for step in plan.steps if step.name == "corpus")
     assert corpus.derived == {"ops[1].lsh_bands_x_rows": "28 x 4", "ops[1].lsh_threshold_estimate": 0.435,
-                              "ops[1].candidate_probability_at_threshold": 0.9995}
+                              "ops[1].chance_a_pair_at_threshold_is_compared": "99.95%",
+                              "ops[1].compared_pairs_judged_by": "MinHash estimate, typical error +-0.09; verify = "
+                                                                 "true judges by exact Jaccard"}
     other = api.compile(api.load(path, ["steps.corpus.workers=1", "steps.corpus.batch_mb=1"]))
     assert next(s for s in other.steps if s.name == "corpus").fingerprint == corpus.fingerprint
+
+
+def test_stats_and_the_report_give_what_cleaning_kept_of_each_source(tmp_path):
+    from llmrecipe.run.report import _accounting
+
+    long = "The king speaks of the castle and the sea tonight."
+    write_files(tmp_path / "a", {"a.txt": "\n\n".join([long] * 1 + [f"{long} {i}" for i in range(9)])})
+    write_files(tmp_path / "b", {"b.txt": "\n\n".join(["short", "tiny", f"{long} b"])})
+    files = external(tmp_path / "a", ["a.txt"], source=0) + external(tmp_path / "b", ["b.txt"], source=1)
+    ctx = context(tmp_path, files)
+    sources = [Source(path=str(tmp_path / "a"), unit="paragraph"), Source(path=str(tmp_path / "b"), unit="paragraph")]
+    run(data_spec(sources, [{"op": "filter_length", "min_chars": 20}]), ctx)
+    stats = json.loads((ctx.out_dir / "stats.json").read_text())
+    a, b = stats["sources"]
+    assert (a["docs"], a["kept_docs"], a["kept_docs_share"]) == (10, 10, 1.0)
+    assert (b["docs"], b["kept_docs"], b["kept_docs_share"]) == (3, 1, 0.3333)
+    assert b["kept_chars"] == len(long) + 2 and b["chars"] == len(long) + 2 + len("short") + len("tiny")
+    table = "\n".join(_accounting("corpus", stats))
+    assert "| source 1 | 1 of 3 | 33.3% |" in table and "| after ops[0] filter_length | 11 |" in table

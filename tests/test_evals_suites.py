@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from llmrecipe.compare import compare_folders
-from llmrecipe.evals.loglikelihood import encode_pair, score_requests
+from llmrecipe.evals.loglikelihood import cut_requests, encode_pair, score_requests
 from llmrecipe.evals.perplexity import document_scores, target_nats
 from llmrecipe.recipe.evaluate import EvaluateStep
 from llmrecipe.tokenizer.bytes import load_tokenizer
@@ -73,6 +73,7 @@ def test_scores_do_not_depend_on_the_batch_size(tokenizer):
     model = tiny_model(2, vocab_size=320)
     requests = [encode_pair(tok, row["context"], " " + c, meta["eot_id"]) for row in MC_ROWS for c in row["choices"]]
     requests.append(encode_pair(tok, "The quick brown fox " * 5, "jumps over the lazy dog", meta["eot_id"]))  # > seq_len
+    assert cut_requests(requests, model.shape.seq_len) == 1  # the last one loses the start of its context
     by_size = [score_requests(model, requests, size)[0] for size in (1, 3, 64)]
     for scores in by_size[1:]:
         np.testing.assert_allclose(scores, by_size[0], rtol=1e-5)
@@ -94,7 +95,7 @@ def test_document_scores_split_the_stream_at_end_of_text():
 def test_every_suite_runs_through_the_executor(artifacts, tmp_path):  # noqa: F811
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps({"prompt": f"Is {w} a fox?", "response": "Yes. It is." if i % 2 else "No. Not."}) + "\n"
-                          for i, w in enumerate(["the cat", "a dog", "Rain"])))
+                          for i, w in enumerate(["the cat", "a dog", "Rain", "the quick brown fox " * 8])))
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be.\n\nThat is the question.\n")
     suites = {
@@ -108,6 +109,8 @@ def test_every_suite_runs_through_the_executor(artifacts, tmp_path):  # noqa: F8
     assert 0 <= metrics["gen_bleu"] <= 100 and 0 <= metrics["gen_f1"] <= 1
     shares = metrics["qa_accuracy"] + metrics["qa_hallucination_rate"] + metrics["qa_abstention_rate"]
     assert shares == pytest.approx(1.0)
+    # the tiny model's context is 16 tokens: the long question is cut in both suites (qa's template adds words)
+    assert 1 <= metrics["gen_prompts_cut"] <= metrics["qa_prompts_cut"] <= 4
     results = json.loads((out / "results.json").read_text())["suites"]
     assert len(results["val"]["worst"]) <= 2 and set(results["gen"]["intervals"]) >= {"bleu", "chrf", "rouge_l"}
 

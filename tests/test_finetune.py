@@ -15,7 +15,7 @@ from llmrecipe.errors import RecipeError, StepError
 from llmrecipe.finetune.chat_data import Example, assistant_spans, conversation, encode_example, load_examples, read_rows
 from llmrecipe.models.registry import family
 from llmrecipe.steps.finetune.model_io import adapt
-from llmrecipe.steps.finetune.sft import add_special_tokens
+from llmrecipe.steps.finetune.sft import add_special_tokens, require_targets
 from llmrecipe.steps.training import train_config
 from llmrecipe.training.tasks.packed import PackedRows, PackedTask, pack
 from llmrecipe.training.trainer import Trainer
@@ -32,6 +32,7 @@ from tests.test_training import Crash, CrashingReporter
 
 CHATML, CHATML_TOKENS, IM_END = CHAT_TEMPLATES["chatml"]
 DATASET = DatasetConfig(path="pairs.jsonl")
+ALL_TRAIN = DatasetConfig(path="pairs.jsonl", val_fraction=0.0)
 
 SFT_STEP = """
 [steps.chat]
@@ -147,6 +148,85 @@ def test_special_tokens_are_single_ids_and_round_trip_through_a_saved_tokenizer(
     assert ids[0] == new_ids[0] and new_ids[1] in ids
     assert loaded.decode(ids, skip_special_tokens=False) == text
     assert loaded.encode("plain words only").ids == tokenizer.encode("plain words only").ids
+
+
+# --- fitting long conversations into max_seq_len ------------------------------------------------------------------
+
+
+def long_rows(path: Path, prompt_words: int, count: int = 6, response: str = "one two three") -> Path:
+    words = ("the king speaks of the castle " * prompt_words).split()[:prompt_words]
+    rows = [{"prompt": f"question {i}: " + " ".join(words), "response": response} for i in range(count)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def targets_text(tokenizer: Tokenizer, example: Example) -> str:
+    return tokenizer.decode([i for i, t in zip(example.ids, example.targets) if t], skip_special_tokens=False)
+
+
+def test_a_long_prompt_is_trimmed_from_the_left_so_the_response_and_the_markers_stay(tmp_path):
+    tokenizer, limit = chat_tokenizer(), 33
+    path = long_rows(tmp_path / "long.jsonl", prompt_words=40)
+    examples, counts = load_examples(path, ALL_TRAIN, tokenizer, CHATML, IM_END, limit, "left")
+    assert (counts["train"].intact, counts["train"].trimmed, counts["train"].dropped) == (0, 6, 0)
+    for example in examples["train"]:
+        assert len(example.ids) <= limit
+        assert targets_text(tokenizer, example) == "one two three<|im_end|>"  # the whole response is trained on
+        text = tokenizer.decode(example.ids, skip_special_tokens=False)
+        assert text.startswith("<|im_start|>user\n") and "<|im_end|>\n<|im_start|>assistant\n" in text
+        assert "question" not in text and "speaks of<|im_end|>" in text  # the prompt's start went, its end stayed
+    untrimmed, _ = load_examples(path, ALL_TRAIN, tokenizer, CHATML, IM_END)
+    assert counts["train"].target_tokens == sum(sum(e.targets[1:]) for e in untrimmed["train"])
+
+
+def test_earlier_turns_go_first_and_the_system_message_stays(tmp_path):
+    tokenizer = chat_tokenizer()
+    long = " ".join(["the castle"] * 30)
+    row = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": long},
+                        {"role": "assistant", "content": long}, {"role": "user", "content": "count to three"},
+                        {"role": "assistant", "content": "one two three"}]}
+    path = tmp_path / "turns.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    examples, counts = load_examples(path, ALL_TRAIN, tokenizer, CHATML, IM_END, 40, "left")
+    assert counts["train"].trimmed == 1
+    text = tokenizer.decode(examples["train"][0].ids, skip_special_tokens=False)
+    assert text == ("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\ncount to three<|im_end|>\n"
+                    "<|im_start|>assistant\none two three<|im_end|>\n")
+
+
+def test_drop_leaves_out_over_long_rows_and_a_response_too_long_is_dropped_either_way(tmp_path):
+    tokenizer = chat_tokenizer()
+    path = long_rows(tmp_path / "long.jsonl", prompt_words=40, count=4)
+    with open(path, "a") as f:
+        f.write(json.dumps({"prompt": "hi", "response": "count to three"}) + "\n")
+        f.write(json.dumps({"prompt": "hi", "response": " ".join(["castle"] * 60)}) + "\n")
+    _, dropped = load_examples(path, ALL_TRAIN, tokenizer, CHATML, IM_END, 33, "drop")
+    assert (dropped["train"].intact, dropped["train"].trimmed, dropped["train"].dropped) == (1, 0, 5)
+    _, left = load_examples(path, ALL_TRAIN, tokenizer, CHATML, IM_END, 33, "left")
+    assert (left["train"].intact, left["train"].trimmed, left["train"].dropped) == (1, 4, 1)
+    assert left["train"].as_metrics("train") == {"train_rows_intact": 1, "train_rows_prompt_trimmed": 4,
+                                                 "train_rows_dropped": 1,
+                                                 "train_target_tokens": left["train"].target_tokens}
+
+
+def test_an_sft_step_where_most_rows_lose_their_response_fails_naming_max_seq_len(tmp_path):
+    path = long_rows(tmp_path / "long.jsonl", prompt_words=40, count=6)
+    spec = tiny_sft_spec(seq_len=32, dataset_file=str(path), truncation="drop")
+    _, counts = load_examples(path, ALL_TRAIN, chat_tokenizer(), CHATML, IM_END, 33, "drop")
+    with pytest.raises(StepError) as error:
+        require_targets(counts["train"], spec)
+    message = str(error.value)
+    assert "only 0 of 6 train rows keep a response within max_seq_len = 32" in message
+    assert "0 intact, 0 prompt-trimmed, 6 dropped" in message and 'truncation = "left"' in message
+    _, kept = load_examples(path, ALL_TRAIN, chat_tokenizer(), CHATML, IM_END, 33, "left")
+    require_targets(kept["train"], spec.model_copy(update={"truncation": "left"}))  # all 6 keep it: no error
+
+
+def test_an_empty_sft_file_is_blamed_on_the_file_not_the_split(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    with pytest.raises(StepError, match="empty.jsonl has no rows: the file is empty"):
+        load_examples(path, ALL_TRAIN, chat_tokenizer(), CHATML, IM_END)
 
 
 # --- packing ---------------------------------------------------------------------------------------------------
@@ -331,6 +411,11 @@ def test_sft_with_unmerged_lora_then_continue_end_to_end(chain):
         assert (chat / name).exists(), name
     records = [json.loads(line) for line in (chat / "metrics.jsonl").read_text().splitlines()]
     assert any("val_loss" in r for r in records)
+    metrics = json.loads((chat / "manifest.json").read_text())["metrics"]
+    counted = [metrics[f"{split}_rows_{outcome}"] for split in ("train", "val")
+               for outcome in ("intact", "prompt_trimmed", "dropped")]
+    assert sum(counted) == 60 and metrics["train_rows_dropped"] == metrics["val_rows_dropped"] == 0
+    assert metrics["train_target_tokens"] > metrics["train_rows_intact"]
     loaded_model = api.open_model(chat)  # the unmerged adapters are merged on load
     assert loaded_model.engine.eot_id == Tokenizer.from_file(str(chat / "tokenizer.json")).token_to_id(IM_END)
     assert loaded_model.chat_prompt([{"role": "user", "content": "count to 2"}]).endswith("<|im_start|>assistant\n")

@@ -38,6 +38,27 @@ def test_generate_from_a_folder_is_seeded_and_greedy_matches_the_engine(folder, 
     assert f"--- 2: 'A stitch' (length)\n{expected[0].text}\n" in out
 
 
+def test_a_seeded_batch_samples_each_row_with_its_own_seed(folder, capsys):
+    args = ["generate", str(folder), "--prompt", "The quick", "--prompt", "The quick", "--max-tokens", "12",
+            "--seed", "1", "--temperature", "1.5"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    samples = first.split("--- 2:")
+    assert samples[0].split("\n", 1)[1] != samples[1].split("\n", 1)[1]  # the same prompt twice: two samples
+    assert main(args) == 0 and capsys.readouterr().out == first  # and the batch repeats with the seed
+    assert main(["generate", str(folder), "--prompt", "The quick", "--max-tokens", "12", "--seed", "1",
+                 "--temperature", "1.5"]) == 0
+    assert capsys.readouterr().out.strip() == samples[0].split("\n", 1)[1].strip()  # row 0 samples with the seed
+
+
+def test_generate_help_says_the_defaults_and_the_steps_it_takes(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.8); 0 is greedy" in text and "pretrain, finetune (sft or continue) or export step" in text
+    assert "seed + i" in text
+
+
 def test_chat_uses_the_recorded_template_and_refuses_without_one(folder, tmp_path, capsys):
     assert main(["generate", str(folder), "--prompt", "hi", "--chat"]) == 2
     assert "has no chat template" in capsys.readouterr().err

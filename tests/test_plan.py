@@ -166,3 +166,72 @@ def test_a_run_record_summarises_a_step_reading_many_files(tmp_path):
                                              for s in big.steps]})
     assert next(s for s in other.record()["steps"] if s["name"] == "corpus")["external"] != summary
     assert plan.record() == plan.model_dump(mode="json") and len(data.external) <= LISTED_FILES  # small: whole
+
+
+# --- training memory against the device ------------------------------------------------------------------------
+
+
+def plan_on(monkeypatch, folder: Path, memory: int | None, overrides=()) -> Plan:
+    from llmrecipe.plan.plan import Host
+
+    monkeypatch.setattr(api, "probe_host", lambda: Host(cpu_cores=2, memory_bytes=memory))
+    return api.compile(api.load(write_tiny_recipe(folder), overrides))
+
+
+def estimate(plan: Plan, step: str = "base") -> int:
+    from llmrecipe.plan.limits import training_memory
+
+    found = plan.step(step)
+    return sum(training_memory(found.spec, found.derived["n_params"], found.kind).values())
+
+
+BIG = ["steps.base.model.d_model=512", "steps.base.model.n_layer=8", "steps.base.model.seq_len=256"]
+
+
+def test_a_model_that_cannot_fit_the_machine_is_refused_with_the_numbers_and_the_fixes(tmp_path, monkeypatch):
+    need = estimate(plan_on(monkeypatch, tmp_path, None, BIG))
+    with pytest.raises(RecipeError) as error:
+        plan_on(monkeypatch, tmp_path, need // 2, BIG)
+    message = str(error.value)
+    assert message.startswith("steps.base: training needs at least") and "weights, gradients and optimizer" in message
+    assert "activations" in message and "this machine's RAM has" in message
+    assert "micro_batch_size (now 4)" in message and "activation_checkpointing = true" in message
+
+
+def test_a_model_close_to_the_machine_memory_is_a_warning_that_validate_prints(tmp_path, monkeypatch, capsys):
+    from llmrecipe.cli import main
+
+    need = estimate(plan_on(monkeypatch, tmp_path, None, BIG))
+    plan = plan_on(monkeypatch, tmp_path, int(need / 0.9), BIG)
+    assert len(plan.warnings) == 1 and "90% of the" in plan.warnings[0] and "may run out of memory" in plan.warnings[0]
+    assert not plan_on(monkeypatch, tmp_path, need * 2, BIG).warnings
+    plan_on(monkeypatch, tmp_path, int(need / 0.9), BIG)
+    assert main(["validate", str(tmp_path / "recipe.toml"), *sum((["--set", o] for o in BIG), [])]) == 0
+    assert "warning: steps.base: training needs at least" in capsys.readouterr().err
+
+
+def test_activation_checkpointing_and_a_smaller_micro_batch_lower_the_estimate(tmp_path, monkeypatch):
+    base = estimate(plan_on(monkeypatch, tmp_path, None, BIG))
+    checkpointed = estimate(plan_on(monkeypatch, tmp_path, None, [*BIG, "steps.base.activation_checkpointing=true"]))
+    smaller = estimate(plan_on(monkeypatch, tmp_path, None, [*BIG, "steps.base.micro_batch_size=1"]))
+    assert checkpointed < base and smaller < base
+
+
+def test_gpu_memory_is_the_smallest_visible_gpu_as_nvidia_smi_reports_it(monkeypatch):
+    import subprocess
+
+    from llmrecipe import host
+
+    answer = subprocess.CompletedProcess([], 0, stdout="143771\n81559\n143771\n", stderr="")
+    monkeypatch.setattr(host.subprocess, "run", lambda *args, **kwargs: answer)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert host.gpu_memory_bytes() == 81559 * 2**20
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
+    assert host.gpu_memory_bytes() == 143771 * 2**20
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("nvidia-smi")
+
+    monkeypatch.setattr(host.subprocess, "run", missing)
+    assert host.gpu_memory_bytes() is None
+    assert host.memory_bytes() is None or host.memory_bytes() > 2**28

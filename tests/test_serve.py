@@ -102,6 +102,19 @@ def test_health_metrics_and_feedback_log(client, server):
     assert float(tokens[0].split()[-1]) >= completion.usage.completion_tokens
 
 
+def test_a_max_tokens_the_context_cannot_hold_is_counted(client, server):
+    def capped() -> float:
+        lines = httpx.get(f"{server[0]}/metrics").text.splitlines()
+        return float(next(line for line in lines if line.startswith("llmrecipe_max_tokens_capped_total")).split()[-1])
+
+    before = capped()
+    client.completions.create(model="tiny", prompt="To be", max_tokens=4, temperature=0)
+    assert capped() == before  # fits the context of 64
+    answer = client.completions.create(model="tiny", prompt="To be", max_tokens=200, temperature=0)
+    assert capped() == before + 1
+    assert answer.usage.prompt_tokens + answer.usage.completion_tokens <= 64
+
+
 def test_the_serving_log_is_a_data_source(server, tmp_path):
     log = server[1]
     (tmp_path / "recipe.toml").write_text(f"""

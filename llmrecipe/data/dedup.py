@@ -1,8 +1,10 @@
 """Deduplication over the whole corpus, batch by batch: each op observes every batch (keeping only compact
 keys in memory, signatures on disk) and then decides, once, which documents stay.
 
-Both ops keep a set of texts that does not depend on document order: each group of duplicates keeps the
-member with the smallest digest of its text (for identical texts, the first occurrence).
+Exact dedup keeps a set of texts that does not depend on document order: each group of duplicates keeps the member
+with the smallest digest of its text (for identical texts, the first occurrence). Near dedup keeps the earliest
+document of each cluster in source order (the order the documents were observed), so the copy a user put first,
+in the source listed first, is the one that stays.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from llmrecipe.data.hashing import xxh64
-from llmrecipe.data.minhash import band_keys, signatures
+from llmrecipe.data.minhash import band_keys, shingles, signatures
 from llmrecipe.data.quality import sorted_keys
 from llmrecipe.data.words import WordHashes
 from llmrecipe.recipe.data import DedupExact, DedupNear
@@ -100,7 +102,8 @@ class ExactDedup:
 class NearDedup:
     """MinHash + LSH, sharded by band: each band's keys (8 bytes per document) and the signatures go to files
     in `work`; deciding reads one band at a time, and signatures only for candidate pairs. Memory holds one
-    band and one content digest per document."""
+    band and a count per document. With `verify`, each document's distinct shingle hashes go to a file too, and
+    candidate pairs are judged by their exact Jaccard similarity."""
 
     def __init__(self, op: DedupNear, work: Path):
         self.op = op
@@ -109,31 +112,40 @@ class NearDedup:
         self.folder.mkdir(parents=True)
         self.signature_file = open(self.folder / "signatures.u32", "wb")
         self.band_files = [open(self.folder / f"band-{band}.u64", "wb") for band in range(op.bands)]
-        self.digests: list[np.ndarray] = []
+        self.shingle_file = open(self.folder / "shingles.u64", "wb") if op.verify else None
+        self.shingle_counts: list[np.ndarray] = []
+        self.observed = 0
 
     def observe(self, text: pl.Series) -> None:
         self.absorb(self.observation(self.op, text))
 
     @staticmethod
     def observation(op: DedupNear, text: pl.Series, words: WordHashes | None = None) -> tuple[np.ndarray, ...]:
-        """Signatures, band keys and content digests of one batch (computed where the batch is); `words`: the
+        """Signatures and band keys of one batch (computed where the batch is), and with `verify` each document's
+        distinct shingle hashes (concatenated, sorted within each document) and their counts; `words`: the
         texts' `lowercase_word_hashes` when already known."""
         signature = signatures(text, op.shingle_size, op.num_perm, words)  # [docs, num_perm]
-        return signature, band_keys(signature, op.bands), xxh64(text, seed=DIGEST_SEED)  # keys: [docs, bands]
+        keys = band_keys(signature, op.bands)  # [docs, bands]
+        if not op.verify:
+            return signature, keys
+        return signature, keys, *shingle_sets(text, op.shingle_size, words)
 
-    def absorb(self, observation: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        signature, keys, digests = observation
+    def absorb(self, observation: tuple[np.ndarray, ...]) -> None:
+        signature, keys, *sets = observation
         self.signature_file.write(signature.tobytes())
         for band, file in enumerate(self.band_files):
             file.write(np.ascontiguousarray(keys[:, band]).tobytes())
-        self.digests.append(digests)
+        if self.shingle_file is not None:
+            self.shingle_file.write(sets[0].tobytes())
+            self.shingle_counts.append(sets[1])
+        self.observed += len(signature)
 
     def decide(self, among: np.ndarray | None = None) -> Decision:
         """Which documents stay; with `among` (bool per observed document), deciding among those only (see
         `widened`)."""
-        for file in [self.signature_file, *self.band_files]:
+        for file in [self.signature_file, *self.band_files, *([self.shingle_file] if self.shingle_file else [])]:
             file.close()
-        observed = sum(len(d) for d in self.digests)
+        observed = self.observed
         rows = np.arange(observed) if among is None else np.flatnonzero(among)  # observed row of each candidate
         n = len(rows)
         if n == 0:
@@ -141,13 +153,17 @@ class NearDedup:
             return widened(Decision(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64), "near_duplicate"), among)
         bands = (np.fromfile(self.folder / f"band-{band}.u64", dtype=np.uint64)[rows] for band in range(self.op.bands))
         left, right = candidate_pairs(bands, n)
-        similar = verified(self.folder / "signatures.u32", (observed, self.op.num_perm), rows[left], rows[right],
-                           self.op.threshold)
-        label = components(n, left[similar], right[similar])
-        keeper = cluster_keepers(label, np.concatenate(self.digests)[rows])
+        if self.op.verify:
+            counts = np.concatenate(self.shingle_counts)
+            similar = exactly_similar(self.folder / "shingles.u64", np.concatenate([[0], np.cumsum(counts)]),
+                                      rows[left], rows[right], self.op.threshold)
+        else:
+            similar = verified(self.folder / "signatures.u32", (observed, self.op.num_perm), rows[left], rows[right],
+                               self.op.threshold)
+        label = components(n, left[similar], right[similar])  # the smallest index: the cluster's earliest document
         shutil.rmtree(self.folder)
-        keep = keeper[label] == np.arange(n)
-        return widened(Decision(keep, np.where(keep, -1, keeper[label]), "near_duplicate"), among)
+        keep = label == np.arange(n)
+        return widened(Decision(keep, np.where(keep, -1, label), "near_duplicate"), among)
 
 
 def widened(decision: Decision, among: np.ndarray | None) -> Decision:
@@ -213,6 +229,44 @@ def verified(path: Path, shape: tuple[int, int], left: np.ndarray, right: np.nda
     return similar
 
 
+def shingle_sets(text: pl.Series, size: int, words: WordHashes | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's distinct shingle hashes, sorted, concatenated in document order; and their count per
+    document."""
+    values, owners = shingles(text, size, words)
+    order = np.lexsort((values, owners))  # by document, then value
+    values, owners = values[order], owners[order]
+    first = np.ones(len(values), dtype=bool)
+    first[1:] = (values[1:] != values[:-1]) | (owners[1:] != owners[:-1])
+    return values[first], np.bincount(owners[first], minlength=len(text)).astype(np.int64)
+
+
+def exactly_similar(path: Path, offsets: np.ndarray, left: np.ndarray, right: np.ndarray, threshold: float) -> np.ndarray:
+    """bool per pair: exact Jaccard similarity of the two documents' shingle sets >= threshold (two documents
+    without shingles are equal). Each document's set is read once per chunk of pairs."""
+    similar = np.zeros(len(left), dtype=bool)
+    with open(path, "rb") as file:
+        for start in range(0, len(left), VERIFY_CHUNK):
+            a, b = left[start : start + VERIFY_CHUNK], right[start : start + VERIFY_CHUNK]
+            sets = {int(row): read_set(file.fileno(), offsets, int(row)) for row in sorted_unique(np.concatenate([a, b]))}
+            similar[start : start + VERIFY_CHUNK] = [jaccard(sets[int(x)], sets[int(y)]) >= threshold for x, y in zip(a, b)]
+    return similar
+
+
+def read_set(fd: int, offsets: np.ndarray, row: int) -> np.ndarray:
+    values = np.empty(int(offsets[row + 1] - offsets[row]), dtype=np.uint64)
+    if len(values):
+        os.preadv(fd, [memoryview(values).cast("B")], int(offsets[row]) * 8)
+    return values
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """|a ∩ b| / |a ∪ b| of two sorted arrays of distinct values."""
+    if not len(a) and not len(b):
+        return 1.0
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    return common / (len(a) + len(b) - common)
+
+
 def read_rows(fd: int, rows: np.ndarray, width: int) -> np.ndarray:
     """[len(rows), width] uint32: the given rows (ascending) of a row-major uint32 file. Rows close together
     are read with one positioned read of the span between them (in spans of at most READ_SPAN rows), which
@@ -244,15 +298,3 @@ def components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         np.minimum.at(label, b, low)
         while not np.array_equal(label[label], label):
             label = label[label]
-
-
-def cluster_keepers(label: np.ndarray, digest: np.ndarray) -> np.ndarray:
-    """For each component label, the member with the smallest (digest, index): a choice made by content, so it
-    does not depend on the order the documents came in."""
-    order = np.lexsort((digest, label))  # by label, then digest, then index (lexsort is stable)
-    ordered = label[order]
-    starts = np.ones(len(order), dtype=bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    keeper = np.full(len(label), -1, dtype=np.int64)
-    keeper[ordered[starts]] = order[starts]
-    return keeper

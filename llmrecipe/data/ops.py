@@ -35,7 +35,9 @@ HINTS = {
     "normalize": "check the documents it receives",
     "regex_filter": "check its pattern and `keep`",
     "filter_length": "loosen its thresholds (min_chars, max_chars, min_words, max_words, min_lines)",
-    "quality": "loosen the thresholds named in stats.json's dropped reasons, or turn rules off with `off = [...]`",
+    "quality": "loosen the rule above that removed most, or turn it off with `off = [\"RULE\"]`; a source read as "
+               "one document per file (`unit = \"file\"`, e.g. a whole book) is often past max_words: read it with "
+               "`unit = \"paragraph\"`",
     "pii": "use action = \"replace\" to keep documents with personal data (it is masked)",
     "dedup_exact": "check the documents it receives (are they all copies of one text?)",
     "dedup_near": "raise its threshold or check the documents it receives",

@@ -399,10 +399,17 @@ class Pipeline:
         return last and near and not self.ops_before(len(self.spec.ops)) and not self.spec.split.stratify
 
     def check_not_empty(self) -> None:
-        """After a pass: the first stage that let nothing through removed the last documents."""
+        """After a pass: the first stage that let nothing through removed the last documents. The message has the
+        deciding numbers (the step writes no stats.json when it fails): each rule with its setting and how many
+        documents it removed."""
+        ops = {stage_label(index, op): op for index, op in enumerate(self.spec.ops)}
         for stage in self.ledger.stages:
             if stage.docs_in and not stage.docs_out:
-                raise StepError(f"{stage.label} removed the last {stage.docs_in} documents; {HINTS.get(stage.op, '')}")
+                op = ops.get(stage.label)
+                rules = ", ".join(f"{reason}{f' = {getattr(op, reason)}' if hasattr(op, reason) else ''}: {count}"
+                                  for reason, count in stage.dropped.most_common())
+                raise StepError(f"{stage.label} removed the last {stage.docs_in} documents "
+                                f"({stage.chars_in:,} characters) by {rules or 'its rule'}; {HINTS.get(stage.op, '')}")
 
     # splits
 

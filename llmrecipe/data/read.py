@@ -22,12 +22,11 @@ import polars as pl
 
 from llmrecipe.data.decode import decode
 from llmrecipe.data.fetch import fetch
+from llmrecipe.data.formats import file_format, missing_column, split_compression
 from llmrecipe.errors import StepError
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.recipe.data import Source
 
-COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
-EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 BLOCK_BYTES = 16 << 20
 BAD_SAMPLES = 5
 """Bad records of each kind kept (file, line, excerpt) in the report."""
@@ -123,8 +122,8 @@ class Reader:
 
     def _file_documents(self, file: ExternalFile) -> Iterator[pl.DataFrame]:
         path = fetch(file.path, file.sha256, self._downloads()) if self.source.url else Path(file.path)
-        stem, compression = split_compression(file.name)
-        fmt = self.source.format if self.source.format != "auto" else EXTENSION_FORMATS.get(Path(stem).suffix.lower(), "text")
+        _, compression = split_compression(file.name)
+        fmt = file_format(self.source.format, file.name)
         try:
             raw = open(path, "rb")
         except OSError as error:
@@ -252,10 +251,7 @@ class Reader:
         """A table's rows as documents: the text column checked, ids from `id_field` or `file#row`."""
         field_name = self.source.text_field
         if field_name not in rows.columns:
-            raise StepError(
-                f"{file.path} has no column '{field_name}' (it has: {', '.join(c for c in rows.columns if c != '_line') or 'none'}); "
-                "set text_field on the source to the column that holds the text"
-            )
+            raise StepError(missing_column(file.path, field_name, [c for c in rows.columns if c != "_line"]))
         text = rows[field_name]
         if text.dtype not in (pl.String, pl.Null):
             first = rows["_line"][0] + 1
@@ -311,13 +307,6 @@ def corrupt_stream_errors() -> tuple[type[Exception], ...]:
     except ImportError:
         return (OSError, EOFError)
     return (OSError, EOFError, zstandard.ZstdError)
-
-
-def split_compression(name: str) -> tuple[str, str | None]:
-    suffix = Path(name).suffix.lower()
-    if suffix in COMPRESSIONS:
-        return name[: -len(suffix)], COMPRESSIONS[suffix]
-    return name, None
 
 
 class HashingReader(io.RawIOBase):

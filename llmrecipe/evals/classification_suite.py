@@ -19,9 +19,10 @@ from llmrecipe.classification import (
     confusion_matrix,
     plot_confusion_matrix,
 )
+from llmrecipe.evals.jsonl import suite_key
 from llmrecipe.evals.stats import Metric
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, proportion
-from llmrecipe.finetune.classify_data import Example, Fields, encode, read_splits
+from llmrecipe.finetune.classify_data import Example, Fields, encode, foreign_labels, read_splits
 from llmrecipe.models.classifier import Classifier, predict_probabilities
 from llmrecipe.recipe.evaluate import ClassificationSuite
 
@@ -67,23 +68,33 @@ def run(config: ClassificationSuite, env: SuiteEnv) -> SuiteResult:
     if not isinstance(model, Classifier):
         raise StepError(f"suite {env.name}: a classification suite needs a classifier (a `finetune` step with "
                         "task = 'classify'); this model is a language model")
-    fields = Fields(config.text_field, config.label_field, config.split_field)
+    fields = Fields(config.text_field, config.label_field, config.split_field, suite_key(env.ctx.name, env.name))
     splits = read_splits(env.data_path, fields, config.val_fraction)
     rows = scored_rows(splits, config.split)[: config.limit]
-    labels = label_ids(rows, model.labels, env.data_path.name)
-    probabilities = classify(model, rows, env)
+    labels = label_ids(rows, model.labels, env.data_path.name, fields.key)
+    probabilities, cut = classify(model, rows, env)
     columns = metric_columns(probabilities, labels, len(model.labels))
     matrix = confusion_matrix(labels, probabilities.argmax(axis=1), len(model.labels))
     plot = plot_confusion_matrix(matrix, model.labels, env.out_dir / f"{env.name}_confusion.png",
                                  f"{env.name} ({len(rows)} examples)")
     tables = {"per class": per_class_table(matrix, model.labels)}
     if config.review:
-        tables["likely mislabelled training rows"] = likely_mislabelled(model, splits["train"], config.review, env)
+        tables[MISLABELLED] = likely_mislabelled(model, splits["train"], config.review, env)
+    seen = {e.text for e in splits["train"]} if config.split != "train" else set()
+    also_in_train = [row for row in rows if row.text in seen]
+    if also_in_train:
+        tables[IN_TRAIN] = [{"line": row.line, "text": row.text[:EXCERPT_CHARS], "label": row.label}
+                            for row in also_in_train[:LISTED_IN_TRAIN]]
+
+    def shown(i: int) -> dict:
+        return {**described(rows[i], probabilities[i], model.labels), "in_train": rows[i].text in seen}
+
     return SuiteResult(
         columns=columns,
-        examples=[described(row, probabilities[i], model.labels) for i, row in enumerate(rows)],
-        worst=[described(rows[i], probabilities[i], model.labels) for i in confident_mistakes(probabilities, labels, env.worst)],
-        extra={"majority_baseline": float(np.bincount(labels, minlength=len(model.labels)).max() / len(labels))},
+        examples=[shown(i) for i in range(len(rows))],
+        worst=[shown(i) for i in confident_mistakes(probabilities, labels, env.worst)],
+        extra={"majority_baseline": float(np.bincount(labels, minlength=len(model.labels)).max() / len(labels)),
+               "texts_cut": cut, "rows_also_in_train": len(also_in_train)},
         plots=[plot.name],
         tables=tables,
     )
@@ -95,22 +106,22 @@ def scored_rows(splits: dict[str, list[Example]], split: str) -> list[Example]:
     return splits[split]
 
 
-def label_ids(rows: list[Example], labels: list[str], file_name: str) -> np.ndarray:
+def label_ids(rows: list[Example], labels: list[str], file_name: str, key: str) -> np.ndarray:
     """Class ids of the rows; labels the model was not trained on are an error that names them."""
     index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({row.label for row in rows} - set(index))
-    if unknown:
-        raise StepError(f"{file_name}: labels {unknown} are not among the model's classes {labels}; evaluate on data "
-                        "with the model's label set (or fix label_field)")
+    problem = foreign_labels({row.label for row in rows}, labels, file_name, key)
+    if problem:
+        raise StepError(problem)
     if not rows:
         raise StepError(f"{file_name}: no rows in the chosen split; pick another `split` (or `all`)")
     return np.array([index[row.label] for row in rows], dtype=np.int64)
 
 
-def classify(model: Classifier, rows: list[Example], env: SuiteEnv) -> np.ndarray:
-    """Class probabilities (N, C), encoded as the classify step encoded its training rows."""
-    encoded = encode(env.tokenizer, [row.text for row in rows], model.max_seq_len, env.eot_id, model.pooling)
-    return predict_probabilities(model, encoded, env.batch_size, env.device).double().numpy()
+def classify(model: Classifier, rows: list[Example], env: SuiteEnv) -> tuple[np.ndarray, int]:
+    """Class probabilities (N, C), encoded as the classify step encoded its training rows; and how many texts
+    were longer than the model's context (each keeps its beginning)."""
+    encoded, cut = encode(env.tokenizer, [row.text for row in rows], model.max_seq_len, env.eot_id, model.pooling)
+    return predict_probabilities(model, encoded, env.batch_size, env.device).double().numpy(), sum(cut)
 
 
 def metric_columns(probabilities: np.ndarray, labels: np.ndarray, classes: int) -> dict[str, np.ndarray]:
@@ -139,12 +150,20 @@ def per_class_table(matrix: np.ndarray, labels: list[str]) -> list[dict]:
     ]
 
 
+MISLABELLED = "training rows the model confidently contradicts (check their labels)"
+"""The review table: the model predicts another label with high confidence. Often a wrong label, sometimes a hard
+row or a model mistake; a person decides."""
+IN_TRAIN = "scored rows whose exact text is also a training row (they flatter the scores)"
+LISTED_IN_TRAIN = 20
+"""Rows listed in that table; `rows_also_in_train` counts them all."""
+
+
 def likely_mislabelled(model: Classifier, train: list[Example], k: int, env: SuiteEnv) -> list[dict]:
     """The training rows whose label the model most confidently contradicts: candidates for relabelling."""
     if not train:
         return []
-    probabilities = classify(model, train, env)
-    labels = label_ids(train, model.labels, env.data_path.name)
+    probabilities, _ = classify(model, train, env)
+    labels = label_ids(train, model.labels, env.data_path.name, suite_key(env.ctx.name, env.name))
     return [described(train[i], probabilities[i], model.labels) for i in confident_mistakes(probabilities, labels, k)]
 
 

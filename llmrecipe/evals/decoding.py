@@ -19,6 +19,14 @@ def suite_engine(env: Any) -> Engine:
 
 def complete(engine: Engine, prompt_ids: list[int], params: SamplingParams) -> Completion:
     """The continuation of one prompt. A prompt too long for the context keeps its end, leaving room for up to
-    `max_tokens` new tokens (at least one)."""
-    room = max(1, min(params.max_tokens, engine.context - 1))
-    return engine.generate([prompt_ids[-(engine.context - room):]], params)[0]
+    `max_tokens` new tokens (at least one); `prompt_is_cut` says when it does."""
+    return engine.generate([prompt_ids[-prompt_room(engine, params):]], params)[0]
+
+
+def prompt_room(engine: Engine, params: SamplingParams) -> int:
+    """The most prompt tokens kept: the context less the room for `max_tokens` new tokens (at least one)."""
+    return engine.context - max(1, min(params.max_tokens, engine.context - 1))
+
+
+def prompt_is_cut(engine: Engine, prompt_ids: list[int], params: SamplingParams) -> bool:
+    return len(prompt_ids) > prompt_room(engine, params)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmrecipe.evals.decoding import complete, suite_engine
-from llmrecipe.evals.jsonl import read_jsonl
+from llmrecipe.evals.decoding import complete, prompt_is_cut, suite_engine
+from llmrecipe.evals.jsonl import read_jsonl, required_keys, suite_key
 from llmrecipe.evals.stats import Metric
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, progress_bar
 from llmrecipe.evals.text_metrics import (
@@ -38,10 +38,10 @@ METRICS = {
 
 
 def run(config: GenerationSuite, env: SuiteEnv) -> SuiteResult:
-    rows = read_jsonl(env.data_path, {config.prompt_field: str, config.reference_field: str}, config.limit)
+    rows = read_jsonl(env.data_path, *required_keys(config, suite_key(env.ctx.name, env.name)), limit=config.limit)
     prompts = [config.template.replace("{prompt}", row[config.prompt_field]) for row in rows]
     references = [row[config.reference_field] for row in rows]
-    predictions = generate_all(env, prompts, config.decoding)
+    predictions, cut = generate_all(env, prompts, config.decoding)
     columns = text_columns(predictions, references)
     examples = [
         {"prompt": row[config.prompt_field], "reference": reference, "prediction": prediction}
@@ -49,7 +49,7 @@ def run(config: GenerationSuite, env: SuiteEnv) -> SuiteResult:
     ]
     order = np.lexsort((columns["rouge_l"], columns["f1"]))[: env.worst]  # lowest F1 first, then lowest ROUGE-L
     worst = [{**examples[i], "f1": round(float(columns["f1"][i]), 4)} for i in order]
-    return SuiteResult(columns=columns, examples=examples, worst=worst)
+    return SuiteResult(columns=columns, examples=examples, worst=worst, extra={"prompts_cut": cut})
 
 
 def text_columns(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
@@ -66,16 +66,19 @@ def text_columns(predictions: list[str], references: list[str]) -> dict[str, np.
     return columns
 
 
-def generate_all(env: SuiteEnv, prompts: list[str], decoding: DecodingConfig) -> list[str]:
+def generate_all(env: SuiteEnv, prompts: list[str], decoding: DecodingConfig) -> tuple[list[str], int]:
     """The answer to each prompt: decoded until the end-of-text token, a stop string or `max_new_tokens`, cut before
-    the stop string and stripped. Prompt i samples with seed + i."""
+    the stop string and stripped. Prompt i samples with seed + i. Also: how many prompts were too long for the
+    context and kept only their end."""
     engine = suite_engine(env)
     progress = progress_bar(env, len(prompts), "prompts")
-    answers = []
+    answers, cut = [], 0
     for number, prompt in enumerate(prompts):
         params = SamplingParams(max_tokens=decoding.max_new_tokens, temperature=decoding.temperature,
                                 top_k=decoding.top_k, stop=tuple(s for s in decoding.stop if s), seed=env.seed + number)
-        answers.append(complete(engine, env.tokenizer.encode(prompt).ids or [env.eot_id], params).text.strip())
+        prompt_ids = env.tokenizer.encode(prompt).ids or [env.eot_id]
+        cut += prompt_is_cut(engine, prompt_ids, params)
+        answers.append(complete(engine, prompt_ids, params).text.strip())
         progress.advance(1)
     progress.close()
-    return answers
+    return answers, cut

@@ -35,6 +35,11 @@ def encode_pair(tokenizer: Any, context: str, continuation: str, eot_id: int) ->
     return Request(context_ids, whole[len(context_ids) :])
 
 
+def cut_requests(requests: list[Request], seq_len: int) -> int:
+    """How many requests are longer than the model's context, so lose the start of their context when scored."""
+    return sum(len(r.context_ids) + len(r.continuation_ids) > seq_len + 1 for r in requests)
+
+
 def score_requests(
     model: torch.nn.Module,
     requests: list[Request],

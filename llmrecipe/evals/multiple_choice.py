@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmrecipe.errors import StepError
-from llmrecipe.evals.jsonl import read_jsonl
-from llmrecipe.evals.loglikelihood import encode_pair, score_requests
+from llmrecipe.evals.jsonl import check_choices, read_jsonl, required_keys, suite_key
+from llmrecipe.evals.loglikelihood import cut_requests, encode_pair, score_requests
 from llmrecipe.evals.stats import Metric
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, progress_bar, proportion
 from llmrecipe.recipe.evaluate import MultipleChoiceSuite
@@ -25,8 +24,8 @@ METRICS = {
 
 
 def run(config: MultipleChoiceSuite, env: SuiteEnv) -> SuiteResult:
-    rows = read_jsonl(env.data_path, {"context": str, "choices": list, "answer": int}, config.limit)
-    check_rows(rows, env.data_path.name)
+    rows = read_jsonl(env.data_path, *required_keys(config, suite_key(env.ctx.name, env.name)), limit=config.limit)
+    check_choices(rows, env.data_path.name)
     requests = [
         encode_pair(env.tokenizer, row["context"], config.delimiter + choice, env.eot_id)
         for row in rows
@@ -46,19 +45,8 @@ def run(config: MultipleChoiceSuite, env: SuiteEnv) -> SuiteResult:
         "chance": np.array([1.0 / len(row["choices"]) for row in rows]),
         "count": np.ones(len(rows)),
     }
-    return SuiteResult(columns=columns, examples=examples, worst=confident_mistakes(examples, env.worst))
-
-
-def check_rows(rows: list[dict], file_name: str) -> None:
-    for number, row in enumerate(rows, start=1):
-        choices = row["choices"]
-        if len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise StepError(f"{file_name} example {number}: `choices` must be a list of at least two strings")
-        if not 0 <= row["answer"] < len(choices):
-            raise StepError(
-                f"{file_name} example {number}: answer {row['answer']} is not an index into its "
-                f"{len(choices)} choices (answers are 0-based)"
-            )
+    return SuiteResult(columns=columns, examples=examples, worst=confident_mistakes(examples, env.worst),
+                       extra={"contexts_cut": cut_requests(requests, env.model.shape.seq_len)})
 
 
 def rank_choices(row: dict, log_likelihoods: np.ndarray) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 
 from llmrecipe.errors import StepError
 from llmrecipe.evals.generation import generate_all
-from llmrecipe.evals.jsonl import read_jsonl
+from llmrecipe.evals.jsonl import read_jsonl, required_keys, suite_key
 from llmrecipe.evals.stats import Metric
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, proportion
 from llmrecipe.evals.text_metrics import normalize_answer
@@ -31,7 +31,7 @@ METRICS = {
 
 
 def run(config: QaFactualitySuite, env: SuiteEnv) -> SuiteResult:
-    rows = read_jsonl(env.data_path, {config.prompt_field: str, config.reference_field: str}, config.limit)
+    rows = read_jsonl(env.data_path, *required_keys(config, suite_key(env.ctx.name, env.name)), limit=config.limit)
     wanted = []
     for number, row in enumerate(rows, start=1):
         answer = leading_answer(row[config.reference_field], config.answers)
@@ -42,7 +42,7 @@ def run(config: QaFactualitySuite, env: SuiteEnv) -> SuiteResult:
             )
         wanted.append(answer)
     prompts = [config.template.replace("{prompt}", row[config.prompt_field]) for row in rows]
-    generations = generate_all(env, prompts, config.decoding)
+    generations, cut = generate_all(env, prompts, config.decoding)
     given = [leading_answer(text, config.answers) for text in generations]
     examples = [
         {"question": row[config.prompt_field], "reference": answer, "generation": text, "answer": got}
@@ -55,7 +55,8 @@ def run(config: QaFactualitySuite, env: SuiteEnv) -> SuiteResult:
         "count": np.ones(len(rows)),
     }
     hallucinations = [e for e in examples if e["answer"] is not None and e["answer"] != e["reference"]]
-    return SuiteResult(columns=columns, examples=examples, worst=hallucinations[: env.worst])
+    return SuiteResult(columns=columns, examples=examples, worst=hallucinations[: env.worst],
+                       extra={"prompts_cut": cut})
 
 
 def leading_answer(text: str, answers: list[str]) -> str | None:

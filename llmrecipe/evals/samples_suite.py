@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrecipe.evals.decoding import complete, suite_engine
+from llmrecipe.evals.decoding import complete, prompt_is_cut, suite_engine
 from llmrecipe.generate.sampling import SamplingParams
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult
 from llmrecipe.recipe.evaluate import SamplesSuite
@@ -27,10 +27,11 @@ def run(config: SamplesSuite, env: SuiteEnv) -> SuiteResult:
         return SuiteResult({}, [], [], extra={"count": 0}, note=note)
     prompts = document_prompts(splits[source], env.eot_id, config.prompt_tokens, config.count, env.seed)
     engine = suite_engine(env)
-    samples = []
+    samples, cut = [], 0
     for number, (start, prompt_ids) in enumerate(prompts):
         params = SamplingParams(max_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
                                 seed=env.seed + number)
+        cut += prompt_is_cut(engine, prompt_ids, params)
         new_ids = complete(engine, prompt_ids, params).token_ids
         samples.append(
             {
@@ -43,7 +44,7 @@ def run(config: SamplesSuite, env: SuiteEnv) -> SuiteResult:
             }
         )
     (env.out_dir / "samples.md").write_text(samples_markdown(samples, config, env.seed), encoding="utf-8")
-    return SuiteResult({}, samples, [], extra={"count": len(samples)})
+    return SuiteResult({}, samples, [], extra={"count": len(samples), "prompts_cut": cut})
 
 
 def document_prompts(

@@ -8,19 +8,23 @@ and including the end-of-turn token. Those tokens are the targets; the model als
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import Tokenizer
 
 from llmrecipe.errors import StepError
+from llmrecipe.finetune.fit import FitCounts, Truncation, fit_messages
 from llmrecipe.jsonl import json_objects
 from llmrecipe.recipe.finetune import DatasetConfig
+
+if TYPE_CHECKING:  # `validate` checks rows with this module, without loading the tokenizer library
+    from tokenizers import Tokenizer
 
 VAL_SPLITS = ("validation", "val")
 ROLES = ("system", "user", "assistant")
@@ -70,8 +74,10 @@ def row_split(row: dict[str, Any], dataset: DatasetConfig, file: str, number: in
     raise StepError(f"{file} line {number}: {dataset.split_field} = {value!r}; use train, validation (or val) or test")
 
 
-def conversation(row: dict[str, Any], dataset: DatasetConfig, file: str, number: int) -> list[dict[str, str]]:
-    """A row as messages [{"role", "content"}] with at least one assistant turn; a mismatch names the line and field."""
+def conversation(row: dict[str, Any], dataset: DatasetConfig, file: str, number: int,
+                 key: str = "dataset") -> list[dict[str, str]]:
+    """A row as messages [{"role", "content"}] with at least one assistant turn; a mismatch names the line, the field
+    and the recipe's setting (`key`: where the dataset table is, e.g. `steps.chat.dataset`)."""
     where = f"{file} line {number}"
     if dataset.messages_field in row:
         messages = row[dataset.messages_field]
@@ -87,10 +93,13 @@ def conversation(row: dict[str, Any], dataset: DatasetConfig, file: str, number:
         return [{"role": m["role"], "content": m["content"]} for m in messages]
     missing = [f for f in (dataset.prompt_field, dataset.response_field) if not isinstance(row.get(f), str)]
     if missing:
+        labelled = dataset.text_field in row and dataset.label_field in row
+        fix = (f"With '{dataset.text_field}' and '{dataset.label_field}' it looks like a classification file: an sft "
+               "step learns prompt/response pairs or conversations; to learn labels use task = \"classify\"" if labelled
+               else f"Set {key}.prompt_field / {key}.response_field (or {key}.messages_field) to the names the data uses")
         raise StepError(
             f"{where}: no string field {' or '.join(repr(f) for f in missing)} and no {dataset.messages_field!r} list; "
-            f"the row has {sorted(row)}. Set dataset.prompt_field / dataset.response_field (or "
-            "dataset.messages_field) to the names the data uses"
+            f"the row has {sorted(row)}. {fix}"
         )
     return [{"role": "user", "content": row[dataset.prompt_field]},
             {"role": "assistant", "content": row[dataset.response_field]}]
@@ -98,10 +107,18 @@ def conversation(row: dict[str, Any], dataset: DatasetConfig, file: str, number:
 
 def render(template: str, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
     """The same Jinja settings as generation (llmrecipe/generate/chat.py), so training and chat see one format."""
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     try:
-        return environment.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                        bos_token="", eos_token="")
+        return compiled(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         bos_token="", eos_token="")
+    except TemplateError as error:
+        raise StepError(f"the chat template failed: {error}; check the recipe's chat_template") from None
+
+
+@functools.lru_cache(maxsize=8)
+def compiled(template: str):
+    """The template compiled once: a step renders it a few times per row (more when fitting long rows)."""
+    try:
+        return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
     except TemplateError as error:
         raise StepError(f"the chat template failed: {error}; check the recipe's chat_template") from None
 
@@ -134,15 +151,34 @@ def encode_example(tokenizer: Tokenizer, text: str, spans: list[tuple[int, int]]
     return Example(ids=list(encoding.ids), targets=targets)
 
 
-def load_examples(path: Path, dataset: DatasetConfig, tokenizer: Tokenizer, template: str, end_of_turn: str) -> dict[str, list[Example]]:
-    """Every row of the file checked and encoded, per split, before any training starts."""
+def load_examples(path: Path, dataset: DatasetConfig, tokenizer: Tokenizer, template: str, end_of_turn: str,
+                  limit: int | None = None, truncation: Truncation = "left",
+                  key: str = "dataset") -> tuple[dict[str, list[Example]], dict[str, FitCounts]]:
+    """Every row of the file checked, fitted into `limit` tokens (see llmrecipe/finetune/fit.py; None: no limit) and
+    encoded, per split, before any training starts; with what fitting did to each split's rows."""
     encoded: dict[str, list[Example]] = {}
+    counts: dict[str, FitCounts] = {}
     for split, rows in read_rows(path, dataset).items():
-        encoded[split] = []
+        encoded[split], counts[split] = [], FitCounts()
         for number, row in rows:
             where = f"{path.name} line {number}"
-            text, spans = assistant_spans(template, conversation(row, dataset, path.name, number), end_of_turn, where)
-            encoded[split].append(encode_example(tokenizer, text, spans))
-    if not encoded["train"]:
-        raise StepError(f"{path.name} has no train examples; check dataset.split_field and dataset.val_fraction")
-    return encoded
+            messages = conversation(row, dataset, path.name, number, key)
+
+            def example_of(turns: list[dict[str, str]]) -> Example:
+                return encode_example(tokenizer, *assistant_spans(template, turns, end_of_turn, where))
+
+            example, outcome = example_of(messages), "intact"
+            if limit is not None and len(example.ids) > limit:
+                fitted, outcome = fit_messages(messages, lambda turns: len(example_of(turns).ids), limit, truncation,
+                                               tokenizer)
+                example = example_of(fitted) if fitted is not None else None
+            setattr(counts[split], outcome, getattr(counts[split], outcome) + 1)
+            if example is not None:
+                counts[split].target_tokens += sum(example.targets[1:])  # the first token is never predicted
+                encoded[split].append(example)
+    if not counts["train"].rows:
+        if not any(c.rows for c in counts.values()):
+            raise StepError(f"{path.name} has no rows: the file is empty (or only blank lines)")
+        raise StepError(f"{path.name} has no train rows ({counts['val'].rows} validation, {counts['test'].rows} test); "
+                        f"check dataset.split_field and dataset.val_fraction")
+    return encoded, counts

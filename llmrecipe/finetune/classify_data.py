@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from llmrecipe.errors import StepError
 from llmrecipe.jsonl import json_objects
+
+if TYPE_CHECKING:  # `validate` checks rows with this module without loading torch
+    import torch
 
 SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 """Split-field value -> the split it puts the row in."""
@@ -36,11 +38,15 @@ class Fields:
     text: str = "text"
     label: str = "label"
     split: str = "split"
+    key: str = "dataset"
+    """Where the recipe sets these keys (e.g. `steps.clf.dataset`, `steps.eval.suites.test`), for messages."""
 
 
 def read_splits(path: Path, fields: Fields, val_fraction: float) -> dict[str, list[Example]]:
     """`train`, `val` and `test` examples of a labelled JSONL file; a missing field names itself, the file and line."""
-    rows = list(_read_rows(path, fields))
+    rows = list(labelled_rows(path, fields))
+    if not rows:
+        raise StepError(f"{path.name} has no rows: the file is empty (or only blank lines)")
     splits: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
     for example, split in rows:
         splits[split or "train"].append(example)
@@ -51,9 +57,11 @@ def read_splits(path: Path, fields: Fields, val_fraction: float) -> dict[str, li
     return splits
 
 
-def _read_rows(path: Path, fields: Fields):
-    """(example, split or None) per non-empty line."""
-    for number, row in json_objects(path):
+def labelled_rows(path: Path, fields: Fields, limit: int | None = None):
+    """(example, split or None) per non-empty line, the first `limit` lines when given."""
+    for count, (number, row) in enumerate(json_objects(path)):
+        if limit is not None and count >= limit:
+            return
         yield _example(row, number, path, fields), _split(row, number, path, fields)
 
 
@@ -62,8 +70,8 @@ def _example(row: dict, number: int, path: Path, fields: Fields) -> Example:
         value = row.get(key)
         if value is None or isinstance(value, (dict, list, bool)):
             raise StepError(
-                f"{path} line {number}: no usable '{key}' field (dataset.{role} = '{key}'); the row's keys are "
-                f"{sorted(row)}; set dataset.{role} to the key that holds it"
+                f"{path.name} line {number}: no usable '{key}' field ({fields.key}.{role} = '{key}'); the row's keys "
+                f"are {sorted(row)}; set {fields.key}.{role} to the key that holds it"
             )
     return Example(text=str(row[fields.text]), label=str(row[fields.label]), line=number)
 
@@ -99,11 +107,8 @@ def label_set(train: list[Example], held: list[Example], expected: list[str] | N
             raise StepError(f"the training rows have {len(seen_train)} distinct label(s) {sorted(seen_train)}; "
                             "classification needs at least two")
         return sorted(seen_train)
-    unknown = sorted(seen - set(expected))
+    problems = [unknown_labels(seen, expected)] if unknown_labels(seen, expected) else []
     missing = [label for label in expected if label not in seen_train]
-    problems = []
-    if unknown:
-        problems.append(f"the data has labels {unknown} that `labels` does not list")
     if missing:
         problems.append(f"no training row has the listed labels {missing}")
     if problems:
@@ -111,22 +116,41 @@ def label_set(train: list[Example], held: list[Example], expected: list[str] | N
     return list(expected)
 
 
-def encode(tokenizer, texts: list[str], seq_len: int, marker_id: int, pooling: str) -> list[list[int]]:
-    """Token ids per text with a marker token at the pooled end, cut to `seq_len`.
+def foreign_labels(seen: set[str], classes: list[str], file_name: str, key: str) -> str | None:
+    """The problem with evaluating a classifier on labels it was not trained on (a sample shows it at `plan`)."""
+    unknown = sorted(seen - set(classes))
+    if not unknown:
+        return None
+    return (f"{file_name}: labels {unknown} are not among the model's classes {classes}; evaluate on data with the "
+            f"model's label set (or fix {key}.label_field)")
+
+
+def unknown_labels(seen: set[str], expected: list[str]) -> str | None:
+    """The problem with data labels the recipe's `labels` does not list (a sample of rows can show it at `plan`)."""
+    unknown = sorted(seen - set(expected))
+    return f"the data has labels {unknown} that `labels` does not list" if unknown else None
+
+
+def encode(tokenizer, texts: list[str], seq_len: int, marker_id: int, pooling: str) -> tuple[list[list[int]], list[bool]]:
+    """Token ids per text with a marker token at the pooled end, cut to `seq_len`; and per text whether it was cut
+    (a long text keeps its beginning), so callers can say so.
 
     `last` pooling appends the marker (the end-of-text id the model saw after every document), so every
     example ends on the same token whose state summarizes it; `first` prepends it, like BERT's [CLS].
     """
-    rows = []
+    rows, cut = [], []
     for encoding in tokenizer.encode_batch(texts):
         ids = encoding.ids[: seq_len - 1]  # long texts keep their beginning
+        cut.append(len(encoding.ids) > seq_len - 1)
         rows.append([*ids, marker_id] if pooling == "last" else [marker_id, *ids])
-    return rows
+    return rows, cut
 
 
 def class_weights(label_ids: torch.Tensor, classes: int, mode: str) -> torch.Tensor | None:
     """`balanced`: n / (classes x n_c) per class (scikit-learn's rule), so each class weighs the same in total."""
     if mode == "none":
         return None
+    import torch
+
     counts = torch.bincount(label_ids, minlength=classes).double()  # (C,)
     return (len(label_ids) / (classes * counts.clamp(min=1))).float()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import TextIO
 
 from llmrecipe.generate.artifact import LoadedModel
@@ -28,6 +29,14 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
         max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, stop=tuple(args.stop), seed=args.seed,
     )
+
+
+def per_row(params: SamplingParams, rows: int) -> list[SamplingParams]:
+    """Row i samples with seed + i: a batch of the same prompt gives different samples, each one reproducible (and
+    a single prompt samples with the seed itself)."""
+    if params.seed is None:
+        return [params] * rows  # the engine draws a fresh seed for each row
+    return [replace(params, seed=params.seed + i) for i in range(rows)]
 
 
 def prompt_texts(model: LoadedModel, args: argparse.Namespace) -> list[str]:
@@ -56,7 +65,8 @@ def generate_to(out: TextIO, model: LoadedModel, args: argparse.Namespace, err: 
         else:  # a blank line would look like a failure: say why there is nothing
             print(why_empty(engine, ids, reason), file=err or sys.stderr)
         return 0
-    for number, (text, completion) in enumerate(zip(args.prompt, engine.generate(prompts, params)), start=1):
+    for number, (text, completion) in enumerate(zip(args.prompt, engine.generate(prompts, per_row(params, len(prompts)))),
+                                                start=1):
         shown = completion.text or why_empty(engine, completion.token_ids, completion.finish_reason)
         out.write(f"--- {number}: {text!r} ({completion.finish_reason})\n{shown}\n")
     return 0

@@ -118,7 +118,8 @@ class PaddedRows:
     (A causal decoder needs no layout for right padding: no real token looks right.)"""
 
     def __init__(self, lengths: torch.Tensor, width: int):
-        self.positions = torch.arange(width, device=lengths.device).expand(len(lengths), width)  # (B, T)
+        # size(0), not len(): an exported graph keeps its batch axis free
+        self.positions = torch.arange(width, device=lengths.device).expand(lengths.size(0), width)  # (B, T)
         self.mask = (self.positions < lengths[:, None])[:, None, None, :]  # (B, 1, 1, T) real keys
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

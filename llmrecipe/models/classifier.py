@@ -20,12 +20,15 @@ from llmrecipe.models.build import build_model, load_weights, with_adapters
 from llmrecipe.models.registry import family
 from llmrecipe.models.shape import ModelShape
 
-CLASSIFY_KEYS = ("task", "labels", "pooling", "max_seq_len")
+CLASSIFY_KEYS = ("task", "labels", "pooling", "max_seq_len", "head_bias")
 """What a classify artifact's config.json adds to the model shape."""
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, labels: list[str], pooling: str, max_seq_len: int | None = None):
+    def __init__(self, backbone: nn.Module, labels: list[str], pooling: str, max_seq_len: int | None = None,
+                 head_bias: bool | None = None):
+        """`head_bias` (None: by family) gives the head a bias. Decoders have none, like Hugging Face's
+        `*ForSequenceClassification` heads, so the export there is exact; an encoder's head keeps one."""
         super().__init__()
         self.shape: ModelShape = backbone.shape
         self.labels = list(labels)
@@ -34,9 +37,11 @@ class Classifier(nn.Module):
         """Tokens per text, marker included, as in training: evaluation cuts texts where training did."""
         backbone.lm_head = nn.Identity()  # hidden states (B, T, D) instead of next-token logits
         self.backbone = backbone
-        self.score = nn.Linear(self.shape.d_model, len(labels))
+        self.head_bias = not family(self.shape.arch).causal if head_bias is None else head_bias
+        self.score = nn.Linear(self.shape.d_model, len(labels), bias=self.head_bias)
         nn.init.normal_(self.score.weight, mean=0.0, std=0.02)
-        nn.init.zeros_(self.score.bias)
+        if self.head_bias:
+            nn.init.zeros_(self.score.bias)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Right-padded token ids (B, T) and true lengths (B,) -> class logits (B, C).
@@ -54,12 +59,13 @@ class Classifier(nn.Module):
         """(B, T, D) -> (B, D): the state at the last real token of each row, or at the first."""
         if self.pooling == "first":
             return hidden[:, 0]
-        return hidden[torch.arange(len(hidden), device=hidden.device), lengths.to(hidden.device) - 1]
+        rows = torch.arange(hidden.size(0), device=hidden.device)  # size(0), not len(): an ONNX batch axis stays free
+        return hidden[rows, lengths.to(hidden.device) - 1]
 
     def config(self) -> dict[str, Any]:
         """config.json of the artifact: the backbone's shape plus the task, label set and pooling."""
         return {**self.shape.model_dump(mode="json"), "task": "classify", "labels": self.labels, "pooling": self.pooling,
-                "max_seq_len": self.max_seq_len}
+                "max_seq_len": self.max_seq_len, "head_bias": self.head_bias}
 
 
 def classifier_from_language_model(folder: Path, shape: ModelShape, labels: list[str], pooling: str, device: str,
@@ -74,11 +80,19 @@ def is_classifier_artifact(folder: Path) -> bool:
     return json.loads((folder / "config.json").read_text()).get("task") == "classify"
 
 
+def is_encoder_artifact(folder: Path) -> bool:
+    """A language model that reads both ways (`bert`): it embeds texts rather than continuing them."""
+    config = json.loads((folder / "config.json").read_text())
+    return config.get("task") is None and "arch" in config and not family(config["arch"]).causal
+
+
 def load_classifier(folder: Path, device: str = "cpu") -> Classifier:
     """A classify artifact folder -> the classifier in eval mode."""
     config = json.loads((folder / "config.json").read_text())
     shape = ModelShape.model_validate({k: v for k, v in config.items() if k not in CLASSIFY_KEYS})
-    model = Classifier(build_model(shape), config["labels"], config["pooling"], config.get("max_seq_len"))
+    # artifacts written before `head_bias` was recorded all had a biased head
+    model = Classifier(build_model(shape), config["labels"], config["pooling"], config.get("max_seq_len"),
+                       config.get("head_bias", True))
     load_weights(model, with_adapters(folder, load_file(folder / "model.safetensors", device="cpu")))  # lora.merge = false
     return model.to(device).eval()
 

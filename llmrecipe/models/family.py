@@ -71,6 +71,9 @@ class Family(ABC):
     """Its forward takes a KV cache (`model(idx, cache=..., last_only=...)`): generation, serving, ONNX with past."""
     hf_architecture: ClassVar[str | None] = None
     """The transformers class the Hugging Face export writes; None: no export."""
+    hf_sequence_classification: ClassVar[str | None] = None
+    """The transformers class a classify fine-tune of this family exports to (its head has no bias, like ours for
+    decoders); None: no exact counterpart."""
 
     # --- shape --------------------------------------------------------------------------------------------------
 

@@ -47,13 +47,20 @@ def references(step) -> list[tuple[str, str, tuple[str, ...]]]:
     return found
 
 
+def candidates(steps: dict, referring: str, wanted: tuple[str, ...]) -> list[str]:
+    """The steps a reference could have meant: of a kind it accepts, and never the step that holds the reference
+    (a step cannot use itself)."""
+    others = [name for name in steps if name != referring]
+    return [name for name in others if steps[name].kind in wanted] or others
+
+
 def check_references(recipe: Recipe) -> None:
     """Dangling references, then cycles, then kind mismatches; each a one-line error with its TOML path."""
     steps = recipe.steps
     dangling = [
-        f"steps.{name}.{field} = '{target}': no step has that name; {did_you_mean(target, steps)}"
+        f"steps.{name}.{field} = '{target}': no step has that name; {did_you_mean(target, candidates(steps, name, wanted))}"
         for name, step in steps.items()
-        for field, target, _ in references(step)
+        for field, target, wanted in references(step)
         if target not in steps
     ]
     if dangling:
@@ -85,9 +92,9 @@ def check_classifier_uses(recipe: Recipe) -> None:
             continue
         target = recipe.steps[step.model]
         classifier = _is_classifier(target)
-        if step.kind == "export" and classifier:
-            problems.append(f"steps.{name}.model = '{step.model}': a classify fine-tune has no language-model output "
-                            f"to export; export its init step '{target.init}' instead")
+        if step.kind == "export" and classifier and step.quantize is not None:
+            problems.append(f"steps.{name}.quantize: int8 quantization is for decoders; a classify fine-tune exports "
+                            "in fp32 (remove quantize)")
         for suite_name, suite in (step.named_suites().items() if step.kind == "evaluate" else ()):
             if classifier and suite.type != "classification":
                 problems.append(f"steps.{name}.suites.{suite_name}: a {suite.type} suite scores a language model, but "
@@ -194,8 +201,9 @@ def compile_plan(
         elif step.kind == "export":
             spec = ExportSpec(format=step.format, opset=step.opset, tolerance=step.tolerance, quantize=step.quantize)
             builder.add(name, "export", spec, {"model": step.model})
-    check_sizes(builder.steps)
-    return Plan(name=recipe.run.name, seed=seed, workdir=workdir, device=device, steps=builder.steps)
+    warnings = check_sizes(builder.steps, host, device)
+    return Plan(name=recipe.run.name, seed=seed, workdir=workdir, device=device, steps=builder.steps,
+                warnings=warnings)
 
 
 def pretrained_root(recipe: Recipe, model: str) -> str:

@@ -149,8 +149,10 @@ def _execution(spec: PretrainSpec | FinetuneSpec) -> dict[str, Any]:
 
 
 def data_summary(spec: DataSpec) -> dict[str, Any]:
-    """Per dedup_near op: its LSH banding (bands x rows) and where the banding's S-curve puts the similarity
-    at which a pair becomes a candidate, so a threshold the banding cannot reach shows before the run."""
+    """Per dedup_near op: its LSH banding (bands x rows), where the banding's S-curve puts the similarity at which
+    a pair becomes a candidate (so a threshold the banding cannot reach shows before the run), the chance that a
+    pair exactly at the threshold is compared at all, and how compared pairs are judged. Each is a probability or
+    an estimate, and says so."""
     found: dict[str, Any] = {}
     for index, op in enumerate(spec.ops):
         if op.op != "dedup_near":
@@ -160,7 +162,12 @@ def data_summary(spec: DataSpec) -> dict[str, Any]:
         # the curve is steepest near (1 / bands)^(1 / rows).
         found[f"ops[{index}].lsh_bands_x_rows"] = f"{op.bands} x {rows}"
         found[f"ops[{index}].lsh_threshold_estimate"] = round((1 / op.bands) ** (1 / rows), 3)
-        found[f"ops[{index}].candidate_probability_at_threshold"] = round(1 - (1 - op.threshold**rows) ** op.bands, 4)
+        compared = 1 - (1 - op.threshold**rows) ** op.bands
+        found[f"ops[{index}].chance_a_pair_at_threshold_is_compared"] = \
+            "over 99.99%" if compared > 0.9999 else f"{compared:.2%}"
+        found[f"ops[{index}].compared_pairs_judged_by"] = (
+            "exact shingle Jaccard (verify = true)" if op.verify else
+            f"MinHash estimate, typical error +-{1 / op.num_perm ** 0.5:.2f}; verify = true judges by exact Jaccard")
     return found
 
 
@@ -244,6 +251,7 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
     return FinetuneSpec(
         task=step.task, init_model=init, model=model, dataset=dataset, dataset_file=dataset_file,
         chat_template=template, special_tokens=specials, end_of_turn=end_of_turn, seq_len=seq_len,
+        truncation=step.truncation,
         labels=step.labels, class_weighting=step.class_weighting,
         pooling=("last" if arch.causal else "first") if step.pooling == "auto" else step.pooling,
         lora=_resolved_lora(step, model),

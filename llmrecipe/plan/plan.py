@@ -27,6 +27,10 @@ class Host(Frozen):
     """WORLD_SIZE when this process is one of a torchrun launch: the processes that train together."""
     torchrun_local_processes: int | None = None
     """LOCAL_WORLD_SIZE of a torchrun launch: its processes on this machine."""
+    memory_bytes: int | None = None
+    """Memory this process may use on the CPU side: the machine's RAM, or its container's limit when lower."""
+    gpu_memory_bytes: int | None = None
+    """Memory of the smallest visible GPU (None: no GPU, or the driver did not say)."""
 
     def local_processes(self, nproc: int) -> int:
         """Training processes on this machine: a torchrun launch's per-node count, else the `nproc` we start."""
@@ -84,6 +88,9 @@ class Plan(Frozen):
     workdir: str
     device: Literal["cpu", "cuda"]
     steps: list[PlanStep]
+    warnings: list[str] = []
+    """Things that may go wrong on this machine but need not (e.g. training memory close to the device's), shown
+    by `validate`, `plan` and `run`."""
 
     def record(self) -> dict[str, Any]:
         """The plan as a run record keeps it: whole, except that a step reading more than LISTED_FILES files gets a

@@ -147,6 +147,8 @@ class FinetuneSpec(TrainingSpec):
     """`sft`: the token that ends an assistant turn (in the loss; generation stops there)."""
     seq_len: int
     """Tokens per training sequence: a packed sequence (`sft`), a window (`continue`), the longest input (`classify`)."""
+    truncation: Literal["left", "drop"] = "left"
+    """`sft`: how a conversation longer than `seq_len` is fitted (see llmrecipe/finetune/fit.py)."""
     labels: list[str] | None
     class_weighting: Literal["none", "balanced"]
     pooling: Literal["last", "first"]

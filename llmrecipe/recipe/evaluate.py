@@ -95,7 +95,8 @@ class QaFactualitySuite(Section):
 
 class ClassificationSuite(Section):
     """A `classify` model on labelled JSONL: accuracy, per-class and macro/micro precision, recall and F1, a
-    confusion matrix (PNG), calibration (ECE), the most confident mistakes and likely mislabelled training rows."""
+    confusion matrix (PNG), calibration (ECE), the most confident mistakes, the training rows the model confidently
+    contradicts (likely mislabelled), and the scored rows whose exact text is also a training row."""
 
     type: Literal["classification"]
     data: str

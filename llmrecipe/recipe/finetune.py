@@ -89,7 +89,12 @@ class FinetuneStep(TrainingControls):
     to produce it, and generation stops there."""
     max_seq_len: int | None = Field(default=None, ge=2, le=MAX_SEQ_LEN)
     """Tokens per training sequence, at most the init model's `seq_len` (the default): the length of a packed row
-    for `sft` (longer examples are cut at the end) and of a window for `continue`."""
+    for `sft` (longer examples are fitted by `truncation`) and of a window for `continue`."""
+    truncation: Literal["left", "drop"] = "left"
+    """`sft`: what happens to a conversation longer than `max_seq_len`. `left`: its beginning goes (earlier turns,
+    then the start of the prompt; system messages and the template's markers stay) so the last response is whole,
+    and a row whose response alone is too long is dropped; `drop`: every over-long row is left out. The counts are
+    in the step's metrics and log; a step where fewer than half the train rows keep their response fails."""
     labels: list[str] | None = Field(default=None, min_length=2)
     """`classify`: the expected label set, in order; data whose labels differ fail before training. Unset: the sorted
     labels of the train split, recorded in the output."""

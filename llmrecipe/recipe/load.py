@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from llmrecipe.errors import RecipeError
-from llmrecipe.recipe.explain import explain_validation_error
+from llmrecipe.recipe.explain import did_you_mean, explain_validation_error
 from llmrecipe.recipe.recipe import Recipe
 
 if sys.version_info >= (3, 11):
@@ -109,15 +109,51 @@ def parse_override_value(text: str) -> Any:
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set one dotted key; a number after a list's key is an index into it (`steps.corpus.sources.0.path=...`)."""
     key, sep, value = override.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts):
         raise RecipeError(f"--set {override!r}: expected KEY=VALUE with a dotted key, e.g. steps.base.optim.lr=3e-4")
-    table = raw
+    _check_step_name(raw, parts, override)
+    container: dict[str, Any] | list[Any] = raw
     for depth, part in enumerate(parts[:-1]):
-        child = table.setdefault(part, {})
-        if not isinstance(child, dict):
-            where = ".".join(parts[: depth + 1])
-            raise RecipeError(f"--set {override!r}: {where} is a value, not a table, so it has no key '{parts[depth + 1]}'")
-        table = child
-    table[parts[-1]] = parse_override_value(value.strip())
+        where = ".".join(parts[: depth + 1])
+        container = _child(container, part, where, override, parts[depth + 1])
+    _assign(container, parts[-1], parse_override_value(value.strip()), key.strip(), override)
+
+
+def _check_step_name(raw: dict[str, Any], parts: list[str], override: str) -> None:
+    """`steps.NAME.x` for a NAME the recipe lacks is a misspelling, unless it declares a new step's `kind`."""
+    steps = raw.get("steps")
+    if parts[0] != "steps" or len(parts) < 3 or not isinstance(steps, dict) or parts[1] in steps or parts[2] == "kind":
+        return
+    raise RecipeError(f"--set {override!r}: the recipe has no step '{parts[1]}'; {did_you_mean(parts[1], steps)} "
+                      f"(a new step needs its kind first: --set steps.{parts[1]}.kind=...)")
+
+
+def _child(container: dict[str, Any] | list[Any], part: str, where: str, override: str, next_part: str):
+    """The table or list at `part` of `container` (a missing table key becomes an empty table)."""
+    if isinstance(container, list):
+        child = container[_index(container, part, where, override)]
+    else:
+        child = container.setdefault(part, {})
+    if not isinstance(child, (dict, list)):
+        raise RecipeError(f"--set {override!r}: {where} is a value, not a table or a list, so it has no "
+                          f"'{next_part}'")
+    return child
+
+
+def _assign(container: dict[str, Any] | list[Any], part: str, value: Any, where: str, override: str) -> None:
+    if isinstance(container, list):
+        container[_index(container, part, where, override)] = value
+    else:
+        container[part] = value
+
+
+def _index(items: list[Any], part: str, where: str, override: str) -> int:
+    """A list index written in a dotted key: 0 to len - 1."""
+    if not part.isdigit() or int(part) >= len(items):
+        listed = where.rsplit(".", 1)[0]
+        raise RecipeError(f"--set {override!r}: {listed} is a list of {len(items)}: give an index from 0 to "
+                          f"{len(items) - 1} after it, e.g. {listed}.0")
+    return int(part)

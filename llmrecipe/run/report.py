@@ -12,6 +12,7 @@ from typing import Any
 from llmrecipe.plan.plan import Plan
 from llmrecipe.run.scheduler import StepOutcome
 from llmrecipe.run.store import Store
+from llmrecipe.training.saved import saved_step
 
 WORST_TEXT = 160
 """Characters of an example's text shown in the worst-examples tables."""
@@ -48,9 +49,21 @@ def report_data(plan: Plan, outcomes: list[StepOutcome], run_id: str, failure: s
         }
         if store.is_done(step.fingerprint):
             entry.update(_artifact_details(step.kind, folder))
+        elif outcome and outcome.state == "interrupted":
+            entry["state"] = interrupted_at(step, store)
         steps.append(entry)
     return {"run_id": run_id, "recipe": plan.name, "seed": plan.seed, "device": plan.device, "failure": failure,
             "steps": steps}
+
+
+def interrupted_at(step, store: Store) -> str:
+    """`interrupted at step N of M` for a training step that saved a checkpoint (what the next run continues from),
+    else `interrupted`."""
+    saved = saved_step(store.scratch_root / step.fingerprint)
+    if saved is None:
+        return "interrupted"
+    total = step.spec.get("total_steps")
+    return f"interrupted at step {saved} of {total}" if total else f"interrupted at step {saved}"
 
 
 def _artifact_details(kind: str, folder: Path) -> dict[str, Any]:
@@ -87,7 +100,9 @@ def draw_curves(record_dir: Path, step: dict[str, Any]) -> list[str]:
 def render_markdown(data: dict[str, Any], plan: Plan) -> str:
     lines = [f"# Run {data['run_id']}", "", f"Recipe `{data['recipe']}`, seed {data['seed']}, device {data['device']}.", ""]
     if data.get("outcome") == "interrupted":
-        lines += [f"**Interrupted:** {data['failure']}. Run the same command to resume.", ""]
+        stopped = next((s for s in data["steps"] if s["state"].startswith("interrupted")), None)
+        where = f"`{stopped['step']}` {stopped['state']}" if stopped else "interrupted"
+        lines += [f"**Interrupted:** {where} ({data['failure']}); run the same command to resume.", ""]
     elif data["failure"]:
         lines += [f"**Failed:** {data['failure']}", ""]
     lines += ["| step | kind | state | seconds | fingerprint |", "|---|---|---|---|---|"]
@@ -125,10 +140,15 @@ def _accounting(name: str, stats: dict[str, Any]) -> list[str]:
     for source in stats.get("sources", []):
         lines.append(f"| source {source.get('source')} ({source.get('files')} files) | {_fmt(source.get('docs'))} | "
                      f"{_fmt(source.get('chars'))} |")
-    for op in stats.get("ops", []):
-        lines.append(f"| after {op.get('op')} | {_fmt(op.get('docs_out'))} | {_fmt(op.get('chars_out'))} |")
+    for stage in stats.get("stages", []):
+        lines.append(f"| after {stage.get('stage')} | {_fmt(stage.get('docs_out'))} | {_fmt(stage.get('chars_out'))} |")
     for split, size in stats.get("splits", {}).items():
         lines.append(f"| split {split} | {_fmt(size.get('docs'))} | {_fmt(size.get('chars'))} |")
+    kept = [s for s in stats.get("sources", []) if "kept_docs" in s]
+    if kept:  # per source: what cleaning left of each, so a mix it reshaped is visible
+        lines += ["", "| source | documents kept | share | characters kept | share |", "|---|---|---|---|---|"]
+        lines += [f"| source {s['source']} | {_fmt(s['kept_docs'])} of {_fmt(s['docs'])} | {s['kept_docs_share']:.1%} | "
+                  f"{_fmt(s['kept_chars'])} of {_fmt(s['chars'])} | {s['kept_chars_share']:.1%} |" for s in kept]
     return lines
 
 

@@ -7,11 +7,13 @@ from typing import Any
 
 from llmrecipe.plan.plan import Plan
 from llmrecipe.run.store import EntryCheck, Store
+from llmrecipe.training.saved import saved_step
 
 
 def step_states(plan: Plan, store: Store) -> dict[str, str]:
     """Per step: `cached` (output in the store and intact; skipped), `corrupt` (output in the store that no longer
-    matches its manifest; runs again), `stale` (ran before with other settings or inputs; runs again) or `ready`
+    matches its manifest; runs again), `partial (step N of M)` (a training step stopped after saving a checkpoint
+    at step N; continues from there), `stale` (ran before with other settings or inputs; runs again) or `ready`
     (never ran with these settings; runs)."""
     return {name: state for name, (state, _) in _checked(plan, store).items()}
 
@@ -36,6 +38,8 @@ def step_status(plan: Plan, store: Store) -> list[dict[str, Any]]:
         else:
             scratch = store.scratch_root / step.fingerprint
             row["resumes"] = scratch.is_dir() and any(scratch.iterdir())
+            if state.startswith("partial"):
+                row["saved_step"] = saved_step(scratch)
         rows.append(row)
     return rows
 
@@ -47,6 +51,9 @@ def _checked(plan: Plan, store: Store) -> dict[str, tuple[str, EntryCheck]]:
         checked = store.check(step.fingerprint)
         if checked.state != "missing":
             state = "cached" if checked.ok else "corrupt"
+        elif (saved := saved_step(store.scratch_root / step.fingerprint)) is not None:
+            total = step.spec.get("total_steps")
+            state = f"partial (step {saved} of {total})" if total else f"partial (step {saved})"
         else:
             state = "stale" if step.name in previous else "ready"
         states[step.name] = (state, checked)

@@ -92,7 +92,7 @@ def create_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
         check_model(body.model, settings.model_name)
         text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         prompt = await prompts.completion(text)
-        job = submit(batcher, prompt, sampling(body, model))
+        job = submit(batcher, prompt, sampling(body, model, len(prompt), metrics))
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         record = lambda output, reason: serve_log.completion(completion_id, settings.model_name, text, output, reason)
         if body.stream:
@@ -111,7 +111,7 @@ def create_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
         check_model(body.model, settings.model_name)
         messages = [m.model_dump() for m in body.messages]
         text, prompt = await prompts.chat(messages)
-        job = submit(batcher, prompt, sampling(body, model))
+        job = submit(batcher, prompt, sampling(body, model, len(prompt), metrics))
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         record = lambda output, reason: serve_log.completion(
             completion_id, settings.model_name, text, output, reason, messages)
@@ -168,7 +168,11 @@ def check_model(asked: str, served: str) -> None:
                        code="model_not_found")
 
 
-def sampling(body: schemas.Sampling, model: LoadedModel) -> SamplingParams:
+def sampling(body: schemas.Sampling, model: LoadedModel, prompt_tokens: int, metrics: Metrics) -> SamplingParams:
+    """The request's sampling settings; a `max_tokens` the context cannot hold after the prompt is counted in
+    `llmrecipe_max_tokens_capped` (the answer's finish_reason is then `length` at the context's end)."""
+    if body.max_tokens is not None and body.max_tokens > model.engine.context - prompt_tokens:
+        metrics.capped.inc()
     return SamplingParams(
         max_tokens=body.max_tokens or model.engine.context, temperature=body.temperature, top_k=body.top_k,
         top_p=body.top_p, repetition_penalty=body.repetition_penalty, stop=body.stops(), seed=body.seed,

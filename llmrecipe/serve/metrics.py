@@ -23,6 +23,8 @@ class Metrics:
         self.latency = Histogram("llmrecipe_request_seconds", "Time from request to the end of the answer (streams "
                                  "included)", ["path"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.tokens = Counter("llmrecipe_generated_tokens", "Tokens generated", registry=self.registry)
+        self.capped = Counter("llmrecipe_max_tokens_capped", "Requests whose max_tokens was more than the context "
+                              "leaves after the prompt, so they stop earlier than asked", registry=self.registry)
         Gauge("llmrecipe_busy_slots", "Requests waiting or decoding", registry=self.registry).set_function(busy)
 
     def observe(self, path: str, status: int, seconds: float) -> None:

@@ -157,3 +157,57 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+MAX_CLASSIFY_INPUTS = 256
+"""Texts per /v1/classify request."""
+
+
+class ClassifyRequest(Body):
+    model: str
+    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CLASSIFY_INPUTS)]
+    """A text, or a list of up to 256 texts."""
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class ClassifyResult(BaseModel):
+    index: int
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    """Every label's probability."""
+    text_cut: bool
+    """The text was longer than the model's context and only its beginning was read."""
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[ClassifyResult]
+
+
+class EmbeddingRequest(ClassifyRequest):
+    """OpenAI's embeddings request: `input` is a text or a list of texts (`encoding_format` is always floats)."""
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float]
+    """Unit length: a dot product of two embeddings is their cosine similarity."""
+    text_cut: bool
+    """Not in OpenAI's API: the text was longer than the model's context and only its beginning was read."""
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Embedding]
+    usage: EmbeddingUsage

@@ -29,6 +29,24 @@ def serve(model: LoadedModel, *, host: str, port: int, api_key: str | None, capa
     uvicorn.run(create_app(model, settings), host=host, port=port, log_level="info")
 
 
+def serve_reader(folder: Path, *, classifier: bool, host: str, port: int, api_key: str | None, model_name: str,
+                 max_request_bytes: int = ServeSettings.max_request_bytes) -> None:
+    """A classify artifact behind /v1/classify, or an encoder's behind /v1/embeddings (llmrecipe/serve/encoders.py)."""
+    from llmrecipe.serve import encoders
+
+    settings = ServeSettings(model_name=model_name, api_key=api_key or os.environ.get(API_KEY_VARIABLE) or None,
+                             max_request_bytes=max_request_bytes)
+    if classifier:
+        from llmrecipe.predict import TextClassifier
+
+        app = encoders.create_classifier_app(TextClassifier(folder), settings)
+    else:
+        from llmrecipe.embed import TextEncoder
+
+        app = encoders.create_embeddings_app(TextEncoder(folder), settings)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -38,9 +56,15 @@ def free_port() -> int:
 @contextmanager
 def background_server(model: LoadedModel, settings: ServeSettings) -> Iterator[str]:
     """A server on a free loopback port in a daemon thread: yields its base URL, stops it on exit."""
+    with background_app(create_app(model, settings)) as url:
+        yield url
+
+
+@contextmanager
+def background_app(app) -> Iterator[str]:
+    """Any of our apps on a free loopback port in a daemon thread: yields its base URL, stops it on exit."""
     port = free_port()
-    config = uvicorn.Config(create_app(model, settings), host="127.0.0.1", port=port, log_level="warning",
-                            backlog=2048)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", backlog=2048)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="llmrecipe-test-server", daemon=True)
     thread.start()

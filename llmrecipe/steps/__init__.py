@@ -30,13 +30,14 @@ class Executor:
 
 
 EXECUTORS: dict[str, Executor] = {
-    "data": Executor("llmrecipe.steps.data", version=4),  # 4: XXH64 instead of polars hash (stable across versions)
+    # 5: dedup_near keeps the earliest copy in source order; stats.json has what each source kept
+    "data": Executor("llmrecipe.steps.data", version=5),
     "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
     # 6: the one trainer (loss.png drawn by llmrecipe/plots.py, checkpoint digests)
     "pretrain": Executor("llmrecipe.steps.pretrain", version=6, joins_group="train_and_save"),
-    # 4: the one trainer (epoch order, fused AdamW for LoRA, encoders' padding masked instead of grouped)
-    "finetune": Executor("llmrecipe.steps.finetune", version=4, joins_group="finetune_in_group"),
+    # 5: sft fits long conversations keeping the response; classify heads of decoders have no bias (as HF's)
+    "finetune": Executor("llmrecipe.steps.finetune", version=5, joins_group="finetune_in_group"),
     "evaluate": Executor("llmrecipe.steps.evaluate", version=5),  # 5: generation suites through the KV-cache engine
     "export": Executor("llmrecipe.steps.export", version=4),  # 4: the decoder graph traced from the model's forward
 }

@@ -3,7 +3,8 @@
 Outputs in ctx.out_dir:
 - train.parquet, val.parquet, test.parquet: always all three, columns id, text, source, then the sources'
   metadata columns (as strings);
-- stats.json: per source (files, documents, bad records, repairs), per stage (documents and characters in
+- stats.json: per source (files, documents and characters read, kept and their shares, bad records, repairs:
+  a mix that cleaning reshaped shows here), per stage (documents and characters in
   and out, dropped by reason, counters), totals that reconcile (in = kept + dropped), per split, the
   split-mismatch report, and a sample of dropped documents per reason;
 - dropped.parquet: every dropped document's id, stage, reason, and for duplicates the id kept instead.
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
+
+import polars as pl
 
 from llmrecipe.data.pipeline import Outcome, Pipeline
 from llmrecipe.errors import StepError
@@ -26,8 +30,12 @@ def run(spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     spec = DataSpec.model_validate(spec)
     pipeline = Pipeline(spec, ctx.external, ctx.scratch_dir / "work", ctx.downloads_dir, ctx.log)
     outcome = pipeline.run(ctx.out_dir)
-    stats = statistics(outcome)
+    stats = statistics(outcome, kept_by_source(ctx.out_dir))
     (ctx.out_dir / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    for source in stats["sources"]:
+        ctx.log(f"sources[{source['source']}]: kept {source['kept_docs']} of {source['docs']} documents "
+                f"({source['kept_docs_share']:.0%}), {source['kept_chars']:,} of {source['chars']:,} characters "
+                f"({source['kept_chars_share']:.0%})")
     for stage in stats["stages"]:
         ctx.log(f"{stage['stage']}: {stage['docs_in']} -> {stage['docs_out']} documents"
                 + "".join(f", {n} {reason}" for reason, n in stage["dropped"].items()))
@@ -39,7 +47,21 @@ def run(spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     return metrics(stats)
 
 
-def statistics(outcome: Outcome) -> dict[str, Any]:
+def kept_by_source(out_dir: Path) -> dict[int, tuple[int, int]]:
+    """Source index -> (documents, characters) in the written splits."""
+    splits = pl.scan_parquet([out_dir / f"{name}.parquet" for name in ("train", "val", "test")])
+    counts = splits.group_by("source").agg(docs=pl.len(), chars=pl.col("text").str.len_chars().sum()).collect()
+    return {source: (int(docs), int(chars or 0)) for source, docs, chars in counts.iter_rows()}
+
+
+def with_kept(source: dict[str, Any], kept: tuple[int, int]) -> dict[str, Any]:
+    docs, chars = kept
+    return {**source, "kept_docs": docs, "kept_chars": chars,
+            "kept_docs_share": round(docs / source["docs"], 4) if source["docs"] else 0.0,
+            "kept_chars_share": round(chars / source["chars"], 4) if source["chars"] else 0.0}
+
+
+def statistics(outcome: Outcome, kept_per_source: dict[int, tuple[int, int]]) -> dict[str, Any]:
     stages = [stage.as_dict() for stage in outcome.ledger.stages]
     docs_in = sum(source.docs for source in outcome.sources)
     dropped: Counter = Counter()
@@ -49,7 +71,7 @@ def statistics(outcome: Outcome) -> dict[str, Any]:
     if docs_in != kept + sum(dropped.values()):  # a bug in the accounting, never a user mistake
         raise RuntimeError(f"accounting does not reconcile: {docs_in} in, {kept} kept, {sum(dropped.values())} dropped")
     return {
-        "sources": [source.as_dict() for source in outcome.sources],
+        "sources": [with_kept(source.as_dict(), kept_per_source.get(source.source, (0, 0))) for source in outcome.sources],
         "stages": stages,
         "totals": {"docs_in": docs_in, "kept": kept, "dropped": sum(dropped.values()), "dropped_by_reason": dict(dropped)},
         "splits": {name: {"docs": outcome.split_docs[name], "chars": outcome.split_chars[name]} for name in outcome.split_docs},

@@ -2,7 +2,8 @@
 
 format "onnx": `model.onnx`, the decoder with past key/values as inputs and outputs (onnxruntime decodes
 token by token), checked for logits and for greedy tokens. format "hf": the Hugging Face layout that
-`transformers.AutoModelForCausalLM.from_pretrained` loads. Both keep the tokenizer and config beside.
+`transformers.AutoModelForCausalLM.from_pretrained` loads. Both keep the tokenizer and config beside. A classify
+fine-tune exports its class logits instead (llmrecipe/export/classifier.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from llmrecipe.errors import StepError
 from llmrecipe.export.onnx import export_decoder
 from llmrecipe.export.parity import greedy_tokens, past_logit_difference
 from llmrecipe.models.build import load_trained
+from llmrecipe.models.classifier import is_classifier_artifact, load_classifier
 from llmrecipe.plan.specs import ExportSpec
 from llmrecipe.run.context import StepContext
 
@@ -34,6 +36,11 @@ def max_logit_difference(model: torch.nn.Module, path: Path) -> float:
 def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     spec = ExportSpec.model_validate(raw_spec)
     model_dir = ctx.inputs["model"]
+    if is_classifier_artifact(model_dir):  # a classify fine-tune: class logits, not a decoder
+        from llmrecipe.export.classifier import export_classifier
+
+        return export_classifier(load_classifier(model_dir, "cpu"), model_dir, ctx.out_dir, spec.format, spec.opset,
+                                 spec.tolerance, ctx.log)
     # Exported on CPU whatever the training device: the graph is the same and CPU logits are the reference.
     model, _ = load_trained(model_dir, "cpu")
     if spec.format == "hf":

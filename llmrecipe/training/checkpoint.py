@@ -32,6 +32,7 @@ from torch.distributed.tensor import DTensor
 
 from llmrecipe.models.build import load_weights
 from llmrecipe.training.distributed import World, barrier, is_sharded
+from llmrecipe.training.saved import checkpoint_name
 
 KEEP = 2
 """The newest checkpoints kept; older ones are deleted once a newer one is complete. Two, so a damaged newest one
@@ -78,13 +79,13 @@ def save_checkpoint(
 ) -> Path:
     """The full (unsharded) state, gathered from every process; the main process writes it."""
     step = counters["step"]
-    final = folder / f"step-{step:08d}"
+    final = folder / checkpoint_name(step)
     weights = model_tensors(model)
     moments, layout = _flatten_optimizer(model, optimizer)
     if not world.is_main:
         barrier(world)
         return final
-    temporary = folder / f".partial-step-{step:08d}"
+    temporary = folder / f".partial-{checkpoint_name(step)}"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     save_file(weights, str(temporary / "model.safetensors"))

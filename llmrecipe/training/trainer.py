@@ -31,6 +31,7 @@ from llmrecipe.training.distributed import World, all_reduce_sum, barrier, distr
 from llmrecipe.training.metrics import MetricsLog
 from llmrecipe.training.optim import build_optimizer
 from llmrecipe.training.prefetch import Prefetcher
+from llmrecipe.training.saved import CHECKPOINTS
 from llmrecipe.training.schedule import learning_rate
 from llmrecipe.training.speed import Speed
 from llmrecipe.training.task import Batch, StepBatch, Task, share
@@ -70,7 +71,7 @@ class Trainer:
         self.runner: nn.Module | None = None
         """The module `fit` calls: the task's objective, distributed and compiled."""
         self.total_steps = total_steps(config, task)
-        self.checkpoints = io.scratch_dir / "checkpoints"
+        self.checkpoints = io.scratch_dir / CHECKPOINTS
 
     def fit(self) -> dict[str, Any]:
         """Train the model in place for the budget (or until early stopping); returns the summary metrics and the
@@ -280,6 +281,8 @@ class Trainer:
             "train_seconds": round(speed.seconds, 2), "peak_memory_bytes": speed.figures()["memory_bytes"],
             "metrics_records": records,
         }
+        if speed.capped:
+            summary["mfu_capped"] = True
         if self.config.score_start:
             summary["base_val_loss"] = counters["base_val_loss"]
         return summary

@@ -14,6 +14,7 @@ class GPT2(Family):
     lora_targets = ("attn.qkv", "attn.proj")
     decodes = True
     hf_architecture = "GPT2LMHeadModel"
+    hf_sequence_classification = "GPT2ForSequenceClassification"
 
     def parameter_count(self, shape: ModelShape) -> int:
         d = shape.d_model

@@ -17,6 +17,7 @@ class Llama(Family):
     lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
     decodes = True
     hf_architecture = "LlamaForCausalLM"
+    hf_sequence_classification = "LlamaForSequenceClassification"
 
     def parameter_count(self, shape: ModelShape) -> int:
         d, kv = shape.d_model, shape.n_kv_head * shape.head_dim

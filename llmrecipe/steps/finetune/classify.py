@@ -35,14 +35,18 @@ def run_classify(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str
     tokenizer, meta = load_tokenizer(ctx.inputs["tokenizer"])
     marker = meta["eot_id"]  # the token after every pre-training document: a natural place to read a summary
     dataset = spec.dataset
-    splits = read_splits(Path(spec.dataset_file), Fields(dataset.text_field, dataset.label_field, dataset.split_field),
-                         dataset.val_fraction)
+    fields = Fields(dataset.text_field, dataset.label_field, dataset.split_field, f"steps.{ctx.name}.dataset")
+    splits = read_splits(Path(spec.dataset_file), fields, dataset.val_fraction)
     if not splits["train"]:
         raise StepError(f"{spec.dataset_file}: no training examples (every row is held out or marked test); mark "
-                        f"rows '{dataset.split_field}': 'train' or lower dataset.val_fraction")
+                        f"rows '{dataset.split_field}': 'train' or lower steps.{ctx.name}.dataset.val_fraction")
     labels = label_set(splits["train"], splits["val"] + splits["test"], spec.labels)
     ctx.log(f"{len(splits['train'])} train / {len(splits['val'])} validation examples; labels {labels}")
-    train, val = (encoded(tokenizer, splits[name], labels, spec.seq_len, marker, spec.pooling) for name in ("train", "val"))
+    (train, train_cut), (val, val_cut) = (encoded(tokenizer, splits[name], labels, spec.seq_len, marker, spec.pooling)
+                                          for name in ("train", "val"))
+    if train_cut or val_cut:
+        ctx.log(f"{train_cut} train and {val_cut} validation texts are longer than seq_len = {spec.seq_len} tokens "
+                "(with the marker token): each keeps its first tokens")
     weights = class_weights(train.labels, len(labels), spec.class_weighting)
     task = ClassifyTask(train, val if len(val) else None, len(labels), weights, spec.seed, spec.batch_size,
                         spec.eval_batches, spec.micro_batch_size)
@@ -56,13 +60,15 @@ def run_classify(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str
         for name in ("tokenizer.json", "meta.json"):  # the tokenizer comes with the model
             shutil.copy(ctx.inputs["tokenizer"] / name, ctx.out_dir / name)
     return {**summary, "labels": labels, "train_examples": len(train), "val_examples": len(val),
-            "trained_parameters": trained}
+            "trained_parameters": trained, "train_texts_cut": train_cut, "val_texts_cut": val_cut}
 
 
-def encoded(tokenizer: Tokenizer, examples: list, labels: list[str], seq_len: int, marker: int, pooling: str) -> LabelledRows:
+def encoded(tokenizer: Tokenizer, examples: list, labels: list[str], seq_len: int, marker: int,
+            pooling: str) -> tuple[LabelledRows, int]:
+    """The examples as rows and class ids; with how many texts were cut to fit `seq_len`."""
     index = {label: i for i, label in enumerate(labels)}
-    rows = encode(tokenizer, [e.text for e in examples], seq_len, marker, pooling)
-    return LabelledRows(rows, torch.tensor([index[e.label] for e in examples], dtype=torch.long))
+    rows, cut = encode(tokenizer, [e.text for e in examples], seq_len, marker, pooling)
+    return LabelledRows(rows, torch.tensor([index[e.label] for e in examples], dtype=torch.long)), sum(cut)
 
 
 def adapt(model: Classifier, lora: LoraConfig | None) -> int:

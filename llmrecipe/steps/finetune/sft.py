@@ -17,6 +17,7 @@ from tokenizers import AddedToken, Tokenizer
 
 from llmrecipe.errors import StepError
 from llmrecipe.finetune.chat_data import load_examples
+from llmrecipe.finetune.fit import FitCounts
 from llmrecipe.plan.specs import FinetuneSpec
 from llmrecipe.run.context import StepContext
 from llmrecipe.steps.finetune.model_io import adapt, starting_model, train_and_write
@@ -29,11 +30,14 @@ def run_sft(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str, Any
     tokenizer, meta = load_tokenizer(ctx.inputs["tokenizer"])
     known = tokenizer.get_vocab_size(with_added_tokens=True)
     new_ids = add_special_tokens(tokenizer, spec.special_tokens, spec.model.vocab_size)
-    examples = load_examples(Path(spec.dataset_file), spec.dataset, tokenizer, spec.chat_template, spec.end_of_turn)
+    examples, counts = load_examples(Path(spec.dataset_file), spec.dataset, tokenizer, spec.chat_template,
+                                     spec.end_of_turn, spec.seq_len + 1, spec.truncation,
+                                     f"steps.{ctx.name}.dataset")  # +1: inputs and next token
+    ctx.log(f"fitting into max_seq_len = {spec.seq_len} (truncation = {spec.truncation!r}): train "
+            f"{counts['train'].sentence()}; validation {counts['val'].sentence()}")
+    require_targets(counts["train"], spec)
     random.Random(spec.seed).shuffle(examples["train"])  # mixes the file's topics within each packed row
     train, val = pack(examples["train"], spec.seq_len), pack(examples["val"], spec.seq_len)
-    if train.truncated or val.truncated:
-        ctx.log(f"{train.truncated + val.truncated} examples are longer than max_seq_len = {spec.seq_len}: cut at the end")
     ctx.log(f"{len(examples['train'])} train examples in {len(train)} packed rows, {len(examples['val'])} held out; "
             f"added tokens {dict(zip(spec.special_tokens, new_ids)) if new_ids else 'none (already known)'}")
     task = PackedTask(train, val if len(examples["val"]) else None, spec.seed, spec.batch_size, spec.eval_batches,
@@ -45,7 +49,20 @@ def run_sft(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str, Any
     if world.is_main:
         write_chat_tokenizer(tokenizer, meta, spec, ctx.out_dir)
     return {**summary, "train_examples": len(examples["train"]), "val_examples": len(examples["val"]),
-            "packed_rows": len(train), "trained_parameters": trained}
+            "packed_rows": len(train), "trained_parameters": trained, **counts["train"].as_metrics("train"),
+            **counts["val"].as_metrics("val")}
+
+
+def require_targets(counts: FitCounts, spec: FinetuneSpec) -> None:
+    """Refuse to train when fewer than half the train rows keep their response: the step would learn little."""
+    if 2 * counts.kept >= counts.rows:
+        return
+    fix = (f"raise max_seq_len (the init model allows up to {spec.init_model.seq_len})"
+           if spec.seq_len < spec.init_model.seq_len else "use shorter examples or an init model with a longer seq_len")
+    if spec.truncation == "drop":
+        fix += ", or set truncation = \"left\" to shorten prompts instead of dropping rows"
+    raise StepError(f"only {counts.kept} of {counts.rows} train rows keep a response within max_seq_len = "
+                    f"{spec.seq_len} tokens ({counts.sentence()}; truncation = {spec.truncation!r}): {fix}")
 
 
 def add_special_tokens(tokenizer: Tokenizer, tokens: list[str], rows: int) -> list[int]:

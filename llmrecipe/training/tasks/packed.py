@@ -40,8 +40,6 @@ class Packed:
     targets: torch.Tensor  # (N, T) next token where it is a target, else IGNORE
     positions: torch.Tensor  # (N, T) position within the token's own example
     documents: torch.Tensor  # (N, T) which example of the row the token belongs to; PADDING for the tail
-    truncated: int
-    """Examples longer than a row, cut at the end."""
 
     def __len__(self) -> int:
         return self.inputs.size(0)
@@ -52,12 +50,15 @@ class Packed:
 
 
 def pack(examples: Sequence[Example], seq_len: int) -> Packed:
-    """First fit in the given order: an example goes in the current row if it fits, else it starts the next row."""
+    """First fit in the given order: an example goes in the current row if it fits, else it starts the next row.
+    Examples must already fit in a row (`seq_len + 1` ids: inputs and their next tokens); SFT data is fitted so by
+    llmrecipe/finetune/fit.py, which keeps the response rather than cutting it off."""
     rows: list[list[tuple[list[int], list[int]]]] = [[]]
-    used, truncated = 0, 0
+    used = 0
     for example in examples:
-        ids, targets = example.ids[: seq_len + 1], example.targets[: seq_len + 1]
-        truncated += len(example.ids) > seq_len + 1
+        ids, targets = example.ids, example.targets
+        if len(ids) > seq_len + 1:
+            raise ValueError(f"an example of {len(ids)} tokens does not fit a row of {seq_len} + 1")
         if len(ids) < 2:
             continue  # nothing to predict
         x = ids[:-1]
@@ -72,7 +73,6 @@ def pack(examples: Sequence[Example], seq_len: int) -> Packed:
     packed = Packed(
         inputs=torch.zeros(shape, dtype=torch.long), targets=torch.full(shape, IGNORE, dtype=torch.long),
         positions=torch.zeros(shape, dtype=torch.long), documents=torch.full(shape, PADDING, dtype=torch.long),
-        truncated=truncated,
     )
     for r, row in enumerate(rows):
         start = 0
