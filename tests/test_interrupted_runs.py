@@ -79,7 +79,8 @@ def test_the_resumed_summary_covers_every_segment_of_the_step(interrupted):
     metrics = json.loads((api.artifact(plan, "base") / "manifest.json").read_text())["metrics"]
     assert metrics["steps"] == 40 and metrics["tokens"] == 40 * plan.step("base").spec["tokens_per_step"]
     assert metrics["train_seconds"] > first_segment["train_seconds"] > 0  # both segments, not the last one
-    assert metrics["tokens_per_s"] == pytest.approx(metrics["tokens"] / metrics["train_seconds"], rel=0.02)
+    seconds = metrics["train_seconds"]  # rounded to 0.01 s, which on a fast run is a few percent of it
+    assert metrics["tokens"] / (seconds + 0.006) <= metrics["tokens_per_s"] <= metrics["tokens"] / (seconds - 0.006)
 
 
 def test_mfu_never_passes_one_a_fresh_probe_raises_the_peak_or_the_figure_is_capped(monkeypatch):
