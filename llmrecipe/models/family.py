@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from llmrecipe.models.shape import ModelShape
 
-Objective = Literal["causal_lm", "masked_lm"]
+Objective = Literal["causal_lm", "masked_lm", "span_corruption"]
 
 
 class ShapeError(ValueError):
@@ -35,6 +35,11 @@ class ModelSettings(Protocol):
     rope_theta: float
     tie_embeddings: bool
     mask_fraction: float
+    n_encoder_layer: int | None
+    n_decoder_layer: int | None
+    sentinels: int
+    noise_density: float
+    mean_span_length: float
 
 
 def round_up(value: float, multiple: int) -> int:
@@ -53,7 +58,10 @@ class Family(ABC):
     module_path: ClassVar[str]
     """`package.module:Class` of the torch module, imported when a model is built."""
     objective: ClassVar[Objective] = "causal_lm"
-    """What pre-training teaches: next tokens (`causal_lm`) or masked tokens (`masked_lm`)."""
+    """What pre-training teaches: next tokens (`causal_lm`), masked tokens (`masked_lm`) or corrupted spans
+    (`span_corruption`, encoder-decoders)."""
+    encoder_decoder: ClassVar[bool] = False
+    """An encoder reads the input and a decoder writes the output (`model(inputs, decoder_inputs)`): text-to-text."""
     causal: ClassVar[bool] = True
     """Each position sees only earlier ones: the model generates, takes SFT and scores log-likelihoods."""
     attention: ClassVar[bool] = True
@@ -71,12 +79,17 @@ class Family(ABC):
     """Its forward takes a KV cache (`model(idx, cache=..., last_only=...)`): generation, serving, ONNX with past."""
     hf_architecture: ClassVar[str | None] = None
     """The transformers class the Hugging Face export writes; None: no export."""
+    hf_auto_class: ClassVar[str] = "AutoModelForCausalLM"
+    """The transformers auto class that loads the export."""
 
     # --- shape --------------------------------------------------------------------------------------------------
 
     def shape(self, settings: ModelSettings, vocab_size: int) -> ModelShape:
         """The shape for a tokenizer of `vocab_size` ids; raises ShapeError for settings the family cannot build."""
         m = settings
+        if not self.encoder_decoder and (m.n_encoder_layer is not None or m.n_decoder_layer is not None):
+            raise ShapeError(f"model.n_encoder_layer / model.n_decoder_layer: `{self.name}` has one stack; "
+                             "use model.n_layer")
         if self.attention and m.d_model % m.n_head:
             raise ShapeError(f"model.d_model = {m.d_model} is not a multiple of model.n_head = {m.n_head}; "
                              f"pick d_model = {round_up(m.d_model, m.n_head)} or an n_head that divides it")
@@ -141,6 +154,19 @@ class Family(ABC):
         return getattr(importlib.import_module(path), name)
 
     # --- Hugging Face layout ------------------------------------------------------------------------------------
+
+    def added_tokens(self, shape: ModelShape) -> list[str]:
+        """Special tokens the pre-training step appends to its tokenizer, in id order (the shape has rows for them)."""
+        return []
+
+    def example_inputs(self, ids: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Token ids (B, T) -> (our model's positional arguments, transformers' keyword arguments) of one forward
+        pass over them, for parity checks."""
+        return (ids,), {"input_ids": ids}
+
+    def hf_special_ids(self, eot_id: int | None, stop_id: int | None) -> dict[str, Any]:
+        """The special token ids of the exported config.json and generation_config.json."""
+        return {"bos_token_id": eot_id, "eos_token_id": stop_id}
 
     def hf_config(self, shape: ModelShape) -> dict[str, Any]:
         raise NotImplementedError(f"`{self.name}` models have no Hugging Face layout")
