@@ -94,3 +94,104 @@ def test_padding_does_not_change_the_encoding_of_real_tokens():
     targets = torch.randint(0, VOCAB, (1, 4))
     with torch.no_grad():
         assert torch.allclose(model(inputs, targets), model(padded, targets, mask), atol=1e-5)
+
+
+# --- span corruption --------------------------------------------------------------------------------------------
+
+def uncorrupt(inputs: list[int], targets: list[int], top: int, eos: int) -> list[int]:
+    """The original tokens back from an input and its target: each sentinel in the input replaced by its span."""
+    spans, current = {}, None
+    for token in targets[:-1]:
+        if token > top - SENTINELS:
+            current = token
+            spans[current] = []
+        else:
+            spans[current].append(token)
+    assert targets[-1] == eos and inputs[-1] == eos
+    return [t for token in inputs[:-1] for t in (spans[token] if token in spans else [token])]
+
+
+@pytest.mark.parametrize("seq_len,density,mean", [(32, 0.15, 3.0), (114, 0.15, 3.0), (64, 0.3, 2.0), (100, 0.5, 5.0)])
+def test_span_corruption_has_the_documented_lengths_and_density(tmp_path, seq_len, density, mean):
+    from llmrecipe.training.tasks.span_corruption import SpanCorruptionTask, noise_mask
+    from llmrecipe.training.tasks.windows import TokenFile
+
+    raw, target_len = span_corruption_lengths(seq_len, density, mean)
+    np.arange(5000, dtype="<u2").__mod__(VOCAB - 1).tofile(tmp_path / "train.bin")  # ids below the eot id
+    shape = t5_shape(seq_len=seq_len, noise_density=density, mean_span_length=mean)
+    task = SpanCorruptionTask(shape, TokenFile(tmp_path / "train.bin", "uint16"), None, seed=1, batch_size=6,
+                              eval_batches=1, top_sentinel_id=VOCAB + SENTINELS - 1, eos_id=VOCAB - 1)
+    batch = task.train_batch(step=3, rows=range(6), micro_batch_size=6).micro_batches[0]
+    assert batch["inputs"].shape == (6, seq_len) and batch["targets"].shape == (6, target_len)  # no padding
+    assert (batch["decoder_inputs"][:, 1:] == batch["targets"][:, :-1]).all()
+    masks = torch.stack([noise_mask(raw, density, mean, torch.Generator().manual_seed(s)) for s in range(200)])
+    assert abs(masks.float().mean().item() - density) <= 0.5 / raw + 1e-9  # exactly round(raw · density) each
+    starts = masks & ~torch.cat([torch.zeros(200, 1, dtype=torch.bool), masks[:, :-1]], dim=1)
+    assert abs(masks.sum() / starts.sum() - mean) < 0.5 * mean  # spans of about the mean length
+    assert not masks[:, 0].any() and masks[:, -1].all()  # a kept span first, a corrupted one last
+
+
+def test_sentinels_are_numbered_down_from_the_top_and_round_trip(tmp_path):
+    from llmrecipe.training.tasks.span_corruption import SpanCorruptionTask
+    from llmrecipe.training.tasks.windows import TokenFile, step_offsets
+
+    tokens = np.random.default_rng(0).integers(0, VOCAB - 1, 4000).astype("<u2")
+    tokens.tofile(tmp_path / "train.bin")
+    top, eos = VOCAB + SENTINELS - 1, VOCAB - 1
+    task = SpanCorruptionTask(t5_shape(seq_len=64), TokenFile(tmp_path / "train.bin", "uint16"), None, seed=5,
+                              batch_size=4, eval_batches=1, top_sentinel_id=top, eos_id=eos)
+    batch = task.train_batch(step=0, rows=range(4), micro_batch_size=4).micro_batches[0]
+    offsets = step_offsets(5, 0, 4, 4000, task.raw_length)
+    for row, offset in enumerate(offsets.tolist()):
+        inputs, targets = batch["inputs"][row].tolist(), batch["targets"][row].tolist()
+        sentinels = [t for t in inputs if t > top - SENTINELS]
+        assert sentinels == list(range(top, top - len(sentinels), -1))  # <extra_id_0> = top, then down
+        assert uncorrupt(inputs, targets, top, eos) == tokens[offset : offset + task.raw_length].tolist()
+
+
+def test_pretraining_tokenizer_names_the_sentinels():
+    from llmrecipe.models.t5 import FAMILY, sentinel_token
+
+    added = FAMILY.added_tokens(t5_shape())
+    assert added[-1] == sentinel_token(0) == "<extra_id_0>" and added[0] == f"<extra_id_{SENTINELS - 1}>"
+
+
+# --- training ---------------------------------------------------------------------------------------------------
+
+def span_trainer(tmp_path: Path, name: str, reporter=None):
+    from llmrecipe.plan.specs import PretrainSpec
+    from llmrecipe.recipe.pretrain import OptimConfig
+    from llmrecipe.steps.training import train_config
+    from llmrecipe.training.tasks.span_corruption import SpanCorruptionTask
+    from llmrecipe.training.tasks.windows import TokenFile
+    from llmrecipe.training.trainer import Trainer
+    from tests.test_training import context
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6000), ("val", 800)):  # a learnable stream: counting upward, some noise
+        ids = (np.arange(n) + (rng.random(n) < 0.1) * rng.integers(0, 50, n)) % (VOCAB - 1)
+        ids.astype("<u2").tofile(tmp_path / f"{split}.bin")
+    shape = t5_shape(seq_len=32, dropout=0.1)
+    spec = PretrainSpec(model=shape, optim=OptimConfig(lr=1e-2, warmup=3), batch_size=4, micro_batch_size=2,
+                        grad_accum=2, tokens_per_step=4 * 32, total_steps=12, eval_every=4, eval_batches=2,
+                        checkpoint_every=5, log_every=4, device="cpu", precision="fp32", compile=False, seed=3)
+    task = SpanCorruptionTask(shape, TokenFile(tmp_path / "train.bin", "uint16"),
+                              TokenFile(tmp_path / "val.bin", "uint16"), spec.seed, spec.batch_size,
+                              spec.eval_batches, top_sentinel_id=VOCAB + SENTINELS - 1, eos_id=VOCAB - 1)
+    torch.manual_seed(spec.seed)
+    model = build_model(shape)
+    return model, Trainer(model, task, train_config(spec, family("t5")), context(tmp_path, name, reporter))
+
+
+def test_span_corruption_trains_and_resumes_byte_identically(tmp_path):
+    from tests.test_training import Crash, CrashingReporter, as_bytes
+
+    reference, trainer = span_trainer(tmp_path, "straight")
+    summary = trainer.fit()
+    assert summary["val_loss"] < math.log(VOCAB) - 0.5  # below guessing uniformly after 12 steps
+    crashy, trainer = span_trainer(tmp_path, "crashy", CrashingReporter(after=7))
+    with pytest.raises(Crash):
+        trainer.fit()
+    resumed, trainer = span_trainer(tmp_path, "crashy")
+    trainer.fit()  # picks up at the step-5 checkpoint
+    assert as_bytes(resumed) == as_bytes(reference)

@@ -16,6 +16,13 @@ MAX_DISTANCE = 128
 NORM_EPS = 1e-6
 
 
+def noise_counts(tokens: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
+    """(corrupted tokens, corrupted spans) of an example of `tokens` tokens: at least one of each, and at least one
+    token kept."""
+    noise = min(max(int(round(tokens * noise_density)), 1), tokens - 1)
+    return noise, max(1, int(round(noise / mean_span_length)))
+
+
 def span_corruption_lengths(inputs_length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
     """(raw tokens per example, target length) so that an example of that many raw tokens corrupts into exactly
     `inputs_length` encoder tokens and the target length given, with no padding: the `compute_input_and_target_lengths`
@@ -23,8 +30,7 @@ def span_corruption_lengths(inputs_length: int, noise_density: float, mean_span_
     sentinel per span, the corrupted tokens and end-of-text."""
 
     def lengths(tokens: int) -> tuple[int, int]:
-        noise = int(round(tokens * noise_density))
-        spans = max(1, int(round(noise / mean_span_length)))
+        noise, spans = noise_counts(tokens, noise_density, mean_span_length)
         return tokens - noise + spans + 1, noise + spans + 1
 
     tokens = inputs_length
