@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,43 @@ def test_span_corruption_trains_and_resumes_byte_identically(tmp_path):
     resumed, trainer = span_trainer(tmp_path, "crashy")
     trainer.fit()  # picks up at the step-5 checkpoint
     assert as_bytes(resumed) == as_bytes(reference)
+
+
+# --- the recipe path --------------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_t5_recipe_pretrains_by_span_corruption_and_fine_tunes_seq2seq(tmp_path):
+    from tokenizers import Tokenizer
+
+    from llmrecipe import api
+    from tests.conftest import write_tiny_recipe
+
+    pairs = [{"prompt": f"count {i} {i + 1}", "response": f"{i + 2} {i + 3}"} for i in range(40)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    recipe = write_tiny_recipe(tmp_path, steps=10, checkpoint_every=5, edits=(
+        ("n_layer = 2, n_head = 2", 'arch = "t5", n_layer = 2, n_head = 2, sentinels = 16'),
+    ), extra=textwrap.dedent("""
+        [steps.tuned]
+        kind = "finetune"
+        init = "base"
+        task = "seq2seq"
+        dataset = { path = "pairs.jsonl" }
+        optim = { lr = 3e-3, warmup = 2 }
+        batch_size = 4
+        budget = { steps = 6 }
+        eval_every = 3
+        """))
+    loaded = api.load(recipe)
+    plan = api.compile(loaded)
+    base = plan.step("base")
+    assert base.spec["model"]["target_len"] == span_corruption_lengths(32, 0.15, 3.0)[1]
+    report = api.run(loaded, plan=plan)
+    assert {o.name: o.state for o in report.outcomes}["tuned"] == "done"
+    store = Path(plan.workdir) / "store"
+    out = store / base.fingerprint
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    top = tokenizer.token_to_id("<extra_id_0>")
+    assert tokenizer.token_to_id("<extra_id_15>") == top - 15 and top < base.spec["model"]["vocab_size"]
+    assert tokenizer.decode([top, top - 1], skip_special_tokens=False) == "<extra_id_0><extra_id_1>"
+    tuned = json.loads((store / plan.step("tuned").fingerprint / "manifest.json").read_text())["metrics"]
+    assert math.isfinite(tuned["val_loss"]) and tuned["train_examples"] + tuned["val_examples"] == 40

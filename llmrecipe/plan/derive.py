@@ -227,6 +227,12 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
                   dataset_file: str | None, nproc: int = 1) -> FinetuneSpec:
     """`init` is the starting model's shape, `token_bound` an upper bound of its tokenizer's ids."""
     arch = family(init.arch)
+    if step.task in ("sft", "continue", "classify") and arch.encoder_decoder:
+        raise DerivationError(f"task = '{step.task}' trains a single-stack model; the init model is a `{init.arch}` "
+                              "encoder-decoder: use task = 'seq2seq' (text in, text out)")
+    if step.task == "seq2seq" and not arch.encoder_decoder:
+        raise DerivationError(f"task = 'seq2seq' trains an encoder-decoder (`t5`); the init model is a "
+                              f"`{init.arch}`: use task = 'sft' for prompt/response pairs")
     if step.task in ("sft", "continue") and not arch.causal:
         raise DerivationError(f"task = '{step.task}' trains a decoder that reads left to right; the init model is a "
                               f"`{init.arch}`, which sees both sides")
