@@ -236,3 +236,58 @@ def test_t5_recipe_pretrains_by_span_corruption_and_fine_tunes_seq2seq(tmp_path)
     assert tokenizer.decode([top, top - 1], skip_special_tokens=False) == "<extra_id_0><extra_id_1>"
     tuned = json.loads((store / plan.step("tuned").fingerprint / "manifest.json").read_text())["metrics"]
     assert math.isfinite(tuned["val_loss"]) and tuned["train_examples"] + tuned["val_examples"] == 40
+
+
+# --- generation and serving ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def t5_folder(tmp_path_factory):
+    from tests.generate_helpers import lively_model, save_artifact
+    from tests.serve_helpers import CHAT_TEMPLATE
+
+    return save_artifact(lively_model(t5_shape(seq_len=64)), tmp_path_factory.mktemp("t5") / "t5", CHAT_TEMPLATE)
+
+
+def greedy_by_full_passes(model, prompt: list[int], start_id: int, steps: int) -> list[int]:
+    """Greedy decoding without any cache: the whole decoder sequence through the model at every step."""
+    out = [start_id]
+    with torch.no_grad():
+        for _ in range(steps):
+            out.append(int(model(torch.tensor([prompt]), torch.tensor([out]))[0, -1].argmax()))
+    return out[1:]
+
+
+def test_generate_decodes_batches_of_different_lengths_greedily_and_by_sampling(t5_folder):
+    from llmrecipe import api
+    from llmrecipe.generate.artifact import end_of_text_id
+    from llmrecipe.generate.sampling import SamplingParams
+    from llmrecipe.models.build import load_trained
+
+    loaded = api.open_model(t5_folder)
+    engine = loaded.engine
+    engine.eot_id = None  # run to max_tokens: a random model's first end-of-text would cut the comparison short
+    prompts = [engine.encode("To be, or not to be"), engine.encode("A stitch"), engine.encode("The quick brown fox")]
+    greedy = SamplingParams(max_tokens=7, temperature=0.0)
+    batched = engine.generate(prompts, greedy)
+    alone = [engine.generate([p], greedy)[0] for p in prompts]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in alone]  # left padding changes nothing
+    model, _ = load_trained(t5_folder)
+    start = end_of_text_id(engine.tokenizer)
+    assert batched[0].token_ids == greedy_by_full_passes(model, prompts[0], start, 7)
+    assert all(len(c.token_ids) == 7 and c.finish_reason == "length" for c in batched)  # the prompt takes no room
+    sampled = SamplingParams(max_tokens=7, temperature=1.0, top_p=0.9, seed=4)
+    first, again = engine.generate(prompts, sampled), engine.generate(prompts, sampled)
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]  # seeded sampling repeats
+
+
+def test_openai_client_completes_and_chats_with_a_t5_model(t5_folder, tmp_path):
+    import openai
+
+    from llmrecipe import api
+    from llmrecipe.serve.app import ServeSettings
+    from llmrecipe.serve.server import background_server
+    from tests.test_serve import test_openai_client_completions_chat_and_streams as client_checks
+
+    settings = ServeSettings(model_name="tiny", log_path=tmp_path / "serve-log.jsonl")
+    with background_server(api.open_model(t5_folder), settings) as url:
+        client_checks(openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0))

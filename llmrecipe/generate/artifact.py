@@ -70,7 +70,10 @@ def load_model(folder: Path, backend: Backend = "auto", threads: int | None = No
         )
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     chosen = _choose_backend(folder, backend)
-    decoder = _onnx_decoder(folder, shape, threads) if chosen == "onnx" else _torch_decoder(folder, device)
+    if chosen == "onnx":
+        decoder = _onnx_decoder(folder, shape, threads)
+    else:
+        decoder = _torch_decoder(folder, device, family(shape.arch).encoder_decoder, end_of_text_id(tokenizer))
     engine = Engine(decoder, tokenizer, end_of_turn_id(folder, tokenizer) or end_of_text_id(tokenizer),
                     tokenizer.get_vocab_size())
     return LoadedModel(engine, folder, chosen, find_chat_template(folder))
@@ -90,10 +93,11 @@ def _choose_backend(folder: Path, backend: Backend) -> str:
     return backend
 
 
-def _torch_decoder(folder: Path, device: str):
+def _torch_decoder(folder: Path, device: str, encoder_decoder: bool = False, start_id: int | None = None):
+    """The model on torch; an encoder-decoder's decoder starts from `start_id` (end-of-text, as it was trained)."""
     import torch
 
-    from llmrecipe.generate.decoders import TorchDecoder
+    from llmrecipe.generate.decoders import TorchDecoder, TorchEncoderDecoder
     from llmrecipe.models.build import load_trained
     from llmrecipe.training.device import prepare_device
 
@@ -102,7 +106,7 @@ def _torch_decoder(folder: Path, device: str):
     if device == "cuda":
         prepare_device(device, tf32=True)
     model, _ = load_trained(folder, device)
-    return TorchDecoder(model)
+    return TorchEncoderDecoder(model, start_id) if encoder_decoder else TorchDecoder(model)
 
 
 def _onnx_decoder(folder: Path, shape, threads: int | None):

@@ -49,6 +49,36 @@ class TorchDecoder:
         return past.select(torch.from_numpy(rows).to(self.device))
 
 
+class TorchEncoderDecoder:
+    """An encoder-decoder behind the same three methods: the first `forward` takes the (left-padded) prompts to the
+    encoder, computes each decoder layer's cross-attention keys and values once and feeds the start token; later
+    calls take one decoder token per row. Decoder rows all start together, so they need no padding."""
+
+    prompt_in_context = False
+
+    def __init__(self, model: torch.nn.Module, start_id: int):
+        self.model = model.eval()
+        self.seq_len, self.vocab_size = model.shape.seq_len, model.shape.vocab_size
+        self.start_id = start_id
+        self.device = next(model.parameters()).device
+
+    def empty(self, batch: int, slots: int | None = None) -> None:
+        return None  # the cache is made from the encoder output on the first forward
+
+    @torch.inference_mode()
+    def forward(self, ids: np.ndarray, positions: np.ndarray, valid: np.ndarray, past: Any) -> tuple[np.ndarray, Any]:
+        ids = torch.from_numpy(ids).to(self.device)
+        if past is None:  # the prompts: encode once, then the decoder's first step from the start token
+            past = self.model.start_decoding(ids, torch.from_numpy(np.ascontiguousarray(valid)).to(self.device))
+            ids = torch.full((ids.size(0), 1), self.start_id, dtype=torch.long, device=self.device)
+        logits = self.model.decode(ids, past, last_only=True)  # (B, V)
+        return logits.float().cpu().numpy(), past
+
+    def select(self, past: Any, rows: np.ndarray) -> Any:
+        past.select(torch.from_numpy(rows).to(self.device))
+        return past
+
+
 class OnnxDecoder:
     """A graph written by `export.onnx.export_decoder`, one cache input and output per layer and side (B, K, P, E),
     and the fused graph that fused.py builds from its weights (where it serves the export).

@@ -76,7 +76,8 @@ class Family(ABC):
     fsdp_unit: ClassVar[str | None] = "blocks"
     """The module list whose entries FSDP shards (and compiles) one by one; None: the whole model is one unit."""
     decodes: ClassVar[bool] = False
-    """Its forward takes a KV cache (`model(idx, cache=..., last_only=...)`): generation, serving, ONNX with past."""
+    """It generates with a KV cache: a decoder's forward takes one (`model(idx, cache=..., last_only=...)`; also
+    ONNX with past), an encoder-decoder's `start_decoding(inputs, mask)` and `decode(ids, cache, last_only)`."""
     hf_architecture: ClassVar[str | None] = None
     """The transformers class the Hugging Face export writes; None: no export."""
     hf_auto_class: ClassVar[str] = "AutoModelForCausalLM"

@@ -49,6 +49,7 @@ class T5(Family):
     module_path = "llmrecipe.models.t5.model:T5"
     objective = "span_corruption"
     encoder_decoder = True
+    decodes = True
     causal = False  # the encoder sees both sides: no packed SFT or left-to-right scoring of one stack
     ffn_mult = 8 / 3  # gated GELU's three matrices at 8/3 hold the parameters of a 4x GELU MLP
     hf_architecture = "T5ForConditionalGeneration"
