@@ -12,13 +12,13 @@ from llmrecipe.generate.sampling import SamplingParams
 
 def suite_engine(env: Any) -> Engine:
     """The engine over the suite's model (already on its device, in eval mode)."""
-    from llmrecipe.generate.decoders import TorchDecoder
+    from llmrecipe.generate.decoders import torch_decoder
 
-    return Engine(TorchDecoder(env.model), env.tokenizer, env.eot_id, env.vocab_size)
+    return Engine(torch_decoder(env.model, env.eot_id), env.tokenizer, env.eot_id, env.vocab_size)
 
 
 def complete(engine: Engine, prompt_ids: list[int], params: SamplingParams) -> Completion:
     """The continuation of one prompt. A prompt too long for the context keeps its end, leaving room for up to
-    `max_tokens` new tokens (at least one)."""
-    room = max(1, min(params.max_tokens, engine.context - 1))
+    `max_tokens` new tokens (at least one); an encoder-decoder reads up to its whole context."""
+    room = max(1, min(params.max_tokens, engine.context - 1)) if engine.prompt_in_context else 0
     return engine.generate([prompt_ids[-(engine.context - room):]], params)[0]

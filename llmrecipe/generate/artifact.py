@@ -73,7 +73,7 @@ def load_model(folder: Path, backend: Backend = "auto", threads: int | None = No
     if chosen == "onnx":
         decoder = _onnx_decoder(folder, shape, threads)
     else:
-        decoder = _torch_decoder(folder, device, family(shape.arch).encoder_decoder, end_of_text_id(tokenizer))
+        decoder = _torch_decoder(folder, device, end_of_text_id(tokenizer))
     engine = Engine(decoder, tokenizer, end_of_turn_id(folder, tokenizer) or end_of_text_id(tokenizer),
                     tokenizer.get_vocab_size())
     return LoadedModel(engine, folder, chosen, find_chat_template(folder))
@@ -93,11 +93,10 @@ def _choose_backend(folder: Path, backend: Backend) -> str:
     return backend
 
 
-def _torch_decoder(folder: Path, device: str, encoder_decoder: bool = False, start_id: int | None = None):
-    """The model on torch; an encoder-decoder's decoder starts from `start_id` (end-of-text, as it was trained)."""
+def _torch_decoder(folder: Path, device: str, start_id: int | None):
     import torch
 
-    from llmrecipe.generate.decoders import TorchDecoder, TorchEncoderDecoder
+    from llmrecipe.generate.decoders import torch_decoder
     from llmrecipe.models.build import load_trained
     from llmrecipe.training.device import prepare_device
 
@@ -106,7 +105,7 @@ def _torch_decoder(folder: Path, device: str, encoder_decoder: bool = False, sta
     if device == "cuda":
         prepare_device(device, tf32=True)
     model, _ = load_trained(folder, device)
-    return TorchEncoderDecoder(model, start_id) if encoder_decoder else TorchDecoder(model)
+    return torch_decoder(model, start_id)
 
 
 def _onnx_decoder(folder: Path, shape, threads: int | None):

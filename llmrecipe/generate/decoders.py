@@ -19,6 +19,16 @@ from llmrecipe.generate.cache import InPlaceState, KVCache
 from llmrecipe.generate.fused import FusedCache
 
 
+def torch_decoder(model: torch.nn.Module, start_id: int | None) -> "TorchDecoder | TorchEncoderDecoder":
+    """The decoder for a model on torch, by its family: an encoder-decoder's starts from `start_id` (end-of-text,
+    as its seq2seq tasks trained it)."""
+    from llmrecipe.models.registry import family
+
+    if family(model.shape.arch).encoder_decoder:
+        return TorchEncoderDecoder(model, start_id)
+    return TorchDecoder(model)
+
+
 class TorchDecoder:
     """The model's own forward with a KVCache written in place: `present` is `past` itself, grown."""
 

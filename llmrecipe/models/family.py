@@ -115,6 +115,10 @@ class Family(ABC):
             mask_fraction=m.mask_fraction,
         )
 
+    def derived(self, shape: ModelShape) -> dict[str, Any]:
+        """Values of the shape this family derives beyond the common ones, for `llmrecipe plan` to show."""
+        return {}
+
     # --- size ---------------------------------------------------------------------------------------------------
 
     @abstractmethod

@@ -128,6 +128,7 @@ def pretrain_summary(spec: PretrainSpec) -> dict[str, Any]:
         "head_dim": spec.model.head_dim,
         "ffn_hidden": spec.model.ffn_hidden,
         "vocab_size": spec.model.vocab_size,
+        **family(spec.model.arch).derived(spec.model),
         "n_params": n_params,
         "flops_per_token": flops,
         "train_flops": flops * spec.tokens_per_step * steps if steps else "follows from the epoch budget",

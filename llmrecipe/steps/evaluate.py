@@ -32,6 +32,8 @@ from llmrecipe.training.device import prepare_device
 
 PLOTTED = {"multiple_choice": ("accuracy", "accuracy_norm"), "qa_factuality": ("accuracy", "hallucination_rate")}
 """Suite type -> the metrics drawn as bars with their intervals."""
+GENERATING_SUITES = ("generation", "qa_factuality", "samples")
+"""Suite types that only generate text (through the decoding engine), so run on encoder-decoders too."""
 
 
 def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -69,7 +71,13 @@ def load_evaluated_model(folder: Path, spec: EvaluateSpec) -> torch.nn.Module:
                             "fine-tune); evaluate its `init` model with them, or give it only classification suites")
         return load_classifier(folder, spec.device)
     model, shape = load_trained(folder, spec.device)
-    if not family(shape.arch).causal:
+    arch = family(shape.arch)
+    if arch.encoder_decoder:
+        scored = [name for name, config in spec.suites.items() if config.type not in GENERATING_SUITES]
+        if scored:
+            raise StepError(f"suites {scored} score a decoder-only model's likelihoods; a `{shape.arch}` "
+                            f"encoder-decoder runs the suites that generate: {', '.join(GENERATING_SUITES)}")
+    elif not arch.causal:
         raise StepError(f"evaluation suites score a causal decoder; a `{shape.arch}` model predicts masked tokens "
                         "instead")
     return model

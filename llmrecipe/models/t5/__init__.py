@@ -73,6 +73,11 @@ class T5(Family):
             "mean_span_length": m.mean_span_length, "tie_embeddings": False, "norm_eps": NORM_EPS,
         })
 
+    def derived(self, shape: ModelShape) -> dict[str, Any]:
+        tokens, _ = span_corruption_lengths(shape.seq_len, shape.noise_density, shape.mean_span_length)
+        return {"n_encoder_layer": shape.n_layer, "n_decoder_layer": shape.n_decoder_layer,
+                "span_example_tokens": tokens, "target_len": shape.target_len, "sentinels": shape.sentinels}
+
     def parameter_count(self, shape: ModelShape) -> int:
         d, f, buckets = shape.d_model, shape.ffn_hidden, POSITION_BUCKETS * shape.n_head
         attention = 4 * d * d  # q, k, v, o; no biases
