@@ -291,3 +291,19 @@ def test_openai_client_completes_and_chats_with_a_t5_model(t5_folder, tmp_path):
     settings = ServeSettings(model_name="tiny", log_path=tmp_path / "serve-log.jsonl")
     with background_server(api.open_model(t5_folder), settings) as url:
         client_checks(openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0))
+
+
+# --- ONNX ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_onnx_encoder_and_decoder_with_past_match_torch_with_equal_greedy_tokens(tmp_path):
+    import onnx
+
+    from llmrecipe.export.onnx_seq2seq import DECODER_WITH_PAST, export_seq2seq, seq2seq_parity
+
+    model = tiny_t5(seq_len=16)
+    export_seq2seq(model, tmp_path, opset=18)
+    difference, same_tokens = seq2seq_parity(model, tmp_path)
+    assert difference < 1e-4 and same_tokens
+    inputs = [i.name for i in onnx.load(str(tmp_path / DECODER_WITH_PAST)).graph.input]
+    assert inputs[:3] == ["input_ids", "encoder_attention_mask", "past_key_values.0.decoder.key"]

@@ -70,7 +70,11 @@ def load_model(folder: Path, backend: Backend = "auto", threads: int | None = No
         )
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     chosen = _choose_backend(folder, backend)
-    if chosen == "onnx":
+    if chosen == "onnx" and family(shape.arch).onnx_layout == "seq2seq":
+        from llmrecipe.generate.decoders import OnnxEncoderDecoder
+
+        decoder = OnnxEncoderDecoder(folder, shape, end_of_text_id(tokenizer), threads)
+    elif chosen == "onnx":
         decoder = _onnx_decoder(folder, shape, threads)
     else:
         decoder = _torch_decoder(folder, device, end_of_text_id(tokenizer))
@@ -81,7 +85,7 @@ def load_model(folder: Path, backend: Backend = "auto", threads: int | None = No
 
 def _choose_backend(folder: Path, backend: Backend) -> str:
     has_weights = (folder / "model.safetensors").is_file()
-    has_graph = (folder / "model.onnx").is_file()
+    has_graph = (folder / "model.onnx").is_file() or (folder / "encoder_model.onnx").is_file()
     if backend == "torch" and not has_weights:
         raise ArtifactError(f"{folder} has no model.safetensors for the torch backend; use --backend onnx")
     if backend == "onnx" and not has_graph:

@@ -89,6 +89,43 @@ class TorchEncoderDecoder:
         return past
 
 
+class OnnxEncoderDecoder:
+    """The encoder-decoder graphs of `export.onnx_seq2seq` on onnxruntime, behind the same three methods: the first
+    `forward` runs the encoder and the first decoder step (which returns the cross-attention keys and values), later
+    ones the decoder with past. The past is a list of numpy arrays per layer: self key, value, cross key, value."""
+
+    prompt_in_context = False
+
+    def __init__(self, folder: Path, shape: Any, start_id: int, threads: int | None = None):
+        from llmrecipe.export.onnx_seq2seq import DECODER, DECODER_WITH_PAST, ENCODER
+
+        self.seq_len, self.vocab_size, self.start_id = shape.seq_len, shape.vocab_size, start_id
+        self.encoder, self.decoder, self.with_past = (_session(str(Path(folder) / name), threads)
+                                                      for name in (ENCODER, DECODER, DECODER_WITH_PAST))
+        self.past_inputs = [i.name for i in self.with_past.get_inputs()][2:]
+
+    def empty(self, batch: int, slots: int | None = None) -> None:
+        return None
+
+    def forward(self, ids: np.ndarray, positions: np.ndarray, valid: np.ndarray, past: Any) -> tuple[np.ndarray, Any]:
+        if past is None:
+            mask = np.ascontiguousarray(valid, dtype=np.int64)
+            memory = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            start = np.full((ids.shape[0], 1), self.start_id, dtype=np.int64)
+            logits, *caches = self.decoder.run(None, {"input_ids": start, "encoder_attention_mask": mask,
+                                                      "encoder_hidden_states": memory})
+            return logits[:, -1], {"mask": mask, "caches": caches}
+        feeds = {"input_ids": ids, "encoder_attention_mask": past["mask"], **dict(zip(self.past_inputs, past["caches"]))}
+        logits, *present = self.with_past.run(None, feeds)
+        caches = list(past["caches"])
+        for layer in range(len(present) // 2):  # the grown self-attention caches; the cross ones stay
+            caches[4 * layer], caches[4 * layer + 1] = present[2 * layer], present[2 * layer + 1]
+        return logits[:, -1], {"mask": past["mask"], "caches": caches}
+
+    def select(self, past: Any, rows: np.ndarray) -> Any:
+        return {"mask": past["mask"][rows], "caches": [np.ascontiguousarray(c[rows]) for c in past["caches"]]}
+
+
 class OnnxDecoder:
     """A graph written by `export.onnx.export_decoder`, one cache input and output per layer and side (B, K, P, E),
     and the fused graph that fused.py builds from its weights (where it serves the export).

@@ -80,6 +80,9 @@ class Family(ABC):
     ONNX with past), an encoder-decoder's `start_decoding(inputs, mask)` and `decode(ids, cache, last_only)`."""
     hf_architecture: ClassVar[str | None] = None
     """The transformers class the Hugging Face export writes; None: no export."""
+    onnx_layout: ClassVar[Literal["decoder", "seq2seq"]] = "decoder"
+    """What the ONNX export writes: `decoder`, one model.onnx with past key/values; `seq2seq`, Optimum's encoder,
+    decoder and decoder-with-past graphs."""
     hf_auto_class: ClassVar[str] = "AutoModelForCausalLM"
     """The transformers auto class that loads the export."""
 

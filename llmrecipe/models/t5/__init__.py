@@ -54,6 +54,7 @@ class T5(Family):
     ffn_mult = 8 / 3  # gated GELU's three matrices at 8/3 hold the parameters of a 4x GELU MLP
     hf_architecture = "T5ForConditionalGeneration"
     hf_auto_class = "AutoModelForSeq2SeqLM"
+    onnx_layout = "seq2seq"
 
     def shape(self, settings: ModelSettings, vocab_size: int) -> ModelShape:
         m = settings

@@ -66,10 +66,14 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """x (B, T, D) attends over keys/values (B, H, S, E) with `bias` (B or 1, H or 1, T, S), -inf = masked."""
         B, T, D = x.shape
-        dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(self.heads(self.q_proj(x)), keys, values, attn_mask=bias.to(x.dtype),
-                                           dropout_p=dropout, scale=1.0)  # (B, H, T, E)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        q = self.heads(self.q_proj(x))  # (B, H, T, E)
+        if torch.compiler.is_exporting():  # the exporter's SDPA decomposition with a mask cannot reshape its output
+            y = torch.matmul((torch.matmul(q, keys.transpose(-2, -1)) + bias).softmax(-1), values)  # (B, H, T, E)
+        else:
+            dropout = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(x.dtype), dropout_p=dropout,
+                                               scale=1.0)  # (B, H, T, E)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
 class GatedGELU(nn.Module):
