@@ -301,9 +301,19 @@ def test_onnx_encoder_and_decoder_with_past_match_torch_with_equal_greedy_tokens
 
     from llmrecipe.export.onnx_seq2seq import DECODER_WITH_PAST, export_seq2seq, seq2seq_parity
 
+    from llmrecipe import api
+    from llmrecipe.generate.sampling import SamplingParams
+    from tests.generate_helpers import save_artifact
+
     model = tiny_t5(seq_len=16)
-    export_seq2seq(model, tmp_path, opset=18)
-    difference, same_tokens = seq2seq_parity(model, tmp_path)
+    folder = save_artifact(model, tmp_path / "export")  # config and tokenizer beside the graphs, as the step does
+    export_seq2seq(model, folder, opset=18)
+    difference, same_tokens = seq2seq_parity(model, folder)
     assert difference < 1e-4 and same_tokens
-    inputs = [i.name for i in onnx.load(str(tmp_path / DECODER_WITH_PAST)).graph.input]
+    inputs = [i.name for i in onnx.load(str(folder / DECODER_WITH_PAST)).graph.input]
     assert inputs[:3] == ["input_ids", "encoder_attention_mask", "past_key_values.0.decoder.key"]
+    on_onnx, on_torch = api.open_model(folder, backend="onnx"), api.open_model(folder, backend="torch")
+    prompts = [on_torch.engine.encode("To be, or not"), on_torch.engine.encode("A stitch in time saves")]
+    greedy = SamplingParams(max_tokens=6, temperature=0.0)
+    assert ([c.token_ids for c in on_onnx.engine.generate(prompts, greedy)]
+            == [c.token_ids for c in on_torch.engine.generate(prompts, greedy)])  # `generate --backend onnx`
