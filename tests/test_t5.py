@@ -209,6 +209,8 @@ def test_t5_recipe_pretrains_by_span_corruption_and_fine_tunes_seq2seq(tmp_path)
 
     pairs = [{"prompt": f"count {i} {i + 1}", "response": f"{i + 2} {i + 3}"} for i in range(40)]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    choices = [{"context": f"count {i}", "choices": [f"{i + 1}", f"{i + 5}"], "answer": 0} for i in range(4)]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(c) + "\n" for c in choices))
     recipe = write_tiny_recipe(tmp_path, steps=10, checkpoint_every=5, edits=(
         ("n_layer = 2, n_head = 2", 'arch = "t5", n_layer = 2, n_head = 2, sentinels = 16'),
     ), extra=textwrap.dedent("""
@@ -221,6 +223,11 @@ def test_t5_recipe_pretrains_by_span_corruption_and_fine_tunes_seq2seq(tmp_path)
         batch_size = 4
         budget = { steps = 6 }
         eval_every = 3
+
+        [steps.eval]
+        kind = "evaluate"
+        model = "tuned"
+        suites = { gen = { type = "generation", data = "pairs.jsonl", limit = 4, decoding = { max_new_tokens = 4 } }, mc = { type = "multiple_choice", data = "mc.jsonl" } }
         """))
     loaded = api.load(recipe)
     plan = api.compile(loaded)
@@ -236,6 +243,8 @@ def test_t5_recipe_pretrains_by_span_corruption_and_fine_tunes_seq2seq(tmp_path)
     assert tokenizer.decode([top, top - 1], skip_special_tokens=False) == "<extra_id_0><extra_id_1>"
     tuned = json.loads((store / plan.step("tuned").fingerprint / "manifest.json").read_text())["metrics"]
     assert math.isfinite(tuned["val_loss"]) and tuned["train_examples"] + tuned["val_examples"] == 40
+    scores = json.loads((store / plan.step("eval").fingerprint / "manifest.json").read_text())["metrics"]
+    assert 0 <= scores["gen_chrf"] <= 100 and 0 <= scores["mc_accuracy"] <= 1
 
 
 # --- generation and serving ------------------------------------------------------------------------------------
@@ -317,3 +326,17 @@ def test_onnx_encoder_and_decoder_with_past_match_torch_with_equal_greedy_tokens
     greedy = SamplingParams(max_tokens=6, temperature=0.0)
     assert ([c.token_ids for c in on_onnx.engine.generate(prompts, greedy)]
             == [c.token_ids for c in on_torch.engine.generate(prompts, greedy)])  # `generate --backend onnx`
+
+
+def test_multiple_choice_scores_each_choice_by_the_decoder_given_the_encoded_context():
+    from llmrecipe.evals.loglikelihood import Request, score_requests
+
+    model = tiny_t5()
+    requests = [Request([5, 6, 7, 8, 9], [11, 12]), Request([5, 6], [13, 14, 15]), Request([20], [21])]
+    batched, _ = score_requests(model, requests, batch_size=3, start_id=VOCAB - 1)
+    for request, score in zip(requests, batched):
+        decoder = torch.tensor([[VOCAB - 1, *request.continuation_ids[:-1]]])
+        with torch.no_grad():
+            log_probs = model(torch.tensor([request.context_ids]), decoder).log_softmax(-1)[0]  # (T, V)
+        expected = log_probs[torch.arange(len(request.continuation_ids)), request.continuation_ids].sum()
+        assert score == pytest.approx(float(expected), abs=1e-4)  # padding in the batch changes nothing
