@@ -305,23 +305,24 @@ def test_openai_client_completes_and_chats_with_a_t5_model(t5_folder, tmp_path):
 # --- ONNX ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.e2e
-def test_onnx_encoder_and_decoder_with_past_match_torch_with_equal_greedy_tokens(tmp_path):
+def test_onnx_export_step_writes_encoder_and_decoder_with_past_that_match_torch(tmp_path):
     import onnx
 
-    from llmrecipe.export.onnx_seq2seq import DECODER_WITH_PAST, export_seq2seq, seq2seq_parity
-
     from llmrecipe import api
+    from llmrecipe.export.onnx_seq2seq import DECODER, DECODER_WITH_PAST, ENCODER
     from llmrecipe.generate.sampling import SamplingParams
+    from llmrecipe.steps import export
     from tests.generate_helpers import save_artifact
+    from tests.test_evaluate_export import step_context
 
-    model = tiny_t5(seq_len=16)
-    folder = save_artifact(model, tmp_path / "export")  # config and tokenizer beside the graphs, as the step does
-    export_seq2seq(model, folder, opset=18)
-    difference, same_tokens = seq2seq_parity(model, folder)
-    assert difference < 1e-4 and same_tokens
-    inputs = [i.name for i in onnx.load(str(folder / DECODER_WITH_PAST)).graph.input]
+    model_dir = save_artifact(tiny_t5(seq_len=16), tmp_path / "model")
+    out = tmp_path / "onnx"
+    metrics = export.run({"format": "onnx", "opset": 18, "tolerance": 1e-4}, step_context({"model": model_dir}, out))
+    assert metrics["max_abs_diff"] < 1e-4 and metrics["greedy_tokens_match"]  # checked in onnxruntime by the step
+    assert {ENCODER, DECODER, DECODER_WITH_PAST, "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    inputs = [i.name for i in onnx.load(str(out / DECODER_WITH_PAST)).graph.input]
     assert inputs[:3] == ["input_ids", "encoder_attention_mask", "past_key_values.0.decoder.key"]
-    on_onnx, on_torch = api.open_model(folder, backend="onnx"), api.open_model(folder, backend="torch")
+    on_onnx, on_torch = api.open_model(out, backend="onnx"), api.open_model(model_dir)
     prompts = [on_torch.engine.encode("To be, or not"), on_torch.engine.encode("A stitch in time saves")]
     greedy = SamplingParams(max_tokens=6, temperature=0.0)
     assert ([c.token_ids for c in on_onnx.engine.generate(prompts, greedy)]
