@@ -20,6 +20,8 @@ def tiny_shape(arch: str, **changes) -> ModelShape:
     values = dict(arch=arch, n_layer=2, n_head=2, n_kv_head=1 if arch == "llama" else 2, d_model=32, head_dim=16,
                   ffn_hidden=0 if arch == "lstm" else 128, vocab_size=64, seq_len=16, dropout=0.0, rope_theta=1e4,
                   tie_embeddings=True, mask_token_id=60 if arch == "bert" else None)
+    if arch == "t5":
+        values.update(n_decoder_layer=3, target_len=6, sentinels=4, norm_eps=1e-6)
     values.update(changes)
     return ModelShape(**values)
 

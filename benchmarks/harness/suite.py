@@ -43,6 +43,9 @@ SETTINGS: dict[str, Settings] = {
                                       "--set", "steps.chat.budget.epochs=1", "--set", "steps.chat.optim.warmup=2"),
                                recipes=("recipes/chat.toml",), needs="../shared/data (Austen, ChatterBot pairs)"),
     "smallest_search": Settings(quick=("--set", "steps.base.budget.steps=4"), recipes=("recipes/smallest.toml",)),
+    "t5_recipe": Settings(quick=("--set", "steps.base.budget.tokens=8000", "--set", "steps.base.optim.warmup=2",
+                                 "--set", "steps.tuned.budget.epochs=0.02", "--set", "steps.tuned.optim.warmup=1"),
+                          recipes=("recipes/t5.toml",)),
     "train_throughput": Settings(quick=("--steps", "1", "--rounds", "1", "--warmup", "1"), peers=("transformers",)),
 }
 

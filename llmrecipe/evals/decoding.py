@@ -12,19 +12,23 @@ from llmrecipe.generate.sampling import SamplingParams
 
 def suite_engine(env: Any) -> Engine:
     """The engine over the suite's model (already on its device, in eval mode)."""
-    from llmrecipe.generate.decoders import TorchDecoder
+    from llmrecipe.generate.decoders import torch_decoder
 
-    return Engine(TorchDecoder(env.model), env.tokenizer, env.eot_id, env.vocab_size)
+    return Engine(torch_decoder(env.model, env.eot_id), env.tokenizer, env.eot_id, env.vocab_size)
 
 
 def complete(engine: Engine, prompt_ids: list[int], params: SamplingParams) -> Completion:
     """The continuation of one prompt. A prompt too long for the context keeps its end, leaving room for up to
-    `max_tokens` new tokens (at least one); `prompt_is_cut` says when it does."""
+    `max_tokens` new tokens (at least one); an encoder-decoder reads up to its whole context; `prompt_is_cut` says
+    when it does."""
     return engine.generate([prompt_ids[-prompt_room(engine, params):]], params)[0]
 
 
 def prompt_room(engine: Engine, params: SamplingParams) -> int:
-    """The most prompt tokens kept: the context less the room for `max_tokens` new tokens (at least one)."""
+    """The most prompt tokens kept: the context less the room for `max_tokens` new tokens (at least one); all of it
+    for an encoder-decoder, whose prompt goes to the encoder."""
+    if not engine.prompt_in_context:
+        return engine.context
     return engine.context - max(1, min(params.max_tokens, engine.context - 1))
 
 

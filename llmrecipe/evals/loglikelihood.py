@@ -6,6 +6,9 @@ past the tokens of `encode(context)`; an empty context is replaced by the end-of
 longer than the model's context keeps its last seq_len + 1 tokens. Requests are scored longest first in
 batches padded on the right: a causal model never looks right, so padding does not change any score and
 results do not depend on the batch size.
+
+An encoder-decoder reads the context in its encoder (padding masked) and scores the continuation with its decoder,
+started from the end-of-text token as its seq2seq training starts it.
 """
 
 from __future__ import annotations
@@ -46,15 +49,25 @@ def score_requests(
     batch_size: int,
     device: str = "cpu",
     on_batch: Callable[[int], None] = lambda scored: None,
+    start_id: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of log-probabilities of each continuation and whether it is the greedy continuation, in request order."""
+    """Sum of log-probabilities of each continuation and whether it is the greedy continuation, in request order.
+    `start_id` starts an encoder-decoder's decoder."""
+    from llmrecipe.models.registry import family
+
     seq_len = model.shape.seq_len
+    if family(model.shape.arch).encoder_decoder:
+        def score(batch: list[Request]) -> list[tuple[float, bool]]:
+            return score_batch_seq2seq(model, batch, seq_len, device, start_id)
+    else:
+        def score(batch: list[Request]) -> list[tuple[float, bool]]:
+            return score_batch(model, batch, seq_len, device)
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].context_ids + requests[i].continuation_ids))
     log_likelihoods = np.zeros(len(requests), dtype=np.float64)
     greedy = np.zeros(len(requests), dtype=bool)
     for first in range(0, len(order), batch_size):
         batch = order[first : first + batch_size]
-        scores = score_batch(model, [requests[i] for i in batch], seq_len, device)
+        scores = score([requests[i] for i in batch])
         for index, (log_likelihood, is_greedy) in zip(batch, scores):
             log_likelihoods[index], greedy[index] = log_likelihood, is_greedy
         on_batch(len(batch))
@@ -75,6 +88,27 @@ def score_batch(model: torch.nn.Module, requests: list[Request], seq_len: int, d
     for i, row in enumerate(rows):
         padded[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     logits = model(padded.to(device)).float()  # (B, T, V), fp32
+    return _continuation_scores(logits, spans)
+
+
+@torch.no_grad()
+def score_batch_seq2seq(model: torch.nn.Module, requests: list[Request], seq_len: int, device: str,
+                        start_id: int) -> list[tuple[float, bool]]:
+    """The context (its last seq_len tokens) to the encoder, the continuation scored by the decoder."""
+    contexts = [r.context_ids[-seq_len:] for r in requests]
+    width, length = max(len(c) for c in contexts), max(len(r.continuation_ids) for r in requests)
+    inputs = torch.zeros((len(requests), width), dtype=torch.long)  # (B, S)
+    decoder_inputs = torch.full((len(requests), length), start_id, dtype=torch.long)  # (B, T)
+    for i, (context, request) in enumerate(zip(contexts, requests)):
+        inputs[i, : len(context)] = torch.tensor(context)
+        decoder_inputs[i, 1 : len(request.continuation_ids)] = torch.tensor(request.continuation_ids[:-1])
+    mask = torch.arange(width)[None, :] < torch.tensor([len(c) for c in contexts])[:, None]  # (B, S) real tokens
+    logits = model(inputs.to(device), decoder_inputs.to(device), mask.to(device)).float()  # (B, T, V)
+    return _continuation_scores(logits, [(0, len(r.continuation_ids), r.continuation_ids) for r in requests])
+
+
+def _continuation_scores(logits: torch.Tensor, spans: list[tuple[int, int, list[int]]]) -> list[tuple[float, bool]]:
+    """Per row: the summed log-probability of its targets at positions start:stop, and whether each is the argmax."""
     results = []
     for i, (start, stop, targets) in enumerate(spans):
         log_probs = torch.log_softmax(logits[i, start:stop], dim=-1)  # (S, V): predictions of the continuation

@@ -32,7 +32,7 @@ def run(config: MultipleChoiceSuite, env: SuiteEnv) -> SuiteResult:
         for choice in row["choices"]
     ]
     progress = progress_bar(env, len(requests), "choices")
-    log_likelihoods, _ = score_requests(env.model, requests, env.batch_size, env.device, progress.advance)
+    log_likelihoods, _ = score_requests(env.model, requests, env.batch_size, env.device, progress.advance, env.eot_id)
     progress.close()
     examples, offset = [], 0
     for row in rows:

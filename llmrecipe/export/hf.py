@@ -39,7 +39,7 @@ def write_hf_folder(model: torch.nn.Module, model_dir: Path, out_dir: Path) -> N
     eot = tokenizer.id_to_token(eot_id) if eot_id is not None else None
     stop_id = end_of_turn_id(model_dir, tokenizer) or eot_id  # a chat model stops at the end of its turn
     stop = tokenizer.id_to_token(stop_id) if stop_id is not None else None
-    ids = {"bos_token_id": eot_id, "eos_token_id": stop_id}
+    ids = arch.hf_special_ids(eot_id, stop_id)
     (out_dir / "config.json").write_text(json.dumps({**arch.hf_config(shape), **ids}, indent=2))
     (out_dir / "generation_config.json").write_text(json.dumps({**ids, "max_length": shape.seq_len}, indent=2))
     shutil.copy(model_dir / "tokenizer.json", out_dir / "tokenizer.json")
@@ -55,16 +55,19 @@ def write_hf_folder(model: torch.nn.Module, model_dir: Path, out_dir: Path) -> N
 @torch.no_grad()
 def hf_logit_difference(model: torch.nn.Module, folder: Path, seed: int = 0) -> float:
     """Largest |transformers - ours| logit difference on random ids, the folder loaded offline."""
-    from transformers import AutoModelForCausalLM
+    import transformers
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # a bar for loading a few tensors is noise in the step log
-    theirs = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
+    arch = family(model.shape.arch)
+    auto_class = getattr(transformers, arch.hf_auto_class)
+    theirs = auto_class.from_pretrained(str(folder), local_files_only=True).eval()
     generator = torch.Generator().manual_seed(seed)
     largest = 0.0
     for batch, length in ((1, 3), (2, model.shape.seq_len)):
         ids = torch.randint(0, model.shape.vocab_size, (batch, length), generator=generator)
-        difference = (theirs(ids).logits - model(ids)).abs().max()
+        ours_args, their_kwargs = arch.example_inputs(ids)
+        difference = (theirs(**their_kwargs).logits - model(*ours_args)).abs().max()
         largest = max(largest, float(difference))
     return largest
 

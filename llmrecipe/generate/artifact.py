@@ -70,7 +70,14 @@ def load_model(folder: Path, backend: Backend = "auto", threads: int | None = No
         )
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     chosen = _choose_backend(folder, backend)
-    decoder = _onnx_decoder(folder, shape, threads) if chosen == "onnx" else _torch_decoder(folder, device)
+    if chosen == "onnx" and family(shape.arch).onnx_layout == "seq2seq":
+        from llmrecipe.generate.decoders import OnnxEncoderDecoder
+
+        decoder = OnnxEncoderDecoder(folder, shape, end_of_text_id(tokenizer), threads)
+    elif chosen == "onnx":
+        decoder = _onnx_decoder(folder, shape, threads)
+    else:
+        decoder = _torch_decoder(folder, device, end_of_text_id(tokenizer))
     engine = Engine(decoder, tokenizer, end_of_turn_id(folder, tokenizer) or end_of_text_id(tokenizer),
                     tokenizer.get_vocab_size())
     return LoadedModel(engine, folder, chosen, find_chat_template(folder))
@@ -78,7 +85,7 @@ def load_model(folder: Path, backend: Backend = "auto", threads: int | None = No
 
 def _choose_backend(folder: Path, backend: Backend) -> str:
     has_weights = (folder / "model.safetensors").is_file()
-    has_graph = (folder / "model.onnx").is_file()
+    has_graph = (folder / "model.onnx").is_file() or (folder / "encoder_model.onnx").is_file()
     if backend == "torch" and not has_weights:
         raise ArtifactError(f"{folder} has no model.safetensors for the torch backend; use --backend onnx")
     if backend == "onnx" and not has_graph:
@@ -90,10 +97,10 @@ def _choose_backend(folder: Path, backend: Backend) -> str:
     return backend
 
 
-def _torch_decoder(folder: Path, device: str):
+def _torch_decoder(folder: Path, device: str, start_id: int | None):
     import torch
 
-    from llmrecipe.generate.decoders import TorchDecoder
+    from llmrecipe.generate.decoders import torch_decoder
     from llmrecipe.models.build import load_trained
     from llmrecipe.training.device import prepare_device
 
@@ -102,7 +109,7 @@ def _torch_decoder(folder: Path, device: str):
     if device == "cuda":
         prepare_device(device, tf32=True)
     model, _ = load_trained(folder, device)
-    return TorchDecoder(model)
+    return torch_decoder(model, start_id)
 
 
 def _onnx_decoder(folder: Path, shape, threads: int | None):

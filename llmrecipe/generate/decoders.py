@@ -19,6 +19,16 @@ from llmrecipe.generate.cache import InPlaceState, KVCache
 from llmrecipe.generate.fused import FusedCache
 
 
+def torch_decoder(model: torch.nn.Module, start_id: int | None) -> "TorchDecoder | TorchEncoderDecoder":
+    """The decoder for a model on torch, by its family: an encoder-decoder's starts from `start_id` (end-of-text,
+    as its seq2seq tasks trained it)."""
+    from llmrecipe.models.registry import family
+
+    if family(model.shape.arch).encoder_decoder:
+        return TorchEncoderDecoder(model, start_id)
+    return TorchDecoder(model)
+
+
 class TorchDecoder:
     """The model's own forward with a KVCache written in place: `present` is `past` itself, grown."""
 
@@ -47,6 +57,73 @@ class TorchDecoder:
 
     def select(self, past: KVCache, rows: np.ndarray) -> KVCache:
         return past.select(torch.from_numpy(rows).to(self.device))
+
+
+class TorchEncoderDecoder:
+    """An encoder-decoder behind the same three methods: the first `forward` takes the (left-padded) prompts to the
+    encoder, computes each decoder layer's cross-attention keys and values once and feeds the start token; later
+    calls take one decoder token per row. Decoder rows all start together, so they need no padding."""
+
+    prompt_in_context = False
+
+    def __init__(self, model: torch.nn.Module, start_id: int):
+        self.model = model.eval()
+        self.seq_len, self.vocab_size = model.shape.seq_len, model.shape.vocab_size
+        self.start_id = start_id
+        self.device = next(model.parameters()).device
+
+    def empty(self, batch: int, slots: int | None = None) -> None:
+        return None  # the cache is made from the encoder output on the first forward
+
+    @torch.inference_mode()
+    def forward(self, ids: np.ndarray, positions: np.ndarray, valid: np.ndarray, past: Any) -> tuple[np.ndarray, Any]:
+        ids = torch.from_numpy(ids).to(self.device)
+        if past is None:  # the prompts: encode once, then the decoder's first step from the start token
+            past = self.model.start_decoding(ids, torch.from_numpy(np.ascontiguousarray(valid)).to(self.device))
+            ids = torch.full((ids.size(0), 1), self.start_id, dtype=torch.long, device=self.device)
+        logits = self.model.decode(ids, past, last_only=True)  # (B, V)
+        return logits.float().cpu().numpy(), past
+
+    def select(self, past: Any, rows: np.ndarray) -> Any:
+        past.select(torch.from_numpy(rows).to(self.device))
+        return past
+
+
+class OnnxEncoderDecoder:
+    """The encoder-decoder graphs of `export.onnx_seq2seq` on onnxruntime, behind the same three methods: the first
+    `forward` runs the encoder and the first decoder step (which returns the cross-attention keys and values), later
+    ones the decoder with past. The past is a list of numpy arrays per layer: self key, value, cross key, value."""
+
+    prompt_in_context = False
+
+    def __init__(self, folder: Path, shape: Any, start_id: int, threads: int | None = None):
+        from llmrecipe.export.onnx_seq2seq import DECODER, DECODER_WITH_PAST, ENCODER
+
+        self.seq_len, self.vocab_size, self.start_id = shape.seq_len, shape.vocab_size, start_id
+        self.encoder, self.decoder, self.with_past = (_session(str(Path(folder) / name), threads)
+                                                      for name in (ENCODER, DECODER, DECODER_WITH_PAST))
+        self.past_inputs = [i.name for i in self.with_past.get_inputs()][2:]
+
+    def empty(self, batch: int, slots: int | None = None) -> None:
+        return None
+
+    def forward(self, ids: np.ndarray, positions: np.ndarray, valid: np.ndarray, past: Any) -> tuple[np.ndarray, Any]:
+        if past is None:
+            mask = np.ascontiguousarray(valid, dtype=np.int64)
+            memory = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            start = np.full((ids.shape[0], 1), self.start_id, dtype=np.int64)
+            logits, *caches = self.decoder.run(None, {"input_ids": start, "encoder_attention_mask": mask,
+                                                      "encoder_hidden_states": memory})
+            return logits[:, -1], {"mask": mask, "caches": caches}
+        feeds = {"input_ids": ids, "encoder_attention_mask": past["mask"], **dict(zip(self.past_inputs, past["caches"]))}
+        logits, *present = self.with_past.run(None, feeds)
+        caches = list(past["caches"])
+        for layer in range(len(present) // 2):  # the grown self-attention caches; the cross ones stay
+            caches[4 * layer], caches[4 * layer + 1] = present[2 * layer], present[2 * layer + 1]
+        return logits[:, -1], {"mask": past["mask"], "caches": caches}
+
+    def select(self, past: Any, rows: np.ndarray) -> Any:
+        return {"mask": past["mask"][rows], "caches": [np.ascontiguousarray(c[rows]) for c in past["caches"]]}
 
 
 class OnnxDecoder:

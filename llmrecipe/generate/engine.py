@@ -63,6 +63,9 @@ class Engine:
         self.vocab_size = vocab_size or decoder.vocab_size
         """Ids past the tokenizer's vocabulary are padding rows of the model: never sampled."""
         self.context = decoder.seq_len
+        self.prompt_in_context = getattr(decoder, "prompt_in_context", True)
+        """A decoder-only model continues its prompt in one context; an encoder-decoder reads the prompt in its
+        encoder, so the prompt takes none of the output's room."""
         self.byte_ids = byte_fallback_ids(tokenizer) if tokenizer is not None else frozenset()
 
     def encode(self, text: str) -> list[int]:
@@ -136,7 +139,11 @@ class Engine:
 
     def _budget(self, row: _Row) -> int:
         """New tokens the row may produce: its max_tokens, cut by the context (always at least one)."""
-        return max(1, min(row.params.max_tokens, self.context - len(row.prompt)))
+        return max(1, min(row.params.max_tokens, self.context - self._used(row.prompt)))
+
+    def _used(self, prompt: list[int]) -> int:
+        """Context positions the prompt takes from the output."""
+        return len(prompt) if self.prompt_in_context else 0
 
     def _advance(self, row: _Row, logits: np.ndarray) -> Delta:
         """Pick the row's next token and say what it adds and whether the row is done."""
@@ -148,6 +155,6 @@ class Engine:
         text, stopped = row.text.push(token) if row.text else ("", False)
         if stopped:
             return Delta(row.index, token, text, "stop")
-        if len(row.output) >= row.params.max_tokens or len(row.prompt) + len(row.output) >= self.context:
+        if len(row.output) >= row.params.max_tokens or self._used(row.prompt) + len(row.output) >= self.context:
             return Delta(row.index, token, text + (row.text.flush() if row.text else ""), "length")
         return Delta(row.index, token, text)

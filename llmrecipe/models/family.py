@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from llmrecipe.models.shape import ModelShape
 
-Objective = Literal["causal_lm", "masked_lm"]
+Objective = Literal["causal_lm", "masked_lm", "span_corruption"]
 
 
 class ShapeError(ValueError):
@@ -35,6 +35,11 @@ class ModelSettings(Protocol):
     rope_theta: float
     tie_embeddings: bool
     mask_fraction: float
+    n_encoder_layer: int | None
+    n_decoder_layer: int | None
+    sentinels: int
+    noise_density: float
+    mean_span_length: float
 
 
 def round_up(value: float, multiple: int) -> int:
@@ -53,7 +58,10 @@ class Family(ABC):
     module_path: ClassVar[str]
     """`package.module:Class` of the torch module, imported when a model is built."""
     objective: ClassVar[Objective] = "causal_lm"
-    """What pre-training teaches: next tokens (`causal_lm`) or masked tokens (`masked_lm`)."""
+    """What pre-training teaches: next tokens (`causal_lm`), masked tokens (`masked_lm`) or corrupted spans
+    (`span_corruption`, encoder-decoders)."""
+    encoder_decoder: ClassVar[bool] = False
+    """An encoder reads the input and a decoder writes the output (`model(inputs, decoder_inputs)`): text-to-text."""
     causal: ClassVar[bool] = True
     """Each position sees only earlier ones: the model generates, takes SFT and scores log-likelihoods."""
     attention: ClassVar[bool] = True
@@ -68,18 +76,27 @@ class Family(ABC):
     fsdp_unit: ClassVar[str | None] = "blocks"
     """The module list whose entries FSDP shards (and compiles) one by one; None: the whole model is one unit."""
     decodes: ClassVar[bool] = False
-    """Its forward takes a KV cache (`model(idx, cache=..., last_only=...)`): generation, serving, ONNX with past."""
+    """It generates with a KV cache: a decoder's forward takes one (`model(idx, cache=..., last_only=...)`; also
+    ONNX with past), an encoder-decoder's `start_decoding(inputs, mask)` and `decode(ids, cache, last_only)`."""
     hf_architecture: ClassVar[str | None] = None
     """The transformers class the Hugging Face export writes; None: no export."""
     hf_sequence_classification: ClassVar[str | None] = None
     """The transformers class a classify fine-tune of this family exports to (its head has no bias, like ours for
     decoders); None: no exact counterpart."""
+    onnx_layout: ClassVar[Literal["decoder", "seq2seq"]] = "decoder"
+    """What the ONNX export writes: `decoder`, one model.onnx with past key/values; `seq2seq`, Optimum's encoder,
+    decoder and decoder-with-past graphs."""
+    hf_auto_class: ClassVar[str] = "AutoModelForCausalLM"
+    """The transformers auto class that loads the export."""
 
     # --- shape --------------------------------------------------------------------------------------------------
 
     def shape(self, settings: ModelSettings, vocab_size: int) -> ModelShape:
         """The shape for a tokenizer of `vocab_size` ids; raises ShapeError for settings the family cannot build."""
         m = settings
+        if not self.encoder_decoder and (m.n_encoder_layer is not None or m.n_decoder_layer is not None):
+            raise ShapeError(f"model.n_encoder_layer / model.n_decoder_layer: `{self.name}` has one stack; "
+                             "use model.n_layer")
         if self.attention and m.d_model % m.n_head:
             raise ShapeError(f"model.d_model = {m.d_model} is not a multiple of model.n_head = {m.n_head}; "
                              f"pick d_model = {round_up(m.d_model, m.n_head)} or an n_head that divides it")
@@ -103,6 +120,10 @@ class Family(ABC):
             tie_embeddings=m.tie_embeddings, mask_token_id=vocab_size if masked else None,
             mask_fraction=m.mask_fraction,
         )
+
+    def derived(self, shape: ModelShape) -> dict[str, Any]:
+        """Values of the shape this family derives beyond the common ones, for `llmrecipe plan` to show."""
+        return {}
 
     # --- size ---------------------------------------------------------------------------------------------------
 
@@ -144,6 +165,19 @@ class Family(ABC):
         return getattr(importlib.import_module(path), name)
 
     # --- Hugging Face layout ------------------------------------------------------------------------------------
+
+    def added_tokens(self, shape: ModelShape) -> list[str]:
+        """Special tokens the pre-training step appends to its tokenizer, in id order (the shape has rows for them)."""
+        return []
+
+    def example_inputs(self, ids: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Token ids (B, T) -> (our model's positional arguments, transformers' keyword arguments) of one forward
+        pass over them, for parity checks."""
+        return (ids,), {"input_ids": ids}
+
+    def hf_special_ids(self, eot_id: int | None, stop_id: int | None) -> dict[str, Any]:
+        """The special token ids of the exported config.json and generation_config.json."""
+        return {"bos_token_id": eot_id, "eos_token_id": stop_id}
 
     def hf_config(self, shape: ModelShape) -> dict[str, Any]:
         raise NotImplementedError(f"`{self.name}` models have no Hugging Face layout")

@@ -6,13 +6,14 @@ Adding an architecture: its package under models/ (a torch-free `Family` in `__i
 
 from __future__ import annotations
 
-from llmrecipe.models import bert, gpt2, llama, lstm
+from llmrecipe.models import bert, gpt2, llama, lstm, t5
 from llmrecipe.models.family import Family
 
 FAMILIES: dict[str, Family] = {
     "llama": llama.FAMILY,
     "gpt2": gpt2.FAMILY,
     "bert": bert.FAMILY,
+    "t5": t5.FAMILY,
     "lstm": lstm.FAMILY,
 }
 

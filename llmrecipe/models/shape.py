@@ -29,6 +29,16 @@ class ModelShape(BaseModel):
     """Masked-language models only: the id of the mask token, the first row past the tokenizer's vocabulary."""
     mask_fraction: float = 0.15
     """Masked-language models only: fraction of positions that are masked-language-modelling targets."""
+    n_decoder_layer: int | None = None
+    """Encoder-decoder models only: layers of the decoder stack (`n_layer` counts the encoder's)."""
+    target_len: int | None = None
+    """Encoder-decoder models only: decoder positions per pre-training example (`seq_len` is the encoder's)."""
+    sentinels: int = 0
+    """Span corruption only: sentinel tokens appended to the tokenizer, numbered down from the top of its ids."""
+    noise_density: float = 0.15
+    """Span corruption only: fraction of each example's tokens that are corrupted (moved to the target)."""
+    mean_span_length: float = 3.0
+    """Span corruption only: mean length of a corrupted span."""
 
     @field_validator("arch")
     @classmethod

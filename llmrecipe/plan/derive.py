@@ -128,6 +128,7 @@ def pretrain_summary(spec: PretrainSpec) -> dict[str, Any]:
         "head_dim": spec.model.head_dim,
         "ffn_hidden": spec.model.ffn_hidden,
         "vocab_size": spec.model.vocab_size,
+        **family(spec.model.arch).derived(spec.model),
         "n_params": n_params,
         "flops_per_token": flops,
         "train_flops": flops * spec.tokens_per_step * steps if steps else "follows from the epoch budget",
@@ -234,6 +235,12 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
                   dataset_file: str | None, nproc: int = 1) -> FinetuneSpec:
     """`init` is the starting model's shape, `token_bound` an upper bound of its tokenizer's ids."""
     arch = family(init.arch)
+    if step.task in ("sft", "continue", "classify") and arch.encoder_decoder:
+        raise DerivationError(f"task = '{step.task}' trains a single-stack model; the init model is a `{init.arch}` "
+                              "encoder-decoder: use task = 'seq2seq' (text in, text out)")
+    if step.task == "seq2seq" and not arch.encoder_decoder:
+        raise DerivationError(f"task = 'seq2seq' trains an encoder-decoder (`t5`); the init model is a "
+                              f"`{init.arch}`: use task = 'sft' for prompt/response pairs")
     if step.task in ("sft", "continue") and not arch.causal:
         raise DerivationError(f"task = '{step.task}' trains a decoder that reads left to right; the init model is a "
                               f"`{init.arch}`, which sees both sides")

@@ -130,13 +130,13 @@ class FinetuneSpec(TrainingSpec):
     targets and the batch arithmetic. The dataset is named by its file name; its content digest is in the step's
     external files (see llmrecipe/finetune/locate.py)."""
 
-    task: Literal["sft", "classify", "continue"]
+    task: Literal["sft", "classify", "continue", "seq2seq"]
     init_model: ModelShape
     """The shape of the starting model (its config.json)."""
     model: ModelShape
     """The shape of the output model: `init_model` with embedding rows for the added special tokens."""
     dataset: DatasetConfig | None
-    """`sft`, `classify`: the dataset settings, `path` cut to the file's name."""
+    """`sft`, `classify`, `seq2seq`: the dataset settings, `path` cut to the file's name."""
     dataset_file: str | None
     """The dataset's absolute path on this machine."""
     chat_template: str | None

@@ -28,9 +28,9 @@ class DatasetConfig(Section):
     label_field: str = "label"
     """`classify`: the label of the text."""
     prompt_field: str = "prompt"
-    """`sft`: the user's turn of a prompt/response pair."""
+    """`sft`: the user's turn of a prompt/response pair; `seq2seq`: the input text."""
     response_field: str = "response"
-    """`sft`: the assistant's turn of a prompt/response pair."""
+    """`sft`: the assistant's turn of a prompt/response pair; `seq2seq`: the output text."""
     messages_field: str = "messages"
     """`sft`: a list of `{"role", "content"}` turns (system/user/assistant); used by rows that have it instead of a
     prompt/response pair."""
@@ -70,13 +70,14 @@ class FinetuneStep(TrainingControls):
     kind: Literal["finetune"]
     init: StepName
     """The `pretrain` or `finetune` step whose model (and tokenizer) this step starts from."""
-    task: Literal["sft", "classify", "continue"]
+    task: Literal["sft", "classify", "continue", "seq2seq"]
     """`sft`: learn to answer in a chat format, loss on the assistant's tokens only; `classify`: a classification
-    head on the model; `continue`: next-token training on the tokens of a `data` step (domain adaptation)."""
+    head on the model; `continue`: next-token training on the tokens of a `data` step (domain adaptation);
+    `seq2seq`: text-to-text for an encoder-decoder (`t5`): the prompt to the encoder, the loss on the response."""
     data: StepName | None = None
     """`continue` only: the `data` step whose train split is tokenized with the init model's tokenizer."""
     dataset: DatasetConfig | None = None
-    """`sft` and `classify`: the JSONL examples."""
+    """`sft`, `classify` and `seq2seq`: the JSONL examples."""
     template: Literal["chatml"] = "chatml"
     """`sft`: the chat format preset. `chatml`: `<|im_start|>role\\ncontent<|im_end|>\\n` turns."""
     chat_template: str | None = None
@@ -89,7 +90,8 @@ class FinetuneStep(TrainingControls):
     to produce it, and generation stops there."""
     max_seq_len: int | None = Field(default=None, ge=2, le=MAX_SEQ_LEN)
     """Tokens per training sequence, at most the init model's `seq_len` (the default): the length of a packed row
-    for `sft` (longer examples are fitted by `truncation`) and of a window for `continue`."""
+    for `sft` (longer examples are fitted by `truncation`), of a window for `continue`, and of each side of a
+    `seq2seq` pair."""
     truncation: Literal["left", "drop"] = "left"
     """`sft`: what happens to a conversation longer than `max_seq_len`. `left`: its beginning goes (earlier turns,
     then the start of the prompt; system messages and the template's markers stay) so the last response is whole,

@@ -14,11 +14,17 @@ from llmrecipe.recipe.training import TrainingControls
 class ModelConfig(Section):
     """Shape of the network. Head size, parameter count and FLOPs are derived by `llmrecipe plan`."""
 
-    arch: Literal["llama", "gpt2", "bert", "lstm"] = "llama"
+    arch: Literal["llama", "gpt2", "bert", "t5", "lstm"] = "llama"
     """Architecture: `llama` (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases), `gpt2` (learned
-    positions, LayerNorm, GELU MLP, biases), `bert` (bidirectional encoder trained by masked-language modelling)
-    or `lstm` (a recurrent baseline: `n_layer` LSTM layers of width `d_model`)."""
+    positions, LayerNorm, GELU MLP, biases), `bert` (bidirectional encoder trained by masked-language modelling),
+    `t5` (T5 v1.1 encoder-decoder trained by span corruption: RMSNorm, relative position buckets, gated-GELU,
+    untied embeddings) or `lstm` (a recurrent baseline: `n_layer` LSTM layers of width `d_model`)."""
     n_layer: int = Field(default=4, ge=1, le=MAX_LAYERS)
+    """Layers (for `t5`: of each stack, unless `n_encoder_layer` / `n_decoder_layer` say otherwise)."""
+    n_encoder_layer: int | None = Field(default=None, ge=1, le=MAX_LAYERS)
+    """`t5`: layers of the encoder; defaults to `n_layer`."""
+    n_decoder_layer: int | None = Field(default=None, ge=1, le=MAX_LAYERS)
+    """`t5`: layers of the decoder; defaults to `n_layer`."""
     n_head: int = Field(default=4, ge=1, le=MAX_HEADS)
     """Attention heads (not used by `lstm`)."""
     n_kv_head: int | None = Field(default=None, ge=1, le=MAX_HEADS)
@@ -26,7 +32,7 @@ class ModelConfig(Section):
     d_model: int = Field(default=256, ge=8, le=MAX_WIDTH)
     """Width of the residual stream (the hidden size for `lstm`); a multiple of `n_head` for attention models."""
     seq_len: int = Field(default=256, ge=2, le=MAX_SEQ_LEN)
-    """Context length in tokens."""
+    """Context length in tokens (for `t5`: the encoder's input length; the plan derives the target length)."""
     ffn_mult: float | None = Field(default=None, gt=0, le=64)
     """MLP hidden width as a multiple of `d_model`, rounded up to a multiple of 64. Unset: 8/3 for `llama`'s
     SwiGLU (the parameters of a 4x MLP), 4 for `gpt2` and `bert`."""
@@ -38,6 +44,13 @@ class ModelConfig(Section):
     mask_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
     """`bert`: fraction of positions chosen as masked-language-modelling targets (of which 80% become the mask
     token, 10% a random token, 10% stay), as in Devlin et al. (2019)."""
+    sentinels: int = Field(default=100, ge=1, le=1000)
+    """`t5`: sentinel tokens `<extra_id_0>`, `<extra_id_1>`, ... appended to the tokenizer, numbered down from the
+    top of its ids; span corruption replaces each corrupted span by one."""
+    noise_density: float = Field(default=0.15, gt=0.0, lt=1.0)
+    """`t5`: fraction of each pre-training example's tokens corrupted by span corruption (Raffel et al., 2020)."""
+    mean_span_length: float = Field(default=3.0, ge=1.0, le=100.0)
+    """`t5`: mean length of a corrupted span."""
 
 
 class OptimConfig(Section):

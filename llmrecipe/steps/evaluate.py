@@ -32,6 +32,9 @@ from llmrecipe.training.device import prepare_device
 
 PLOTTED = {"multiple_choice": ("accuracy", "accuracy_norm"), "qa_factuality": ("accuracy", "hallucination_rate")}
 """Suite type -> the metrics drawn as bars with their intervals."""
+ENCODER_DECODER_SUITES = ("generation", "qa_factuality", "samples", "multiple_choice")
+"""Suite types that run on encoder-decoders too: those that generate (through the decoding engine), and multiple
+choice (the decoder's log-likelihood of each choice given the encoded context)."""
 
 
 def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -69,7 +72,13 @@ def load_evaluated_model(folder: Path, spec: EvaluateSpec) -> torch.nn.Module:
                             "fine-tune); evaluate its `init` model with them, or give it only classification suites")
         return load_classifier(folder, spec.device)
     model, shape = load_trained(folder, spec.device)
-    if not family(shape.arch).causal:
+    arch = family(shape.arch)
+    if arch.encoder_decoder:
+        others = [name for name, config in spec.suites.items() if config.type not in ENCODER_DECODER_SUITES]
+        if others:
+            raise StepError(f"suites {others} score windows of a token stream with a decoder-only model; a "
+                            f"`{shape.arch}` encoder-decoder runs these suite types: {', '.join(ENCODER_DECODER_SUITES)}")
+    elif not arch.causal:
         raise StepError(f"evaluation suites score a causal decoder; a `{shape.arch}` model predicts masked tokens "
                         "instead")
     return model

@@ -19,6 +19,7 @@ from llmrecipe.export.onnx import export_decoder
 from llmrecipe.export.parity import greedy_tokens, past_logit_difference
 from llmrecipe.models.build import load_trained
 from llmrecipe.models.classifier import is_classifier_artifact, load_classifier
+from llmrecipe.models.registry import family
 from llmrecipe.plan.specs import ExportSpec
 from llmrecipe.run.context import StepContext
 
@@ -47,7 +48,7 @@ def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         from llmrecipe.export.hf import export_hf
 
         return export_hf(model, model_dir, ctx.out_dir, spec.tolerance, ctx.log)
-    return _onnx(model, model_dir, spec, ctx)
+    return ONNX_LAYOUTS[family(model.shape.arch).onnx_layout](model, model_dir, spec, ctx)
 
 
 def _onnx(model: torch.nn.Module, model_dir: Path, spec: ExportSpec, ctx: StepContext) -> dict[str, Any]:
@@ -65,11 +66,7 @@ def _onnx(model: torch.nn.Module, model_dir: Path, spec: ExportSpec, ctx: StepCo
             f"greedy decoding in onnxruntime gives other tokens than torch ({actual[0][:8]}... vs {expected[0][:8]}...) "
             "although the logits agree within tolerance; lower tolerance or try another opset"
         )
-    for name in ("tokenizer.json", "config.json"):
-        shutil.copy(model_dir / name, ctx.out_dir / name)
-    for name in ("chat_template.jinja", "tokenizer_config.json"):  # a fine-tuned chat model keeps its format
-        if (model_dir / name).is_file():
-            shutil.copy(model_dir / name, ctx.out_dir / name)
+    copy_beside(model_dir, ctx.out_dir)
     metrics = {"max_abs_diff": difference, "onnx_bytes": sum(path.stat().st_size for path in written),
                "opset": spec.opset, "greedy_tokens_match": True}
     if spec.quantize == "int8":
@@ -77,3 +74,36 @@ def _onnx(model: torch.nn.Module, model_dir: Path, spec: ExportSpec, ctx: StepCo
 
         metrics |= quantize_int8(model, ctx.out_dir / "model.onnx", ctx.out_dir / "model.int8.onnx", ctx.log)
     return metrics
+
+
+def _onnx_seq2seq(model: torch.nn.Module, model_dir: Path, spec: ExportSpec, ctx: StepContext) -> dict[str, Any]:
+    """An encoder-decoder's three graphs, checked for logits and greedy tokens through the decoding engine."""
+    from llmrecipe.export.onnx_seq2seq import export_seq2seq, seq2seq_parity
+
+    if spec.quantize is not None:
+        raise StepError(f"quantize = '{spec.quantize}' is for decoder-only graphs; remove it to export this "
+                        f"`{model.shape.arch}` encoder-decoder")
+    written = export_seq2seq(model, ctx.out_dir, spec.opset)
+    difference, same_tokens = seq2seq_parity(model, ctx.out_dir)
+    ctx.log(f"onnxruntime vs torch: max |logit difference| = {difference:.3g} (tolerance {spec.tolerance:g}), "
+            f"greedy tokens {'equal' if same_tokens else 'differ'}")
+    if not difference <= spec.tolerance or not same_tokens:
+        raise StepError(f"the ONNX graphs' logits differ from torch's by up to {difference:.3g} (tolerance = "
+                        f"{spec.tolerance:g}), greedy tokens {'equal' if same_tokens else 'differ'}; try another "
+                        "opset (e.g. 18 or 23), or raise tolerance if the difference is rounding")
+    copy_beside(model_dir, ctx.out_dir)
+    return {"max_abs_diff": difference, "onnx_bytes": sum(path.stat().st_size for path in written),
+            "opset": spec.opset, "greedy_tokens_match": True}
+
+
+def copy_beside(model_dir: Path, out_dir: Path) -> None:
+    """The tokenizer and config next to the graphs; a fine-tuned chat model keeps its format."""
+    for name in ("tokenizer.json", "config.json"):
+        shutil.copy(model_dir / name, out_dir / name)
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        if (model_dir / name).is_file():
+            shutil.copy(model_dir / name, out_dir / name)
+
+
+ONNX_LAYOUTS = {"decoder": _onnx, "seq2seq": _onnx_seq2seq}
+"""The exporter of each family's ONNX layout (models/family.py: onnx_layout)."""
