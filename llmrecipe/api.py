@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from llmrecipe.checkpoints.locate import import_checkpoints
 from llmrecipe.data.locate import external_files
 from llmrecipe.errors import RecipeError
 from llmrecipe.evals.locate import evaluate_files
@@ -46,13 +47,15 @@ def workdir_of(loaded: LoadedRecipe, override: str | Path | None = None) -> Path
 
 
 def compile(loaded: LoadedRecipe, workdir: str | Path | None = None) -> Plan:
+    checkpoints, checkpoint_files = import_checkpoints(loaded.recipe, loaded.base_dir)
     return compile_plan(
         loaded.recipe,
         workdir=str(workdir_of(loaded, workdir)),
         host=probe_host(),
         external={**external_files(loaded.recipe, loaded.base_dir), **evaluate_files(loaded.recipe, loaded.base_dir),
-                  **finetune_files(loaded.recipe, loaded.base_dir)},
+                  **finetune_files(loaded.recipe, loaded.base_dir), **checkpoint_files},
         executor_versions=EXECUTOR_VERSIONS,
+        checkpoints=checkpoints,
     )
 
 
@@ -61,7 +64,7 @@ def artifact(plan: Plan, step: str) -> Path:
     return Store(Path(plan.workdir)).path(plan.step(step).fingerprint)
 
 
-MODEL_KINDS = ("pretrain", "finetune", "export")
+MODEL_KINDS = ("pretrain", "import", "finetune", "export")
 """Step kinds whose artifact holds a model that `generate` and `serve` can run."""
 
 

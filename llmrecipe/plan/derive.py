@@ -13,9 +13,10 @@ from typing import Any
 from llmrecipe.models.family import ShapeError, matches_target, round_up
 from llmrecipe.models.registry import family
 from llmrecipe.models.shape import ModelShape
-from llmrecipe.plan.plan import Host
-from llmrecipe.plan.specs import DataSpec, FinetuneSpec, PretrainSpec
+from llmrecipe.plan.plan import CheckpointFacts, Host
+from llmrecipe.plan.specs import DataSpec, FinetuneSpec, ImportSpec, PretrainSpec
 from llmrecipe.recipe.finetune import CHAT_TEMPLATES, FinetuneStep
+from llmrecipe.recipe.import_step import ImportStep
 from llmrecipe.recipe.pretrain import OptimConfig, PretrainStep
 from llmrecipe.recipe.tokenizer import TokenizerStep
 
@@ -117,6 +118,26 @@ def _resolved_warmup(step: PretrainStep | FinetuneStep, total_steps: int | None)
             "when training starts); give optim.warmup in steps instead"
         )
     return optim.model_copy(update={"warmup": int(optim.warmup_fraction * total_steps), "warmup_fraction": None})
+
+
+def import_spec(step: ImportStep, facts: CheckpointFacts, device: str, host: Host) -> ImportSpec:
+    dtype = step.dtype if step.dtype != "auto" else ("bf16" if facts.stored_dtype == "bf16" else "fp32")
+    if dtype == "bf16" and device == "cpu" and not host.cpu_bf16:
+        raise DerivationError("dtype = 'bf16': this machine's CPU has no bf16 arithmetic (AVX512-BF16 or AMX), so "
+                              "bf16 weights would compute slowly and in emulation; use dtype = 'fp32' (or a GPU)")
+    return ImportSpec(model=facts.shape, dtype=dtype, folder=facts.folder, eot_token=facts.eot_token)
+
+
+def import_summary(spec: ImportSpec, facts: CheckpointFacts) -> dict[str, Any]:
+    """What `llmrecipe plan` shows for an import: the architecture, its size, context and dtype."""
+    shape = spec.model
+    return {
+        "architecture": f"{shape.hf_model_type} -> {shape.arch}", "n_params": parameter_count(shape),
+        "context": shape.seq_len, "dtype": spec.dtype, "stored_dtype": facts.stored_dtype,
+        "n_layer": shape.n_layer, "d_model": shape.d_model, "heads": f"{shape.n_head} (kv {shape.n_kv_head})",
+        "vocab_size": shape.vocab_size, "tokenizer_ids": facts.tokens, "chat_template": facts.chat_template,
+        **({"rope_scaling": "llama3"} if shape.rope_scaling else {}),
+    }
 
 
 def pretrain_summary(spec: PretrainSpec) -> dict[str, Any]:
