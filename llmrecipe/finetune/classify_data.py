@@ -115,12 +115,19 @@ def encode(tokenizer, texts: list[str], seq_len: int, marker_id: int, pooling: s
     """Token ids per text with a marker token at the pooled end, cut to `seq_len`.
 
     `last` pooling appends the marker (the end-of-text id the model saw after every document), so every
-    example ends on the same token whose state summarizes it; `first` prepends it, like BERT's [CLS].
+    example ends on the same token whose state summarizes it; `first` prepends it, like BERT's [CLS]. A tokenizer
+    that puts the marker there itself (an imported BERT's adds [CLS] ... [SEP]) is not given a second one.
     """
     rows = []
     for encoding in tokenizer.encode_batch(texts):
-        ids = encoding.ids[: seq_len - 1]  # long texts keep their beginning
-        rows.append([*ids, marker_id] if pooling == "last" else [marker_id, *ids])
+        ids = encoding.ids
+        if pooling == "first" and ids[:1] == [marker_id]:
+            rows.append(ids[:seq_len])
+        elif pooling == "last" and ids[-1:] == [marker_id]:
+            rows.append([*ids[: seq_len - 1], marker_id])
+        else:
+            ids = ids[: seq_len - 1]  # long texts keep their beginning
+            rows.append([*ids, marker_id] if pooling == "last" else [marker_id, *ids])
     return rows
 
 
