@@ -21,7 +21,7 @@ from llmrecipe.plan.compile import compile_plan
 from llmrecipe.plan.plan import Host
 from llmrecipe.steps import EXECUTOR_VERSIONS
 from tests.conftest import REPO
-from tests.hf_checkpoints import CONFIGS, SHARDED, hf_logits, make_checkpoint
+from tests.hf_checkpoints import CHATML, CONFIGS, SHARDED, hf_logits, make_checkpoint
 from tests.test_finetune import write_pairs
 from tests.test_training import Crash, CrashingReporter
 
@@ -150,6 +150,8 @@ def lora_sft(folder: Path, checkpoint: str, reporter=None):
 def test_lora_sft_of_an_imported_model_resumes_byte_identically_and_exports_its_family(tmp_path, checkpoint):
     straight, report = lora_sft(tmp_path / "straight", checkpoint)
     assert [o.state for o in report.outcomes] == ["done"] * 3
+    spec = api.compile(api.load(straight)).step("chat").spec  # the checkpoint's own chat template, no new tokens
+    assert spec["chat_template"] == CHATML and spec["special_tokens"] == [] and spec["end_of_turn"] == "<|im_end|>"
     crashy = tmp_path / "crashy"
     with pytest.raises(Exception) as crash:
         lora_sft(crashy, checkpoint, CrashingReporter(after=3))

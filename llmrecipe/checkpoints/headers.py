@@ -79,16 +79,20 @@ def id_token(tokenizer_json: dict[str, Any], wanted: int) -> str | None:
 
 
 def end_token(folder: Path, tokenizer_json: dict[str, Any], causal: bool) -> str | None:
-    """The token that ends a text for a decoder (generation_config's eos_token_id, else tokenizer_config's
-    eos_token), or that an encoder reads a text's summary from (its cls_token, [CLS])."""
+    """The token that ends a text for a decoder, or that an encoder reads a text's summary from (its cls_token).
+    A decoder's is tokenizer_config.json's eos_token (a chat model's end of turn: Llama 3 Instruct's <|eot_id|>,
+    Qwen's <|im_end|>), else generation_config.json's first eos_token_id."""
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     if not causal:
         return token_text(config.get("cls_token")) or ("[CLS]" if token_id(tokenizer_json, "[CLS]") is not None else None)
+    eos = token_text(config.get("eos_token"))
+    if eos is not None and token_id(tokenizer_json, eos) is not None:
+        return eos
     generation = folder / "generation_config.json"
     if generation.is_file():
-        eos = json.loads(generation.read_text(encoding="utf-8")).get("eos_token_id")
-        eos = eos[0] if isinstance(eos, list) and eos else eos
-        if isinstance(eos, int) and id_token(tokenizer_json, eos) is not None:
-            return id_token(tokenizer_json, eos)
-    return token_text(config.get("eos_token"))
+        eos_id = json.loads(generation.read_text(encoding="utf-8")).get("eos_token_id")
+        eos_id = eos_id[0] if isinstance(eos_id, list) and eos_id else eos_id
+        if isinstance(eos_id, int):
+            return id_token(tokenizer_json, eos_id)
+    return None

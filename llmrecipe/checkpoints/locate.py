@@ -88,7 +88,7 @@ def read_checkpoint(folder: Path, where: str) -> tuple[CheckpointFacts, list[Ext
     files = [ExternalFile(source=0, name=n, sha256=cached_sha256(folder / n), size=(folder / n).stat().st_size,
                           path=str(folder / n)) for n in sorted(set(names))]
     facts = CheckpointFacts(folder=str(folder), shape=shape, tokens=tokens, stored_dtype=stored,
-                            chat_template=find_chat_template(folder) is not None,
+                            chat_template=find_chat_template(folder),
                             eot_token=end_token(folder, tokenizer, family.causal))
     return facts, files
 

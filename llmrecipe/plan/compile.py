@@ -194,6 +194,8 @@ def compile_plan(
                         external=external.get(name, []))
             builder.models[name] = (spec.model, facts.tokens)
             builder.tokenizers[name] = ImportedTokenizer(vocab_size=facts.tokens, eot_token=facts.eot_token)
+            if facts.chat_template is not None:
+                builder.templates[name] = (facts.chat_template, facts.eot_token)
         elif step.kind == "finetune":
             _add_finetune(builder, recipe, name, device, host, external.get(name, []))
         elif step.kind == "evaluate":
@@ -253,7 +255,7 @@ def _add_finetune(builder: "_PlanBuilder", recipe: Recipe, name: str, device: st
     dataset_file = external[0].path if external else None
     try:
         spec = derive.finetune_spec(step, init_shape, token_bound, device, host, recipe.run.seed, dataset_file,
-                                    process_count(recipe, host))
+                                    process_count(recipe, host), builder.templates.get(step.init))
     except derive.DerivationError as problem:
         raise RecipeError(f"steps.{name}: {problem}") from None
     inputs = {"model": step.init, "tokenizer": tokenizer_of(recipe, step.init)}
@@ -288,6 +290,8 @@ class _PlanBuilder:
         self.fingerprints: dict[str, str] = {}
         self.models: dict[str, tuple[ModelShape, int]] = {}
         """Model step -> (its output shape, an upper bound of its tokenizer's ids), for steps that start from it."""
+        self.templates: dict[str, tuple[str, str | None]] = {}
+        """Import step -> the chat template it brings and its end-of-turn token, for an `sft` step on it."""
         self.tokenizers: dict[str, ImportedTokenizer] = {}
         """Import step -> its tokenizer, for the tokenize step of a `continue` fine-tune."""
 

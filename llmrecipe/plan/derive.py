@@ -135,7 +135,8 @@ def import_summary(spec: ImportSpec, facts: CheckpointFacts) -> dict[str, Any]:
         "architecture": f"{shape.hf_model_type} -> {shape.arch}", "n_params": parameter_count(shape),
         "context": shape.seq_len, "dtype": spec.dtype, "stored_dtype": facts.stored_dtype,
         "n_layer": shape.n_layer, "d_model": shape.d_model, "heads": f"{shape.n_head} (kv {shape.n_kv_head})",
-        "vocab_size": shape.vocab_size, "tokenizer_ids": facts.tokens, "chat_template": facts.chat_template,
+        "vocab_size": shape.vocab_size, "tokenizer_ids": facts.tokens,
+        "chat_template": facts.chat_template is not None,
         **({"rope_scaling": "llama3"} if shape.rope_scaling else {}),
     }
 
@@ -245,8 +246,10 @@ def lora_parameter_count(shape: ModelShape, targets: list[str], rank: int) -> in
 
 
 def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device: str, host: Host, seed: int,
-                  dataset_file: str | None, nproc: int = 1) -> FinetuneSpec:
-    """`init` is the starting model's shape, `token_bound` an upper bound of its tokenizer's ids."""
+                  dataset_file: str | None, nproc: int = 1,
+                  own_template: tuple[str, str | None] | None = None) -> FinetuneSpec:
+    """`init` is the starting model's shape, `token_bound` an upper bound of its tokenizer's ids, `own_template` the
+    chat template an imported init model brings and its end-of-turn token."""
     arch = family(init.arch)
     if step.task in ("sft", "continue") and not arch.causal:
         raise DerivationError(f"task = '{step.task}' trains a decoder that reads left to right; the init model is a "
@@ -254,9 +257,11 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
     if step.task == "classify" and step.pooling == "first" and arch.causal:
         raise DerivationError(f"pooling = 'first' on a `{init.arch}` decoder: its first state sees only the first "
                               "token, so every text would look alike; use 'last' (or 'auto')")
-    template, specials, end_of_turn = _chat_template(step)
+    template, specials, end_of_turn = _chat_template(step, own_template)
     added = len(specials) if step.task == "sft" else 0  # an upper bound: tokens the tokenizer has already are kept
-    model = init.model_copy(update={"vocab_size": max(init.vocab_size, round_up(token_bound + added, 64))})
+    # Rows only when the added tokens need them: an imported checkpoint keeps its exact vocabulary size.
+    rows = init.vocab_size if token_bound + added <= init.vocab_size else round_up(token_bound + added, 64)
+    model = init.model_copy(update={"vocab_size": rows})
     seq_len = step.max_seq_len or init.seq_len
     if seq_len > init.seq_len:
         raise DerivationError(f"max_seq_len = {seq_len} is longer than the init model's seq_len = {init.seq_len}; "
@@ -272,12 +277,18 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
     )
 
 
-def _chat_template(step: FinetuneStep) -> tuple[str | None, list[str], str | None]:
+def _chat_template(step: FinetuneStep, own: tuple[str, str | None] | None) -> tuple[str | None, list[str], str | None]:
     if step.task != "sft":
         return None, [], None
     if step.chat_template is not None:
         return step.chat_template, list(step.special_tokens), step.end_of_turn
-    return CHAT_TEMPLATES[step.template]
+    if step.template is None and own is not None:
+        text, end_of_turn = own
+        if end_of_turn is None:
+            raise DerivationError("the init model's chat template comes without an end-of-sequence token to end a "
+                                  "turn; give template = \"chatml\" or an inline chat_template with end_of_turn")
+        return text, [], end_of_turn  # its tokens are in its tokenizer already
+    return CHAT_TEMPLATES[step.template or "chatml"]
 
 
 def _resolved_lora(step: FinetuneStep, shape: ModelShape):

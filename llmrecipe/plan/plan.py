@@ -59,8 +59,8 @@ class CheckpointFacts(Frozen):
     """Ids its tokenizer produces (at most the embedding rows)."""
     stored_dtype: str
     """How the weights are stored: bf16, fp16 or fp32."""
-    chat_template: bool
-    """It brings a chat template."""
+    chat_template: str | None
+    """The chat template it brings (tokenizer_config.json's `chat_template` or chat_template.jinja), if any."""
     eot_token: str | None
     """The token that ends a text (a decoder's end-of-sequence token; an encoder's [CLS], read first)."""
 

@@ -77,8 +77,10 @@ class FinetuneStep(TrainingControls):
     """`continue` only: the `data` step whose train split is tokenized with the init model's tokenizer."""
     dataset: DatasetConfig | None = None
     """`sft` and `classify`: the JSONL examples."""
-    template: Literal["chatml"] = "chatml"
-    """`sft`: the chat format preset. `chatml`: `<|im_start|>role\\ncontent<|im_end|>\\n` turns."""
+    template: Literal["chatml"] | None = None
+    """`sft`: the chat format preset. `chatml`: `<|im_start|>role\\ncontent<|im_end|>\\n` turns. Unset: the init
+    model's own chat template when it is an imported model that brings one (its end-of-sequence token ends a
+    turn), else `chatml`."""
     chat_template: str | None = None
     """`sft`: an inline Jinja chat template (Hugging Face style: `messages`, `add_generation_prompt`) used instead
     of the preset; give its `special_tokens` and `end_of_turn` too."""

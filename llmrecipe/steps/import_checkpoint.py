@@ -39,8 +39,11 @@ def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
 
 def write_tokenizer(folder: Path, spec: ImportSpec, out: Path) -> None:
     """The checkpoint's tokenizer as our artifacts keep it, with its special tokens and chat template."""
-    shutil.copy(folder / "tokenizer.json", out / "tokenizer.json")
     tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    # Padding and truncation saved in the file (sentence-transformers' pad every text to 128) would reach every
+    # encoding; the steps pad and cut rows themselves.
+    (out / "tokenizer.json").write_text(json.dumps({**tokenizer, "padding": None, "truncation": None}, ensure_ascii=False),
+                                        encoding="utf-8")
     source_path = folder / "tokenizer_config.json"
     source = json.loads(source_path.read_text(encoding="utf-8")) if source_path.is_file() else {}
     eot_id = token_id(tokenizer, spec.eot_token) if spec.eot_token is not None else None
