@@ -40,7 +40,7 @@ def load_imported(model_dir: Path, shape: ModelShape, device: str = "cpu", dtype
     left = [name for name, p in model.named_parameters() if p.is_meta]
     if left:
         raise StepError(f"the checkpoint referenced by {model_dir} left {left[:4]} unloaded; import it again")
-    return model.to(device).eval()
+    return model.to(device=device, dtype=held).eval()  # the rotary tables too: q and k stay in the weights' dtype
 
 
 def imported_state(model_dir: Path, shape: ModelShape, dtype: str = "fp32") -> dict[str, torch.Tensor]:
@@ -60,7 +60,7 @@ def imported_tensors(model_dir: Path, shape: ModelShape, dtype: torch.dtype) -> 
     for entry in reference["files"]:
         for name, header in tensor_headers(folder / entry["name"]).items():
             where[name], stored[name] = folder / entry["name"], tuple(header["shape"])
-    names, problems = match_layout(arch, layout, stored)
+    names, problems = match_layout(arch, shape, stored)
     if problems:
         raise StepError(f"{folder}: the checkpoint's tensors do not match its config.json: {'; '.join(problems)}")
     by_file = defaultdict(list)

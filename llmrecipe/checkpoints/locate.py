@@ -19,7 +19,7 @@ from llmrecipe.data.locate import _find_package, matching_files
 from llmrecipe.digests import cached_sha256
 from llmrecipe.errors import RecipeError
 from llmrecipe.generate.chat import find_chat_template
-from llmrecipe.models.family import CheckpointError, Family, HfTensor
+from llmrecipe.models.family import CheckpointError, Family
 from llmrecipe.models.registry import HF_MODEL_TYPES
 from llmrecipe.models.shape import ModelShape
 from llmrecipe.plan.plan import CheckpointFacts, ExternalFile
@@ -118,7 +118,7 @@ def _check_tensors(family: Family, shape: ModelShape, weights: list[Path], where
             stored.update(tensor_headers(path))
         except (HeaderError, OSError) as problem:
             raise RecipeError(f"{where}: {problem}") from None
-    found, problems = match_layout(family, family.hf_layout(shape), {n: tuple(e["shape"]) for n, e in stored.items()})
+    found, problems = match_layout(family, shape, {n: tuple(e["shape"]) for n, e in stored.items()})
     if problems:
         raise RecipeError([f"{where}: the checkpoint's tensors do not match its config.json: {p}" for p in problems])
     dtypes = {stored[name]["dtype"] for name in found.values()}
@@ -128,11 +128,11 @@ def _check_tensors(family: Family, shape: ModelShape, weights: list[Path], where
     return "fp32" if "F32" in dtypes else SAFETENSORS_DTYPES[sorted(dtypes)[0]]
 
 
-def match_layout(family: Family, layout: list[HfTensor], stored: dict[str, tuple[int, ...]]) -> tuple[dict[str, str], list[str]]:
+def match_layout(family: Family, shape: ModelShape, stored: dict[str, tuple[int, ...]]) -> tuple[dict[str, str], list[str]]:
     """(their layout name -> the name it is stored under, problems): a name is found as is or without the family's
     base-model prefix (a bare `BertModel`); problems list missing tensors, wrong shapes and unexpected tensors."""
     found, missing, wrong = {}, [], []
-    for entry in layout:
+    for entry in family.hf_layout(shape):
         for name in entry.theirs:
             bare = name.removeprefix(family.hf_base_prefix) if family.hf_base_prefix else name
             actual = name if name in stored else bare if bare in stored else None
@@ -142,7 +142,7 @@ def match_layout(family: Family, layout: list[HfTensor], stored: dict[str, tuple
                 wrong.append(f"{actual} {list(stored[actual])} (expected {list(entry.shape)})")
             found[name] = actual
     used = set(found.values())
-    unexpected = [n for n in stored if n not in used and not n.endswith(family.hf_unused or ("\0",))]
+    unexpected = [n for n in stored if n not in used and not n.endswith(family.hf_skipped(shape) or ("\0",))]
     problems = []
     for label, names in (("missing", missing), ("wrong shape", wrong), ("unexpected", sorted(unexpected))):
         if names:

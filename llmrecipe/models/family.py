@@ -186,6 +186,14 @@ class Family(ABC):
         out, as transformers saves it); import and export both follow this one table."""
         raise NotImplementedError(f"`{self.name}` models have no Hugging Face layout")
 
+    hf_output: ClassVar[str] = "lm_head.weight"
+    """Where the Hugging Face layout keeps the output projection; a tied model's copy of it is skipped on import (the
+    embedding is the output weight, as transformers ties it on load)."""
+
+    def hf_skipped(self, shape: ModelShape) -> tuple[str, ...]:
+        """Suffixes of checkpoint tensors an import of this shape reads past."""
+        return self.hf_unused + ((self.hf_output,) if shape.tie_embeddings else ())
+
     def hf_export_architecture(self, shape: ModelShape) -> str | None:
         """The transformers class a Hugging Face export writes: an imported model's own, else the family's."""
         if shape.hf_model_type is not None:

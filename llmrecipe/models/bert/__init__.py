@@ -25,6 +25,7 @@ class Bert(GPT2):
     hf_architecture = None
     hf_model_types = {"bert": "BertForMaskedLM"}
     hf_base_prefix = "bert."
+    hf_output = "cls.predictions.decoder.weight"
     hf_unused = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias",  # a buffer; the [CLS] pooler
                  "cls.predictions.decoder.bias")  # an alias of cls.predictions.bias
 
