@@ -8,8 +8,9 @@ fresh process with the page cache warm from the write:
 - ours, warm: the same again, as every later plan, `generate` or `serve` sees it (digests from the cache, the import
   step already in the store);
 - transformers: `AutoModelForCausalLM.from_pretrained(dtype=torch.bfloat16)`.
-Each reports its wall time and peak RSS (the process's whole resident set, interpreter and libraries included, and
-the same above the RSS right after its imports), and the logits of a fixed prompt, compared between the two.
+Each reports its load time after its imports (and its wall time with them) and its peak RSS (the process's whole
+resident set, interpreter and libraries included, and the same above the RSS right after its imports), and the
+logits of a fixed prompt, compared between the two.
 Targets: peak RSS <= 1.2x the checkpoint's bytes, warm load no slower than transformers', zero weight bytes copied
 into the store. Not measured: loads from a cold disk (the file was just written) and GPU loads.
 
@@ -73,9 +74,10 @@ def measure_ours(folder: Path, workdir: Path, logits_out: Path) -> dict:
     import torch
 
     from llmrecipe import api
+    from llmrecipe.checkpoints import load  # noqa: F401  (the loader's imports, as transformers' are imported below)
     from llmrecipe.models.build import load_trained
 
-    imported = current_rss_mb()
+    imported, imports_done = current_rss_mb(), time.perf_counter()
     recipe = workdir / "import.toml"
     recipe.write_text(f'[run]\nname = "import-bench"\ndevice = "cpu"\n\n[steps.base]\nkind = "import"\n'
                       f'path = "{folder}"\ndtype = "bf16"\n')
@@ -88,7 +90,8 @@ def measure_ours(folder: Path, workdir: Path, logits_out: Path) -> dict:
     with torch.no_grad():
         torch.save(model(torch.tensor([PROMPT]))[0].float(), logits_out)
     copied = sum(path.stat().st_size for path in (workdir / "store").rglob("*.safetensors"))
-    return {"wall_s": loaded_at - started, "plan_s": planned - started, "peak_rss_mb": rss_mb(),
+    return {"wall_s": loaded_at - started, "load_s": loaded_at - imports_done, "plan_s": planned - imports_done,
+            "peak_rss_mb": rss_mb(),
             "rss_after_imports_mb": imported, "copied_weight_bytes": copied,
             "dtype": str(next(model.parameters()).dtype)}
 
@@ -100,12 +103,13 @@ def measure_transformers(folder: Path, logits_out: Path) -> dict:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    imported = current_rss_mb()
+    imported, imports_done = current_rss_mb(), time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16).eval()
     loaded_at = time.perf_counter()
     with torch.no_grad():
         torch.save(model(torch.tensor([PROMPT])).logits[0].float(), logits_out)
-    return {"wall_s": loaded_at - started, "peak_rss_mb": rss_mb(), "rss_after_imports_mb": imported,
+    return {"wall_s": loaded_at - started, "load_s": loaded_at - imports_done, "peak_rss_mb": rss_mb(),
+            "rss_after_imports_mb": imported,
             "dtype": str(next(model.parameters()).dtype)}
 
 
@@ -128,6 +132,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         role, folder, *rest = args.child
+        if role == "write":
+            write_checkpoint(Path(folder), args.layers, args.width, args.vocab, args.shard_size)
+            print("{}")
+            return
         figures = (measure_ours(Path(folder), Path(rest[0]), Path(rest[1])) if role == "ours"
                    else measure_transformers(Path(folder), Path(rest[0])))
         print(json.dumps(figures))
@@ -136,7 +144,11 @@ def main() -> None:
         root = args.keep or Path(scratch)
         folder, workdir = root / "checkpoint", root / "work"
         workdir.mkdir(parents=True, exist_ok=True)
-        write_checkpoint(folder, args.layers, args.width, args.vocab, args.shard_size)
+        if not (folder / "config.json").is_file():  # a kept checkpoint is reused
+            # In its own process: a peak RSS survives fork and exec, so the measuring processes are started from one
+            # that never held a model.
+            child("--layers", str(args.layers), "--width", str(args.width), "--vocab", str(args.vocab),
+                  "--shard-size", args.shard_size, "--child", "write", str(folder))
         size = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
         shards = len(list(folder.glob("*.safetensors")))
         print(f"checkpoint: {size / 1e9:.2f} GB of bf16 weights in {shards} shards ({args.layers} layers, width "
@@ -150,7 +162,7 @@ def main() -> None:
     gb = size / 1e9
     for name, figures in (("transformers", theirs), ("ours (first plan)", cold), ("ours (warm)", warm)):
         ratio = figures["peak_rss_mb"] * 2**20 / size
-        print(f"{name:>18}: {figures['wall_s']:6.2f} s, peak RSS {figures['peak_rss_mb'] * 2**20 / 1e9:.2f} GB "
+        print(f"{name:>18}: load {figures['load_s']:6.2f} s after imports ({figures['wall_s']:.2f} s with them), peak RSS {figures['peak_rss_mb'] * 2**20 / 1e9:.2f} GB "
               f"({ratio:.2f}x the checkpoint; {(figures['peak_rss_mb'] - figures['rss_after_imports_mb']) * 2**20 / 1e9:.2f}"
               " GB above its imports)")
     print(f"logits of a 16-token prompt, ours vs transformers (both bf16): max |difference| = {difference:.3g}")
@@ -161,10 +173,10 @@ def main() -> None:
         "peak_rss_ratio": {"ours_warm": warm["peak_rss_mb"] * 2**20 / size,
                            "ours_first_plan": cold["peak_rss_mb"] * 2**20 / size,
                            "transformers": theirs["peak_rss_mb"] * 2**20 / size},
-        "load_time_ratio_warm": warm["wall_s"] / theirs["wall_s"], "max_logit_difference": difference,
+        "load_time_ratio_warm": warm["load_s"] / theirs["load_s"], "max_logit_difference": difference,
         "targets": {"peak_rss_ratio_max": 1.2, "load_no_slower_than_transformers": True, "copied_weight_bytes": 0},
         "meets_targets": warm["peak_rss_mb"] * 2**20 <= 1.2 * size and cold["peak_rss_mb"] * 2**20 <= 1.2 * size
-        and warm["wall_s"] <= theirs["wall_s"] and warm["copied_weight_bytes"] == 0,
+        and warm["load_s"] <= theirs["load_s"] and warm["copied_weight_bytes"] == 0,
         "checkpoint_gb": round(gb, 3),
     }
     print(json.dumps(result))

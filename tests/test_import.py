@@ -180,6 +180,19 @@ def test_a_classifier_head_on_an_imported_encoder_trains(tmp_path):
     assert api.compile(api.load(path)).step("sentiment").spec["pooling"] == "first"  # BERT's [CLS]
 
 
+def test_an_imported_decoder_is_evaluated_on_suites_with_their_own_data_and_not_on_a_corpus(tmp_path):
+    rows = [{"context": "the king walks to the", "choices": ["castle", "sea"], "answer": 0}] * 4
+    (tmp_path / "choices.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    extra = ('\n[steps.eval]\nkind = "evaluate"\nmodel = "base"\nbootstrap = 100\n'
+             '[steps.eval.suites.pick]\ntype = "multiple_choice"\ndata = "choices.jsonl"\n')
+    path = recipe_with(tmp_path, "mistral", extra=extra)
+    report = api.run(api.load(path))
+    assert "pick_accuracy" in next(o for o in report.outcomes if o.name == "eval").metrics
+    path.write_text(path.read_text() + '[steps.eval.suites.ppl]\ntype = "perplexity"\n')
+    with pytest.raises(RecipeError, match="imported model with no corpus"):
+        api.compile(api.load(path))
+
+
 # --- ONNX -------------------------------------------------------------------------------------------------------
 
 

@@ -69,7 +69,7 @@ class FinetuneStep(TrainingControls):
 
     kind: Literal["finetune"]
     init: StepName
-    """The `pretrain` or `finetune` step whose model (and tokenizer) this step starts from."""
+    """The `pretrain`, `import` or `finetune` step whose model (and tokenizer) this step starts from."""
     task: Literal["sft", "classify", "continue"]
     """`sft`: learn to answer in a chat format, loss on the assistant's tokens only; `classify`: a classification
     head on the model; `continue`: next-token training on the tokens of a `data` step (domain adaptation)."""
