@@ -188,7 +188,7 @@ def test_an_imported_decoder_is_evaluated_on_suites_with_their_own_data_and_not_
     path = recipe_with(tmp_path, "mistral", extra=extra)
     report = api.run(api.load(path))
     assert "pick_accuracy" in next(o for o in report.outcomes if o.name == "eval").metrics
-    path.write_text(path.read_text() + '[steps.eval.suites.ppl]\ntype = "perplexity"\n')
+    path.write_text(path.read_text() + '[steps.eval.suites.ppl]\ntype = "perplexity"\nsplit = "val"\n')
     with pytest.raises(RecipeError, match="imported model with no corpus"):
         api.compile(api.load(path))
 
