@@ -1,9 +1,12 @@
-"""Loading an imported checkpoint's weights into our model: shard by shard, memory-mapped, without a second copy.
+"""Loading an imported checkpoint's weights into our model: shard by shard, each tensor read straight into its own
+memory, without a second copy of the model.
 
-The model is built on the meta device (no memory, no random initialisation); each safetensors file is opened
-memory-mapped, its tensors renamed (and transposed or concatenated) by the family's Hugging Face layout, cast to the
-dtype the weights are held in and assigned into the model; the file is closed before the next one is opened. Peak
-memory is the model plus the tensors of one file in flight.
+The model is built on the meta device (no memory, no random initialisation). Each safetensors file's header gives
+every tensor's byte range; a tensor is read from there into a new tensor of its stored dtype (the operating system's
+page cache serves repeated loads), renamed (and transposed or concatenated) by the family's Hugging Face layout,
+cast to the dtype the weights are held in and assigned into the model. Not memory-mapped: the pages of a mapped
+file count in the process's resident memory until it is unmapped, so mapping a 2.5 GB single-file checkpoint to
+copy from it would double the peak; read into place, the peak is the model plus one tensor in flight.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
-
 from llmrecipe.checkpoints.headers import tensor_headers
 from llmrecipe.checkpoints.locate import match_layout
 from llmrecipe.checkpoints.reference import check_unchanged, read_reference
@@ -23,6 +24,10 @@ from llmrecipe.models.registry import family
 from llmrecipe.models.shape import ModelShape
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+STORED = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+"""safetensors dtype names -> torch dtypes (the locate step refuses any other)."""
+HEADER_PREFIX = 8
+"""A safetensors file starts with its header's length (8 bytes), then the header; tensor offsets count from there."""
 
 
 def load_imported(model_dir: Path, shape: ModelShape, device: str = "cpu", dtype: str | None = None) -> torch.nn.Module:
@@ -55,11 +60,11 @@ def imported_tensors(model_dir: Path, shape: ModelShape, dtype: torch.dtype) -> 
     check_unchanged(folder, reference["files"])
     arch = family(shape.arch)
     layout = arch.hf_layout(shape)
-    where = {}  # their stored name -> file
-    stored = {}
+    where, stored, headers = {}, {}, {}
     for entry in reference["files"]:
-        for name, header in tensor_headers(folder / entry["name"]).items():
-            where[name], stored[name] = folder / entry["name"], tuple(header["shape"])
+        path = folder / entry["name"]
+        for name, header in tensor_headers(path).items():
+            where[name], stored[name], headers[name] = path, tuple(header["shape"]), header
     names, problems = match_layout(arch, shape, stored)
     if problems:
         raise StepError(f"{folder}: the checkpoint's tensors do not match its config.json: {'; '.join(problems)}")
@@ -67,19 +72,35 @@ def imported_tensors(model_dir: Path, shape: ModelShape, dtype: torch.dtype) -> 
     for entry in layout:
         by_file[where[names[entry.theirs[0]]]].append(entry)
     for path, entries in sorted(by_file.items()):
-        with safe_open(str(path), framework="pt", device="cpu") as shard:
+        with open(path, "rb") as shard:
             for entry in entries:
-                parts = [_part(shard, path, names[name], where) for name in entry.theirs]
+                parts = [_read_from(shard, path, where[names[name]], headers[names[name]]) for name in entry.theirs]
                 tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
                 tensor = tensor.t() if entry.transposed else tensor
                 yield entry.ours, tensor.to(dtype).contiguous()
 
 
-def _part(shard, path: Path, name: str, where: dict[str, Path]) -> torch.Tensor:
-    if where[name] == path:
-        return shard.get_tensor(name)
-    with safe_open(str(where[name]), framework="pt", device="cpu") as other:  # a concatenation across files
-        return other.get_tensor(name)
+def _read_from(shard, shard_path: Path, path: Path, header: dict) -> torch.Tensor:
+    """A tensor of the open shard, or of another file (a concatenation whose parts lie in two files)."""
+    if path == shard_path:
+        return _read(shard, path, header)
+    with open(path, "rb") as other:
+        return _read(other, path, header)
+
+
+def _read(file, path: Path, header: dict) -> torch.Tensor:
+    """One tensor read from its byte range straight into its own memory."""
+    tensor = torch.empty(header["shape"], dtype=STORED[header["dtype"]])
+    start, end = header["data_offsets"]
+    buffer = memoryview(tensor.view(torch.uint8).numpy()).cast("B") if tensor.numel() else memoryview(bytearray())
+    if end - start != len(buffer):
+        raise StepError(f"{path}: its header gives {end - start} bytes for a {list(tensor.shape)} {header['dtype']} tensor")
+    file.seek(0)
+    data_start = HEADER_PREFIX + int.from_bytes(file.read(HEADER_PREFIX), "little")
+    file.seek(data_start + start)
+    if file.readinto(buffer) != len(buffer):
+        raise StepError(f"{path} is cut short: a tensor's bytes end past the file; download it again")
+    return tensor
 
 
 def _assign(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
