@@ -4,7 +4,7 @@ Writes a random checkpoint (Llama 3.2 1B's shape with a 32k vocabulary: 16 layer
 heads, ~1.04B parameters, 2.1 GB in bf16) sharded by `save_pretrained(max_shard_size=...)`, then measures, each in a
 fresh process with the page cache warm from the write:
 - ours, cold: `llmrecipe` plans a recipe with an import step (digesting every file: the first plan of a checkpoint),
-  runs it, and loads the model in bf16 (meta-device build, shard-by-shard memory-mapped loads);
+  runs it, and loads the model in bf16 (meta-device build, shard by shard, each tensor read into place);
 - ours, warm: the same again, as every later plan, `generate` or `serve` sees it (digests from the cache, the import
   step already in the store);
 - transformers: `AutoModelForCausalLM.from_pretrained(dtype=torch.bfloat16)`.
