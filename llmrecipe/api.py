@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from llmrecipe.checkpoints.locate import import_checkpoints
 from llmrecipe.data.locate import external_files
 from llmrecipe.errors import RecipeError
 from llmrecipe.evals.locate import evaluate_files
@@ -48,10 +49,11 @@ def workdir_of(loaded: LoadedRecipe, override: str | Path | None = None) -> Path
 
 def compile(loaded: LoadedRecipe, workdir: str | Path | None = None) -> Plan:
     """The recipe's plan; before it, a sample of every data file the recipe names is checked (llmrecipe/preflight.py)."""
+    checkpoints, checkpoint_files = import_checkpoints(loaded.recipe, loaded.base_dir)
     external = {**external_files(loaded.recipe, loaded.base_dir), **evaluate_files(loaded.recipe, loaded.base_dir),
-                **finetune_files(loaded.recipe, loaded.base_dir)}
+                **finetune_files(loaded.recipe, loaded.base_dir), **checkpoint_files}
     plan = compile_plan(loaded.recipe, workdir=str(workdir_of(loaded, workdir)), host=probe_host(), external=external,
-                        executor_versions=EXECUTOR_VERSIONS)
+                        executor_versions=EXECUTOR_VERSIONS, checkpoints=checkpoints)
     check_data_samples(loaded.recipe, external)
     return plan
 
@@ -61,7 +63,7 @@ def artifact(plan: Plan, step: str) -> Path:
     return Store(Path(plan.workdir)).path(plan.step(step).fingerprint)
 
 
-MODEL_KINDS = ("pretrain", "finetune", "export")
+MODEL_KINDS = ("pretrain", "import", "finetune", "export")
 """Step kinds whose artifact holds a model that `generate` and `serve` can run."""
 
 

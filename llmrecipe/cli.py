@@ -98,11 +98,12 @@ def add_sweep_parser(commands) -> None:
 def add_model_target(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("target", metavar="RECIPE_OR_FOLDER", help="a recipe (then name STEP) or an artifact folder")
     sub.add_argument("step", nargs="?", metavar="STEP",
-                     help="the recipe's pretrain, finetune (sft or continue) or export step whose model to use")
+                     help="the recipe's pretrain, import, finetune (sft, continue or seq2seq) or export step whose "
+                          "model to use")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     sub.add_argument("--workdir", help="the recipe's artifact store (default: [run] workdir, else ./.llmrecipe)")
     sub.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
-                     help="auto: torch for a pretrain artifact, onnxruntime for an export artifact")
+                     help="auto: torch for a pretrain or import artifact, onnxruntime for an export artifact")
 
 
 def add_generate_parser(commands) -> None:

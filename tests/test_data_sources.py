@@ -14,7 +14,8 @@ import pytest
 import zstandard
 
 from llmrecipe.data.fetch import fetch
-from llmrecipe.data.locate import external_files, sha256_file
+from llmrecipe.data.locate import external_files
+from llmrecipe.digests import sha256_file
 from llmrecipe.errors import RecipeError, StepError
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.recipe.data import Source

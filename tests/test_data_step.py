@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmrecipe.data.locate import sha256_file
+from llmrecipe.digests import sha256_file
 from llmrecipe.data.clean import clean_whitespace
 from llmrecipe.data.ops import OPS
 from llmrecipe.data.read import Reader

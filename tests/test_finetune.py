@@ -358,7 +358,7 @@ def test_continue_gets_an_implicit_tokenize_step_with_the_init_models_tokenizer(
 
 @pytest.mark.parametrize("extra, message", [
     ('\n[steps.x]\nkind = "finetune"\ninit = "corpus"\ntask = "sft"\ndataset = { path = "pairs.jsonl" }\n'
-     'budget = { steps = 5 }\n', "name a pretrain or finetune step"),
+     'budget = { steps = 5 }\n', "name a pretrain or import or finetune step"),
     ('\n[steps.x]\nkind = "finetune"\ninit = "base"\ntask = "sft"\nbudget = { steps = 5 }\n', "needs its examples"),
     ('\n[steps.x]\nkind = "finetune"\ninit = "base"\ntask = "continue"\nbudget = { steps = 5 }\n', "give `data"),
     ('\n[steps.x]\nkind = "finetune"\ninit = "base"\ntask = "sft"\ndataset = { path = "nope.jsonl" }\n'

@@ -35,6 +35,8 @@ SETTINGS: dict[str, Settings] = {
     "generate": Settings(quick=("--sizes", "small", "--new-tokens", "8", "--repeat", "1", "--skip-hf-compiled"),
                          peers=("transformers",)),
     "gpu_check": Settings(quick=("--budget", "120"), peers=("transformers",)),
+    "import_checkpoint": Settings(quick=("--layers", "2", "--width", "256", "--vocab", "1000", "--shard-size", "1MB"),
+                                  peers=("transformers",)),
     "nanogpt_reference": Settings(quick=("--steps", "5", "--eval-batches", "2"),
                                   recipes=("recipes/shakespeare-char.toml",)),
     "serve_hostile": Settings(quick=("--seconds", "3"), peers=("httpx",)),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import importlib.util
 import os
 import re
 from pathlib import Path
 
+from llmrecipe.digests import cached_sha256
 from llmrecipe.errors import RecipeError
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.recipe.data import DataStep, Source
@@ -109,14 +109,6 @@ def _identity(path: Path) -> tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def named_file(value: str, base_dir: Path, toml_path: str, source: int = 0) -> ExternalFile:
     """The one file a recipe names at `toml_path` (relative to the recipe's folder), with its content digest."""
     path = Path(value).expanduser()
@@ -126,7 +118,7 @@ def named_file(value: str, base_dir: Path, toml_path: str, source: int = 0) -> E
             f"{toml_path} = '{value}': no such file ({path}); check the path (relative paths are relative to the "
             f"recipe), or override it with --set {toml_path}=PATH"
         )
-    return ExternalFile(source=source, name=path.name, sha256=sha256_file(path), size=path.stat().st_size,
+    return ExternalFile(source=source, name=path.name, sha256=cached_sha256(path), size=path.stat().st_size,
                         path=str(path.resolve()))
 
 
@@ -147,7 +139,7 @@ def external_files(recipe: Recipe, base_dir: Path) -> dict[str, list[ExternalFil
                     ExternalFile(
                         source=index,
                         name=path.relative_to(root).as_posix(),
-                        sha256=sha256_file(path),
+                        sha256=cached_sha256(path),
                         size=path.stat().st_size,
                         path=str(path),
                     )
@@ -165,7 +157,7 @@ def url_file(index: int, url: str, sha256: str) -> ExternalFile:
 
 
 def _package_folder(package: str, where: str) -> Path:
-    folder = _find_package(package)
+    folder = find_package(package)
     if folder is None:
         raise RecipeError(
             f"{where}.package = '{package}': no installed package of that name; install the distribution "
@@ -174,7 +166,7 @@ def _package_folder(package: str, where: str) -> Path:
     return folder
 
 
-def _find_package(name: str) -> Path | None:
+def find_package(name: str) -> Path | None:
     """The package's folder without importing it or its parents: `importlib.util.find_spec("a.b")` imports `a`, and
     a recipe must not make `validate` run a module's code. The top level is found as `import` finds it (installed
     finders, editable installs too, which import nothing to answer); a subpackage is a folder inside its parent's."""

@@ -25,8 +25,9 @@ class SuiteEnv:
     eot_id: int
     vocab_size: int
     """The tokenizer's vocabulary; the model's padded rows past it are never generated."""
-    tokens_dir: Path
-    """The tokenized splits of the model's data step."""
+    tokens_dir: Path | None
+    """The tokenized splits of the model's data step (None for an imported model: the plan admits no suite that
+    reads them)."""
     data_path: Path | None
     """The suite's own file (JSONL or text), if it reads one."""
     batch_size: int

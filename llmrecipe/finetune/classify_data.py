@@ -136,12 +136,18 @@ def encode(tokenizer, texts: list[str], seq_len: int, marker_id: int, pooling: s
     (a long text keeps its beginning), so callers can say so.
 
     `last` pooling appends the marker (the end-of-text id the model saw after every document), so every
-    example ends on the same token whose state summarizes it; `first` prepends it, like BERT's [CLS].
+    example ends on the same token whose state summarizes it; `first` prepends it, like BERT's [CLS]. A tokenizer
+    that puts the marker there itself (an imported BERT's adds [CLS] ... [SEP]) is not given a second one.
     """
     rows, cut = [], []
     for encoding in tokenizer.encode_batch(texts):
-        ids = encoding.ids[: seq_len - 1]  # long texts keep their beginning
-        cut.append(len(encoding.ids) > seq_len - 1)
+        ids = encoding.ids
+        if pooling == "first" and ids[:1] == [marker_id]:
+            ids = ids[1:]  # the tokenizer's own marker: the row gets it back below
+        elif pooling == "last" and ids[-1:] == [marker_id]:
+            ids = ids[:-1]
+        cut.append(len(ids) > seq_len - 1)
+        ids = ids[: seq_len - 1]  # long texts keep their beginning
         rows.append([*ids, marker_id] if pooling == "last" else [marker_id, *ids])
     return rows, cut
 

@@ -84,7 +84,7 @@ def load_model(folder: Path, backend: Backend = "auto", threads: int | None = No
 
 
 def _choose_backend(folder: Path, backend: Backend) -> str:
-    has_weights = (folder / "model.safetensors").is_file()
+    has_weights = (folder / "model.safetensors").is_file() or (folder / "checkpoint.json").is_file()  # or an import
     has_graph = (folder / "model.onnx").is_file() or (folder / "encoder_model.onnx").is_file()
     if backend == "torch" and not has_weights:
         raise ArtifactError(f"{folder} has no model.safetensors for the torch backend; use --backend onnx")
@@ -108,7 +108,7 @@ def _torch_decoder(folder: Path, device: str, start_id: int | None):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         prepare_device(device, tf32=True)
-    model, _ = load_trained(folder, device)
+    model, _ = load_trained(folder, device, dtype=None)  # an imported model in the dtype its import step chose
     return torch_decoder(model, start_id)
 
 

@@ -67,8 +67,8 @@ def read_weights(proto: Any, shape: Any) -> LlamaWeights | GPT2Weights | None:
     the fused graph serves."""
     import onnx
 
-    if shape.head_dim % HEAD_DIM_MULTIPLE:
-        return None
+    if shape.head_dim % HEAD_DIM_MULTIPLE or shape.qkv_bias or shape.qk_norm:
+        return None  # the fused graph has no q/k/v biases or q/k norms (Qwen): the portable graph serves those
     if any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer):
         return None  # a model over 1 GiB: a second in-memory copy would not fit a protobuf
     read = {"llama": _read_llama, "gpt2": _read_gpt2}.get(shape.arch)

@@ -17,6 +17,7 @@ Shapes: B batch, H query heads, K key/value heads, T time, P past slots, E head_
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import torch
@@ -94,9 +95,20 @@ def document_mask(documents: torch.Tensor) -> torch.Tensor:
     return ((documents[:, :, None] == documents[:, None, :]) & causal)[:, None]
 
 
-@torch.compiler.disable  # built eagerly even inside a compiled model: its vmap over blocks need not be traced
 def document_block_mask(documents: torch.Tensor):
-    """The same rule as `document_mask`, as FlexAttention's block-sparse mask: fully masked blocks are skipped."""
+    """The same rule as `document_mask`, as FlexAttention's block-sparse mask: fully masked blocks are skipped.
+    Built eagerly even inside a compiled model: its vmap over blocks need not be traced."""
+    return _eager_block_mask()(documents)
+
+
+@functools.cache
+def _eager_block_mask():
+    # Applied on first use, not at import: torch.compiler.disable imports torch._dynamo, seconds that every model
+    # load (generate, serve, export) would pay; only FlexAttention in a compiled model needs it.
+    return torch.compiler.disable(_block_mask)
+
+
+def _block_mask(documents: torch.Tensor):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def same_document_causal(b, h, q, kv):

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from llmrecipe.checkpoints.reference import read_reference
 from llmrecipe.models.registry import family
 from llmrecipe.models.shape import ModelShape
 
@@ -16,12 +17,28 @@ def build_model(shape: ModelShape) -> torch.nn.Module:
     return family(shape.arch).module()(shape)
 
 
-def load_trained(model_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, ModelShape]:
-    """A model artifact folder (config.json + model.safetensors) -> the model in eval mode, and its shape."""
+def load_trained(model_dir: Path, device: str = "cpu", dtype: str | None = "fp32") -> tuple[torch.nn.Module, ModelShape]:
+    """A model artifact folder (config.json + model.safetensors, or an import's reference to its checkpoint) -> the
+    model in eval mode, and its shape. `dtype`: what an imported model's weights are held in (None: the dtype its
+    import step chose); trained artifacts hold fp32."""
     shape = ModelShape.model_validate(json.loads((model_dir / "config.json").read_text()))
+    if read_reference(model_dir) is not None:
+        from llmrecipe.checkpoints.load import load_imported
+
+        return load_imported(model_dir, shape, device, dtype), shape
     model = build_model(shape)
     load_weights(model, with_adapters(model_dir, load_file(model_dir / "model.safetensors", device=device)))
     return model.to(device).eval(), shape
+
+
+def saved_weights(model_dir: Path, shape: ModelShape) -> dict[str, torch.Tensor]:
+    """A model artifact's weights as a state dict on the CPU: its own file (adapters merged in), or the fp32 weights
+    of the checkpoint an import step references."""
+    if read_reference(model_dir) is not None:
+        from llmrecipe.checkpoints.load import imported_state
+
+        return imported_state(model_dir, shape)
+    return with_adapters(model_dir, load_file(model_dir / "model.safetensors", device="cpu"))
 
 
 def with_adapters(model_dir: Path, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -36,9 +53,19 @@ def with_adapters(model_dir: Path, weights: dict[str, torch.Tensor]) -> dict[str
 
 
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Load a state dict saved without aliases: only a tied output weight may be missing."""
+    """Load a state dict saved without aliases: only a weight shared with another (a tied output) may be missing."""
     missing, unexpected = model.load_state_dict(tensors, strict=False)
-    tie = getattr(model, "shape", None) is not None and model.shape.tie_embeddings
-    tied = {name for name in missing if tie and name.rsplit(".", 2)[-2:] == ["lm_head", "weight"]}
+    tied = set(missing) & aliases(model)
     if set(missing) - tied or unexpected:
         raise ValueError(f"weights do not fit the model: missing {sorted(set(missing) - tied)}, unexpected {unexpected}")
+
+
+def aliases(model: torch.nn.Module) -> set[str]:
+    """Names of parameters that are the same tensor as an earlier-named one (a tied output weight)."""
+    first: dict[int, str] = {}
+    found = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            found.add(name)
+        first.setdefault(id(param), name)
+    return found

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from llmrecipe.models.attention import PaddedRows
-from llmrecipe.models.build import build_model, load_weights, with_adapters
+from llmrecipe.models.build import build_model, load_weights, saved_weights, with_adapters
 from llmrecipe.models.registry import family
 from llmrecipe.models.shape import ModelShape
 
@@ -72,7 +72,7 @@ def classifier_from_language_model(folder: Path, shape: ModelShape, labels: list
                                    max_seq_len: int | None = None) -> Classifier:
     """A new head on the weights of a pretrain (or finetune) artifact's language model."""
     backbone = build_model(shape)
-    load_weights(backbone, with_adapters(folder, load_file(folder / "model.safetensors", device="cpu")))
+    load_weights(backbone, saved_weights(folder, shape))
     return Classifier(backbone, labels, pooling, max_seq_len).to(device)
 
 

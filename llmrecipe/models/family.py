@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 from llmrecipe.models.shape import ModelShape
@@ -40,6 +41,28 @@ class ModelSettings(Protocol):
     sentinels: int
     noise_density: float
     mean_span_length: float
+
+
+class CheckpointError(ValueError):
+    """A Hugging Face checkpoint this family cannot take as it is; the message names the option and what is
+    supported."""
+
+
+@dataclass(frozen=True)
+class HfTensor:
+    """One tensor of ours and where the Hugging Face layout keeps it."""
+
+    ours: str
+    theirs: tuple[str, ...]
+    """Their tensor names; several are concatenated along the first dimension into ours (BERT's q, k, v)."""
+    shape: tuple[int, ...]
+    """The shape of each of theirs, as stored."""
+    transposed: bool = False
+    """Stored as (in, out), the transpose of nn.Linear's weight (GPT-2's Conv1D)."""
+
+
+def hf_tensor(ours: str, theirs: str, *shape: int, transposed: bool = False) -> HfTensor:
+    return HfTensor(ours, (theirs,), tuple(shape), transposed)
 
 
 def round_up(value: float, multiple: int) -> int:
@@ -88,6 +111,14 @@ class Family(ABC):
     decoder and decoder-with-past graphs."""
     hf_auto_class: ClassVar[str] = "AutoModelForCausalLM"
     """The transformers auto class that loads the export."""
+    hf_model_types: ClassVar[dict[str, str]] = {}
+    """Hugging Face `model_type`s this family imports -> the transformers class that type exports as."""
+    hf_base_prefix: ClassVar[str] = ""
+    """The prefix of the base model's tensors in a checkpoint with a head (`bert.`), absent from a bare base model's
+    checkpoint (`BertModel`); an import finds its tensors under either name."""
+    hf_unused: ClassVar[tuple[str, ...]] = ()
+    """Suffixes of checkpoint tensors a model of this family does not use (buffers saved by old versions, a
+    pooler), skipped on import rather than refused."""
 
     # --- shape --------------------------------------------------------------------------------------------------
 
@@ -182,6 +213,36 @@ class Family(ABC):
     def hf_config(self, shape: ModelShape) -> dict[str, Any]:
         raise NotImplementedError(f"`{self.name}` models have no Hugging Face layout")
 
+    def from_hf_config(self, config: dict[str, Any]) -> ModelShape:
+        """A Hugging Face config.json -> our shape; raises CheckpointError for an option this family does not
+        compute exactly."""
+        raise CheckpointError(f"`{self.name}` models cannot be imported from Hugging Face checkpoints")
+
+    def hf_layout(self, shape: ModelShape) -> list[HfTensor]:
+        """Every tensor of our state dict and where the Hugging Face layout keeps it (a tied output weight is left
+        out, as transformers saves it); import and export both follow this one table."""
+        raise NotImplementedError(f"`{self.name}` models have no Hugging Face layout")
+
+    hf_output: ClassVar[str] = "lm_head.weight"
+    """Where the Hugging Face layout keeps the output projection; a tied model's copy of it is skipped on import (the
+    embedding is the output weight, as transformers ties it on load)."""
+
+    def hf_skipped(self, shape: ModelShape) -> tuple[str, ...]:
+        """Suffixes of checkpoint tensors an import of this shape reads past."""
+        return self.hf_unused + ((self.hf_output,) if shape.tie_embeddings else ())
+
+    def hf_export_architecture(self, shape: ModelShape) -> str | None:
+        """The transformers class a Hugging Face export writes: an imported model's own, else the family's."""
+        if shape.hf_model_type is not None:
+            return self.hf_model_types[shape.hf_model_type]
+        return self.hf_architecture
+
     def hf_tensors(self, state: dict[str, Any], shape: ModelShape) -> dict[str, Any]:
         """Our state dict -> the transformers tensor names (tied output weights left out, as transformers expects)."""
-        raise NotImplementedError(f"`{self.name}` models have no Hugging Face layout")
+        renamed = {}
+        for entry in self.hf_layout(shape):
+            tensor = state[entry.ours]
+            tensor = tensor.t() if entry.transposed else tensor
+            for name, part in zip(entry.theirs, tensor.chunk(len(entry.theirs))):
+                renamed[name] = part
+        return renamed

@@ -20,3 +20,7 @@ FAMILIES: dict[str, Family] = {
 
 def family(arch: str) -> Family:
     return FAMILIES[arch]
+
+
+HF_MODEL_TYPES: dict[str, Family] = {model_type: f for f in FAMILIES.values() for model_type in f.hf_model_types}
+"""Hugging Face `model_type` -> the family that imports it (llama, mistral, qwen2, qwen3 -> `llama`)."""

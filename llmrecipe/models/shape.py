@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, field_validator
+
+
+class RopeScaling(BaseModel):
+    """Llama 3's rotary frequency scaling (`rope_scaling` of type `llama3`): wavelengths longer than the original
+    context divided by `factor`, shorter than `original / high_freq_factor` kept, those between interpolated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["llama3"] = "llama3"
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
 
 
 class ModelShape(BaseModel):
@@ -39,6 +54,23 @@ class ModelShape(BaseModel):
     """Span corruption only: fraction of each example's tokens that are corrupted (moved to the target)."""
     mean_span_length: float = 3.0
     """Span corruption only: mean length of a corrupted span."""
+    qkv_bias: bool = False
+    """`llama`: the q, k and v projections have biases (Qwen2)."""
+    qk_norm: bool = False
+    """`llama`: an RMSNorm over each head's queries and keys before the rotation (Qwen3)."""
+    rope_scaling: RopeScaling | None = None
+    """`llama`: Llama 3's long-context frequency scaling; None: plain rotary angles."""
+    post_norm: bool = False
+    """`bert`: the original BERT layout (a Hugging Face `BertModel`): LayerNorm after each residual sum and after
+    the embeddings, token-type embeddings, exact (erf) GELU, and an output transform before the vocabulary."""
+    type_vocab_size: int = 0
+    """`bert` with `post_norm`: rows of the token-type embedding (segment A/B); every token here is type 0."""
+    lm_head: bool = True
+    """False for an encoder imported without its masked-language head (`BertModel`): the model returns its hidden
+    states, for a classification head to read."""
+    hf_model_type: str | None = None
+    """The Hugging Face `model_type` an imported model came from (`qwen2`, `mistral`, ...); its Hugging Face export
+    writes that family again. None: the family's own (`llama`, `gpt2`)."""
 
     @field_validator("arch")
     @classmethod

@@ -15,20 +15,24 @@ from llmrecipe.plan import derive
 from llmrecipe.plan.fingerprint import fingerprint
 from llmrecipe.plan.graph import run_order
 from llmrecipe.plan.limits import check_sizes
-from llmrecipe.plan.plan import ExternalFile, Host, Plan, PlanStep
+from llmrecipe.plan.plan import CheckpointFacts, ExternalFile, Host, Plan, PlanStep
 from llmrecipe.models.shape import ModelShape
 from llmrecipe.plan.specs import DataSpec, EvaluateSpec, ExportSpec, Spec, TokenizerSpec, TokenizeSpec
 from llmrecipe.recipe.explain import did_you_mean
 from llmrecipe.recipe.evaluate import SUITES_WITH_DATA, EvaluateStep, SuiteConfig
 from llmrecipe.recipe.recipe import Recipe
 
-MODEL_STEPS = ("pretrain", "finetune")
-"""Step kinds whose output is a trained model."""
+CORPUS_SUITES = ("perplexity", "samples")
+"""Suite types that read the tokenized pre-training corpus (its splits, its unigram statistics)."""
+
+MODEL_STEPS = ("pretrain", "import", "finetune")
+"""Step kinds whose output is a model (trained here or imported)."""
 
 REFERENCES: dict[str, dict[str, str | tuple[str, ...]]] = {
     "data": {},
     "tokenizer": {"data": "data"},
     "pretrain": {"data": "data", "tokenizer": "tokenizer"},
+    "import": {},
     "finetune": {"init": MODEL_STEPS, "data": "data"},
     "evaluate": {"model": MODEL_STEPS},
     "export": {"model": MODEL_STEPS},
@@ -150,7 +154,9 @@ def compile_plan(
     host: Host,
     external: Mapping[str, list[ExternalFile]],
     executor_versions: Mapping[str, int],
+    checkpoints: Mapping[str, CheckpointFacts] = {},
 ) -> Plan:
+    """`checkpoints`: what the caller read of each import step's checkpoint (llmrecipe/checkpoints/locate.py)."""
     check_references(recipe)
     check_engine(recipe)
     device = resolve_device(recipe, host)
@@ -185,19 +191,33 @@ def compile_plan(
                 derived=derive.pretrain_summary(spec),
             )
             builder.models[name] = (spec.model, tokenizer.vocab_size)
+        elif step.kind == "import":
+            facts = checkpoints[name]
+            try:
+                spec = derive.import_spec(step, facts, device, host)
+            except derive.DerivationError as problem:
+                raise RecipeError(f"{where}: {problem}") from None
+            builder.add(name, "import", spec, {}, derived=derive.import_summary(spec, facts),
+                        external=external.get(name, []))
+            builder.models[name] = (spec.model, facts.tokens)
+            builder.tokenizers[name] = ImportedTokenizer(vocab_size=facts.tokens, eot_token=facts.eot_token)
+            if facts.chat_template is not None:
+                builder.templates[name] = (facts.chat_template, facts.eot_token)
         elif step.kind == "finetune":
             _add_finetune(builder, recipe, name, device, host, external.get(name, []))
         elif step.kind == "evaluate":
-            trained = recipe.steps[pretrained_root(recipe, step.model)]
-            tokens = builder.tokenized(trained.data, trained.tokenizer, recipe.steps[trained.tokenizer])
+            root = pretrained_root(recipe, step.model)
+            trained = recipe.steps[root]
+            inputs = {"model": step.model, "tokenizer": tokenizer_of(recipe, step.model)}
+            if trained.kind == "pretrain":
+                inputs["tokens"] = builder.tokenized(trained.data, trained.tokenizer, recipe.steps[trained.tokenizer])
+            else:
+                _check_suites_without_corpus(step, name, root)
             spec = EvaluateSpec(
                 suites=evaluate_suites(step), batch_size=step.batch_size, worst=step.worst,
                 bootstrap=step.bootstrap, device=device, seed=seed,
             )
-            builder.add(
-                name, "evaluate", spec, {"model": step.model, "tokens": tokens, "tokenizer": tokenizer_of(recipe, step.model)},
-                external=external.get(name, []),
-            )
+            builder.add(name, "evaluate", spec, inputs, external=external.get(name, []))
         elif step.kind == "export":
             spec = ExportSpec(format=step.format, opset=step.opset, tolerance=step.tolerance, quantize=step.quantize)
             builder.add(name, "export", spec, {"model": step.model})
@@ -206,8 +226,24 @@ def compile_plan(
                 warnings=warnings)
 
 
+class ImportedTokenizer:
+    """An import step's tokenizer as the plan sees a tokenizer step: its ids and its end-of-text token."""
+
+    def __init__(self, vocab_size: int, eot_token: str | None):
+        self.vocab_size, self.eot_token = vocab_size, eot_token
+
+
+def _check_suites_without_corpus(step: EvaluateStep, name: str, root: str) -> None:
+    """An imported model has no pre-training corpus here, so suites that read its validation split cannot run."""
+    needing = [suite_name for suite_name, suite in step.named_suites().items() if suite.type in CORPUS_SUITES]
+    if needing:
+        raise RecipeError(f"steps.{name}.suites {needing}: these read the tokenized pre-training corpus, but '{root}' "
+                          "is an imported model with no corpus here; use suites with their own data files "
+                          "(multiple_choice, generation, qa_factuality, classification)")
+
+
 def pretrained_root(recipe: Recipe, model: str) -> str:
-    """The `pretrain` step at the start of a chain of `finetune` steps (itself for a `pretrain` step)."""
+    """The `pretrain` or `import` step at the start of a chain of `finetune` steps (itself for one of those)."""
     while recipe.steps[model].kind == "finetune":
         model = recipe.steps[model].init
     return model
@@ -217,7 +253,7 @@ def tokenizer_of(recipe: Recipe, model: str) -> str:
     """The step whose artifact holds a model's tokenizer (tokenizer.json + meta.json): the `tokenizer` step of a
     pre-trained model; a `finetune` step writes its own (an `sft` step adds the chat template's tokens)."""
     step = recipe.steps[model]
-    return step.tokenizer if step.kind == "pretrain" else model
+    return step.tokenizer if step.kind == "pretrain" else model  # an import or finetune step writes its own
 
 
 def _add_finetune(builder: "_PlanBuilder", recipe: Recipe, name: str, device: str, host: Host,
@@ -227,13 +263,17 @@ def _add_finetune(builder: "_PlanBuilder", recipe: Recipe, name: str, device: st
     dataset_file = external[0].path if external else None
     try:
         spec = derive.finetune_spec(step, init_shape, token_bound, device, host, recipe.run.seed, dataset_file,
-                                    process_count(recipe, host))
+                                    process_count(recipe, host), builder.templates.get(step.init))
     except derive.DerivationError as problem:
         raise RecipeError(f"steps.{name}: {problem}") from None
     inputs = {"model": step.init, "tokenizer": tokenizer_of(recipe, step.init)}
     if step.task == "continue":
-        root = recipe.steps[pretrained_root(recipe, step.init)]
-        inputs["tokens"] = builder.tokenized(step.data, root.tokenizer, recipe.steps[root.tokenizer])
+        root_name = pretrained_root(recipe, step.init)
+        root = recipe.steps[root_name]
+        if root.kind == "import":
+            inputs["tokens"] = builder.tokenized(step.data, root_name, builder.tokenizers[root_name])
+        else:
+            inputs["tokens"] = builder.tokenized(step.data, root.tokenizer, recipe.steps[root.tokenizer])
     builder.add(name, "finetune", spec, inputs, derived=derive.finetune_summary(spec), external=external)
     builder.models[name] = (spec.model, token_bound + len(spec.special_tokens))
 
@@ -258,6 +298,10 @@ class _PlanBuilder:
         self.fingerprints: dict[str, str] = {}
         self.models: dict[str, tuple[ModelShape, int]] = {}
         """Model step -> (its output shape, an upper bound of its tokenizer's ids), for steps that start from it."""
+        self.templates: dict[str, tuple[str, str | None]] = {}
+        """Import step -> the chat template it brings and its end-of-turn token, for an `sft` step on it."""
+        self.tokenizers: dict[str, ImportedTokenizer] = {}
+        """Import step -> its tokenizer, for the tokenize step of a `continue` fine-tune."""
 
     def add(
         self,

@@ -13,9 +13,10 @@ from typing import Any
 from llmrecipe.models.family import ShapeError, matches_target, round_up
 from llmrecipe.models.registry import family
 from llmrecipe.models.shape import ModelShape
-from llmrecipe.plan.plan import Host
-from llmrecipe.plan.specs import DataSpec, FinetuneSpec, PretrainSpec
+from llmrecipe.plan.plan import CheckpointFacts, Host
+from llmrecipe.plan.specs import DataSpec, FinetuneSpec, ImportSpec, PretrainSpec
 from llmrecipe.recipe.finetune import CHAT_TEMPLATES, FinetuneStep
+from llmrecipe.recipe.import_step import ImportStep
 from llmrecipe.recipe.pretrain import OptimConfig, PretrainStep
 from llmrecipe.recipe.tokenizer import TokenizerStep
 
@@ -117,6 +118,27 @@ def _resolved_warmup(step: PretrainStep | FinetuneStep, total_steps: int | None)
             "when training starts); give optim.warmup in steps instead"
         )
     return optim.model_copy(update={"warmup": int(optim.warmup_fraction * total_steps), "warmup_fraction": None})
+
+
+def import_spec(step: ImportStep, facts: CheckpointFacts, device: str, host: Host) -> ImportSpec:
+    dtype = step.dtype if step.dtype != "auto" else ("bf16" if facts.stored_dtype == "bf16" else "fp32")
+    if dtype == "bf16" and device == "cpu" and not host.cpu_bf16:
+        raise DerivationError("dtype = 'bf16': this machine's CPU has no bf16 arithmetic (AVX512-BF16 or AMX), so "
+                              "bf16 weights would compute slowly and in emulation; use dtype = 'fp32' (or a GPU)")
+    return ImportSpec(model=facts.shape, dtype=dtype, folder=facts.folder, eot_token=facts.eot_token)
+
+
+def import_summary(spec: ImportSpec, facts: CheckpointFacts) -> dict[str, Any]:
+    """What `llmrecipe plan` shows for an import: the architecture, its size, context and dtype."""
+    shape = spec.model
+    return {
+        "architecture": f"{shape.hf_model_type} -> {shape.arch}", "n_params": parameter_count(shape),
+        "context": shape.seq_len, "dtype": spec.dtype, "stored_dtype": facts.stored_dtype,
+        "n_layer": shape.n_layer, "d_model": shape.d_model, "heads": f"{shape.n_head} (kv {shape.n_kv_head})",
+        "vocab_size": shape.vocab_size, "tokenizer_ids": facts.tokens,
+        "chat_template": facts.chat_template is not None,
+        **({"rope_scaling": "llama3"} if shape.rope_scaling else {}),
+    }
 
 
 def pretrain_summary(spec: PretrainSpec) -> dict[str, Any]:
@@ -232,8 +254,10 @@ def lora_parameter_count(shape: ModelShape, targets: list[str], rank: int) -> in
 
 
 def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device: str, host: Host, seed: int,
-                  dataset_file: str | None, nproc: int = 1) -> FinetuneSpec:
-    """`init` is the starting model's shape, `token_bound` an upper bound of its tokenizer's ids."""
+                  dataset_file: str | None, nproc: int = 1,
+                  own_template: tuple[str, str | None] | None = None) -> FinetuneSpec:
+    """`init` is the starting model's shape, `token_bound` an upper bound of its tokenizer's ids, `own_template` the
+    chat template an imported init model brings and its end-of-turn token."""
     arch = family(init.arch)
     if step.task in ("sft", "continue", "classify") and arch.encoder_decoder:
         raise DerivationError(f"task = '{step.task}' trains a single-stack model; the init model is a `{init.arch}` "
@@ -247,9 +271,11 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
     if step.task == "classify" and step.pooling == "first" and arch.causal:
         raise DerivationError(f"pooling = 'first' on a `{init.arch}` decoder: its first state sees only the first "
                               "token, so every text would look alike; use 'last' (or 'auto')")
-    template, specials, end_of_turn = _chat_template(step)
+    template, specials, end_of_turn = _chat_template(step, own_template)
     added = len(specials) if step.task == "sft" else 0  # an upper bound: tokens the tokenizer has already are kept
-    model = init.model_copy(update={"vocab_size": max(init.vocab_size, round_up(token_bound + added, 64))})
+    # Rows only when the added tokens need them: an imported checkpoint keeps its exact vocabulary size.
+    rows = init.vocab_size if token_bound + added <= init.vocab_size else round_up(token_bound + added, 64)
+    model = init.model_copy(update={"vocab_size": rows})
     seq_len = step.max_seq_len or init.seq_len
     if seq_len > init.seq_len:
         raise DerivationError(f"max_seq_len = {seq_len} is longer than the init model's seq_len = {init.seq_len}; "
@@ -266,12 +292,18 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
     )
 
 
-def _chat_template(step: FinetuneStep) -> tuple[str | None, list[str], str | None]:
+def _chat_template(step: FinetuneStep, own: tuple[str, str | None] | None) -> tuple[str | None, list[str], str | None]:
     if step.task != "sft":
         return None, [], None
     if step.chat_template is not None:
         return step.chat_template, list(step.special_tokens), step.end_of_turn
-    return CHAT_TEMPLATES[step.template]
+    if step.template is None and own is not None:
+        text, end_of_turn = own
+        if end_of_turn is None:
+            raise DerivationError("the init model's chat template comes without an end-of-sequence token to end a "
+                                  "turn; give template = \"chatml\" or an inline chat_template with end_of_turn")
+        return text, [], end_of_turn  # its tokens are in its tokenizer already
+    return CHAT_TEMPLATES[step.template or "chatml"]
 
 
 def _resolved_lora(step: FinetuneStep, shape: ModelShape):

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from llmrecipe.models.shape import ModelShape
+
 
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -48,6 +50,23 @@ class ExternalFile(Frozen):
     size: int
     path: str
     """Absolute path on this machine, for the executor; left out of the fingerprint."""
+
+
+class CheckpointFacts(Frozen):
+    """What the plan knows of an `import` step's checkpoint, read from its files without torch
+    (llmrecipe/checkpoints/locate.py)."""
+
+    folder: str
+    """The checkpoint's folder on this machine."""
+    shape: ModelShape
+    tokens: int
+    """Ids its tokenizer produces (at most the embedding rows)."""
+    stored_dtype: str
+    """How the weights are stored: bf16, fp16 or fp32."""
+    chat_template: str | None
+    """The chat template it brings (tokenizer_config.json's `chat_template` or chat_template.jinja), if any."""
+    eot_token: str | None
+    """The token that ends a text (a decoder's end-of-sequence token; an encoder's [CLS], read first)."""
 
 
 class PlanStep(Frozen):

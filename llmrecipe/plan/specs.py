@@ -161,6 +161,22 @@ class FinetuneSpec(TrainingSpec):
     )
 
 
+class ImportSpec(Spec):
+    """An `import` step resolved: the model's shape read from config.json and the dtype its weights are held in.
+    The checkpoint's files are named in the step's external files with their content digests (the identity);
+    where they lie is not fingerprinted."""
+
+    model: ModelShape
+    dtype: Literal["bf16", "fp32"]
+    """`auto` resolved by the stored dtype."""
+    folder: str
+    """The checkpoint's folder on this machine."""
+    eot_token: str | None
+    """The token that ends a text (decoders) or starts one for its summary (encoders)."""
+
+    NOT_FINGERPRINTED: ClassVar[frozenset[str]] = frozenset({"folder"})  # the files' digests are fingerprinted
+
+
 class EvaluateSpec(Spec):
     """Suites by name. A suite's data file is named here by its file name only; its content digest is in the
     step's external files (the path is machine-specific, the content is what the results depend on)."""

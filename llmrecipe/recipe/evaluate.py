@@ -155,7 +155,7 @@ class EvaluateStep(Section):
 
     kind: Literal["evaluate"]
     model: StepName
-    """The `pretrain` or `finetune` step whose final weights are evaluated (a classify fine-tune takes only
+    """The `pretrain`, `import` or `finetune` step whose final weights are evaluated (a classify fine-tune takes only
     `classification` suites)."""
     splits: list[Literal["val", "test"]] = ["val", "test"]
     """Held-out splits measured by the `"perplexity"` list entry; a split the data step left empty is reported as such."""

@@ -14,7 +14,7 @@ class ExportStep(Section):
 
     kind: Literal["export"]
     model: StepName
-    """The `pretrain` step whose weights are exported."""
+    """The `pretrain`, `import` or `finetune` step whose weights are exported."""
     format: Literal["onnx", "hf"] = "onnx"
     """`onnx`: model.onnx with past key/values as inputs and outputs (onnxruntime decodes token by token), checked
     for logits and greedy tokens. `hf`: the Hugging Face layout (config.json, model.safetensors, tokenizer files,

@@ -69,7 +69,7 @@ class FinetuneStep(TrainingControls):
 
     kind: Literal["finetune"]
     init: StepName
-    """The `pretrain` or `finetune` step whose model (and tokenizer) this step starts from."""
+    """The `pretrain`, `import` or `finetune` step whose model (and tokenizer) this step starts from."""
     task: Literal["sft", "classify", "continue", "seq2seq"]
     """`sft`: learn to answer in a chat format, loss on the assistant's tokens only; `classify`: a classification
     head on the model; `continue`: next-token training on the tokens of a `data` step (domain adaptation);
@@ -78,8 +78,10 @@ class FinetuneStep(TrainingControls):
     """`continue` only: the `data` step whose train split is tokenized with the init model's tokenizer."""
     dataset: DatasetConfig | None = None
     """`sft`, `classify` and `seq2seq`: the JSONL examples."""
-    template: Literal["chatml"] = "chatml"
-    """`sft`: the chat format preset. `chatml`: `<|im_start|>role\\ncontent<|im_end|>\\n` turns."""
+    template: Literal["chatml"] | None = None
+    """`sft`: the chat format preset. `chatml`: `<|im_start|>role\\ncontent<|im_end|>\\n` turns. Unset: the init
+    model's own chat template when it is an imported model that brings one (its end-of-sequence token ends a
+    turn), else `chatml`."""
     chat_template: str | None = None
     """`sft`: an inline Jinja chat template (Hugging Face style: `messages`, `add_generation_prompt`) used instead
     of the preset; give its `special_tokens` and `end_of_turn` too."""

@@ -12,12 +12,13 @@ from llmrecipe.recipe.data import DataStep
 from llmrecipe.recipe.evaluate import EvaluateStep
 from llmrecipe.recipe.export import ExportStep
 from llmrecipe.recipe.finetune import FinetuneStep
+from llmrecipe.recipe.import_step import ImportStep
 from llmrecipe.recipe.pretrain import PretrainStep
 from llmrecipe.recipe.sweep import SweepConfig
 from llmrecipe.recipe.tokenizer import TokenizerStep
 
 StepConfig = Annotated[
-    Union[DataStep, TokenizerStep, PretrainStep, FinetuneStep, EvaluateStep, ExportStep],
+    Union[DataStep, TokenizerStep, PretrainStep, ImportStep, FinetuneStep, EvaluateStep, ExportStep],
     Field(discriminator="kind"),
 ]
 
@@ -25,6 +26,7 @@ STEP_KINDS: dict[str, type[Section]] = {
     "data": DataStep,
     "tokenizer": TokenizerStep,
     "pretrain": PretrainStep,
+    "import": ImportStep,
     "finetune": FinetuneStep,
     "evaluate": EvaluateStep,
     "export": ExportStep,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmrecipe.data.locate import sha256_file  # the digest the plan takes of the files a recipe reads
+from llmrecipe.digests import sha256_file  # the digest the plan takes of the files a recipe reads (here uncached)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ EXECUTORS: dict[str, Executor] = {
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
     # 6: the one trainer (loss.png drawn by llmrecipe/plots.py, checkpoint digests)
     "pretrain": Executor("llmrecipe.steps.pretrain", version=6, joins_group="train_and_save"),
+    "import": Executor("llmrecipe.steps.import_checkpoint", version=1),
+    # 4: the one trainer (epoch order, fused AdamW for LoRA, encoders' padding masked instead of grouped)
     # 5: sft fits long conversations keeping the response; classify heads of decoders have no bias (as HF's)
     "finetune": Executor("llmrecipe.steps.finetune", version=5, joins_group="finetune_in_group"),
     "evaluate": Executor("llmrecipe.steps.evaluate", version=5),  # 5: generation suites through the KV-cache engine

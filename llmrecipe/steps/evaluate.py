@@ -48,7 +48,7 @@ def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     for index, (name, config) in enumerate(spec.suites.items()):
         env = SuiteEnv(
             name=name, model=model, tokenizer=tokenizer, eot_id=tokenizer_meta["eot_id"],
-            vocab_size=tokenizer_meta["vocab_size"], tokens_dir=ctx.inputs["tokens"],
+            vocab_size=tokenizer_meta["vocab_size"], tokens_dir=ctx.inputs.get("tokens"),  # none for an import
             data_path=Path(files[index].path) if index in files else None, batch_size=spec.batch_size,
             device=spec.device, seed=spec.seed, worst=spec.worst, out_dir=ctx.out_dir, ctx=ctx,
         )

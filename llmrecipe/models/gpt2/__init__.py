@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmrecipe.models.family import Family
+from llmrecipe.models.family import Family, HfTensor, hf_tensor
+from llmrecipe.models.hf_options import expect, required
 from llmrecipe.models.shape import ModelShape
 
 
@@ -15,6 +16,9 @@ class GPT2(Family):
     decodes = True
     hf_architecture = "GPT2LMHeadModel"
     hf_sequence_classification = "GPT2ForSequenceClassification"
+    hf_model_types = {"gpt2": "GPT2LMHeadModel"}
+    hf_base_prefix = "transformer."
+    hf_unused = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers saved by old transformers versions
 
     def parameter_count(self, shape: ModelShape) -> int:
         d = shape.d_model
@@ -40,24 +44,38 @@ class GPT2(Family):
             "tie_word_embeddings": shape.tie_embeddings, "torch_dtype": "float32",
         }
 
-    def hf_tensors(self, state: dict[str, Any], shape: ModelShape) -> dict[str, Any]:
-        renamed = {
-            "transformer.wte.weight": state["embed.weight"], "transformer.wpe.weight": state["positions.weight"],
-            "transformer.ln_f.weight": state["norm.weight"], "transformer.ln_f.bias": state["norm.bias"],
-        }
+    def from_hf_config(self, config: dict[str, Any]) -> ModelShape:
+        expect(config, "activation_function", ("gelu_new", "gelu_pytorch_tanh"), "gelu_new")
+        expect(config, "scale_attn_weights", (True,), True)
+        expect(config, "scale_attn_by_inverse_layer_idx", (False,), False)
+        expect(config, "add_cross_attention", (False,), False)
+        d_model = required(config, "n_embd")
+        return ModelShape(
+            arch="gpt2", n_layer=required(config, "n_layer"), n_head=required(config, "n_head"),
+            n_kv_head=config["n_head"], d_model=d_model, head_dim=d_model // config["n_head"],
+            ffn_hidden=config.get("n_inner") or 4 * d_model, vocab_size=required(config, "vocab_size"),
+            seq_len=required(config, "n_positions"), dropout=0.0, rope_theta=10000.0,
+            norm_eps=config.get("layer_norm_epsilon", 1e-5), tie_embeddings=config.get("tie_word_embeddings", True),
+            hf_model_type="gpt2",
+        )
+
+    def hf_layout(self, shape: ModelShape) -> list[HfTensor]:
+        d, f = shape.d_model, shape.ffn_hidden
+        tensors = [hf_tensor("embed.weight", "transformer.wte.weight", shape.vocab_size, d),
+                   hf_tensor("positions.weight", "transformer.wpe.weight", shape.seq_len, d),
+                   hf_tensor("norm.weight", "transformer.ln_f.weight", d), hf_tensor("norm.bias", "transformer.ln_f.bias", d)]
         for i in range(shape.n_layer):
             ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
             for norm in ("ln_1", "ln_2"):
-                renamed[f"{theirs}{norm}.weight"] = state[f"{ours}{norm}.weight"]
-                renamed[f"{theirs}{norm}.bias"] = state[f"{ours}{norm}.bias"]
+                tensors += [hf_tensor(f"{ours}{norm}.{p}", f"{theirs}{norm}.{p}", d) for p in ("weight", "bias")]
             # GPT-2's Conv1D keeps weights as (in, out): the transpose of nn.Linear's (out, in).
-            for mine, hf in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"),
-                             ("mlp.proj", "mlp.c_proj")):
-                renamed[f"{theirs}{hf}.weight"] = state[f"{ours}{mine}.weight"].t()
-                renamed[f"{theirs}{hf}.bias"] = state[f"{ours}{mine}.bias"]
+            for mine, hf, n_in, n_out in (("attn.qkv", "attn.c_attn", d, 3 * d), ("attn.proj", "attn.c_proj", d, d),
+                                          ("mlp.fc", "mlp.c_fc", d, f), ("mlp.proj", "mlp.c_proj", f, d)):
+                tensors += [hf_tensor(f"{ours}{mine}.weight", f"{theirs}{hf}.weight", n_in, n_out, transposed=True),
+                            hf_tensor(f"{ours}{mine}.bias", f"{theirs}{hf}.bias", n_out)]
         if not shape.tie_embeddings:
-            renamed["lm_head.weight"] = state["lm_head.weight"]
-        return renamed
+            tensors.append(hf_tensor("lm_head.weight", "lm_head.weight", shape.vocab_size, d))
+        return tensors
 
 
 FAMILY = GPT2()

@@ -39,15 +39,16 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """D -> F -> D with GELU (tanh approximation, as GPT-2)."""
+    """D -> F -> D with GELU: the tanh approximation, as GPT-2; exact (`approximate = "none"`), as BERT."""
 
-    def __init__(self, shape: ModelShape):
+    def __init__(self, shape: ModelShape, approximate: str = "tanh"):
         super().__init__()
         self.fc = nn.Linear(shape.d_model, shape.ffn_hidden)
         self.proj = nn.Linear(shape.ffn_hidden, shape.d_model)
+        self.approximate = approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
 
 
 class Block(nn.Module):

@@ -1,4 +1,5 @@
-"""LLaMA-style decoder: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention, no biases.
+"""LLaMA-style decoder: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention; optionally q/k/v biases
+(Qwen2), per-head q/k RMSNorm (Qwen3) and Llama 3's rotary frequency scaling.
 
 Reads top to bottom: RMSNorm -> rotary tables -> Attention -> MLP -> Block -> Llama; the norm's and the
 rotation's arithmetic is in models/pointwise.py. One forward serves training, packed documents and cached
@@ -19,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llmrecipe.models.attention import AttentionLayout, causal_attention
 from llmrecipe.models.pointwise import rms_norm, rotary
-from llmrecipe.models.shape import ModelShape
+from llmrecipe.models.shape import ModelShape, RopeScaling
 
 
 class RMSNorm(nn.Module):
@@ -34,23 +35,43 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def rotary_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(seq_len: int, head_dim: int, theta: float,
+                  scaling: RopeScaling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and signed sin tables, (T, E), for rotary position embeddings (Su et al., 2021) in the rotate-half
-    layout: pair (x[i], x[i + E/2]) turns by angle i, so the sin of the first half carries the minus sign."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (E/2,)
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (T, E/2)
+    layout: pair (x[i], x[i + E/2]) turns by angle i, so the sin of the first half carries the minus sign.
+    Made on the CPU whatever the default device: a model built on the meta device (to load a checkpoint into)
+    still needs these real tables."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim))  # (E/2,)
+    if scaling is not None:
+        inv_freq = llama3_frequencies(inv_freq, scaling)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device="cpu"), inv_freq)  # (T, E/2)
     return torch.cat([angles.cos(), angles.cos()], dim=-1), torch.cat([-angles.sin(), angles.sin()], dim=-1)
+
+
+def llama3_frequencies(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """Llama 3's long-context scaling: wavelengths longer than original_context / low_freq_factor are slowed by
+    `factor`, those shorter than original_context / high_freq_factor kept, and those between interpolated."""
+    original = scaling.original_max_position_embeddings
+    wavelength = 2 * math.pi / inv_freq  # (E/2,)
+    slowed = torch.where(wavelength > original / scaling.low_freq_factor, inv_freq / scaling.factor, inv_freq)
+    smooth = (original / wavelength - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    blended = (1 - smooth) * slowed / scaling.factor + smooth * slowed
+    medium = (wavelength >= original / scaling.high_freq_factor) & (wavelength <= original / scaling.low_freq_factor)
+    return torch.where(medium, blended, slowed)
 
 
 class Attention(nn.Module):
     def __init__(self, shape: ModelShape):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = shape.n_head, shape.n_kv_head, shape.head_dim
-        kv_dim = shape.n_kv_head * shape.head_dim
-        self.q_proj = nn.Linear(shape.d_model, shape.d_model, bias=False)
-        self.k_proj = nn.Linear(shape.d_model, kv_dim, bias=False)
-        self.v_proj = nn.Linear(shape.d_model, kv_dim, bias=False)
-        self.o_proj = nn.Linear(shape.d_model, shape.d_model, bias=False)
+        q_dim, kv_dim = shape.n_head * shape.head_dim, shape.n_kv_head * shape.head_dim  # q_dim may differ from D
+        self.q_proj = nn.Linear(shape.d_model, q_dim, bias=shape.qkv_bias)
+        self.k_proj = nn.Linear(shape.d_model, kv_dim, bias=shape.qkv_bias)
+        self.v_proj = nn.Linear(shape.d_model, kv_dim, bias=shape.qkv_bias)
+        self.o_proj = nn.Linear(q_dim, shape.d_model, bias=False)
+        if shape.qk_norm:  # Qwen3: each head's queries and keys normalised before the rotation
+            self.q_norm, self.k_norm = RMSNorm(shape.head_dim, shape.norm_eps), RMSNorm(shape.head_dim, shape.norm_eps)
+        self.qk_norm = shape.qk_norm
         self.dropout = shape.dropout
 
     def forward(
@@ -58,15 +79,18 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         B, T, D = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, E)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, E)
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, E)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, K, E)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, E), (B, K, T, E)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, E)
         q, k = rotary(q, cos, signed_sin), rotary(k, cos, signed_sin)
         if layout is None:  # grouped-query attention (K < H): each key/value head serves H/K query heads
             y = causal_attention(q, k, v, self.dropout if self.training else 0.0)  # (B, H, T, E)
         else:
             y = layout.attend(layer, q, k, v)  # (B, H, T, E)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, D))
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -111,7 +135,7 @@ class Llama(nn.Module):
         self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layer))
         self.norm = RMSNorm(shape.d_model, shape.norm_eps)
         self.lm_head = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
-        cos, signed_sin = rotary_tables(shape.seq_len, shape.head_dim, shape.rope_theta)
+        cos, signed_sin = rotary_tables(shape.seq_len, shape.head_dim, shape.rope_theta, shape.rope_scaling)
         # Not saved with the weights: they are a function of the shape.
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_signed_sin", signed_sin, persistent=False)
@@ -128,6 +152,8 @@ class Llama(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         for block in self.blocks:
             for proj in (block.attn.o_proj, block.mlp.down_proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.shape.n_layer))

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llmrecipe.models.build import build_model, load_weights, with_adapters
+from llmrecipe.models.build import build_model, load_weights, saved_weights
 from llmrecipe.models.lora import ADAPTER_KEYS, apply_lora, merge_adapter_tensors
 from llmrecipe.models.registry import family
 from llmrecipe.plan.specs import FinetuneSpec
@@ -38,7 +38,7 @@ def starting_model(spec: FinetuneSpec, init_dir: Path, new_ids: list[int], known
     saved = json.loads((init_dir / "config.json").read_text())
     if saved != spec.init_model.model_dump(mode="json"):
         raise_mismatch(init_dir)
-    weights = with_adapters(init_dir, load_file(init_dir / "model.safetensors"))  # a LoRA init saved unmerged
+    weights = saved_weights(init_dir, spec.init_model)  # a LoRA init saved unmerged, or an import's checkpoint
     grown = {name: grow_rows(tensor, spec.model.vocab_size, new_ids, known_tokens) if name in EMBEDDING_ROWS else tensor
              for name, tensor in weights.items()}
     torch.manual_seed(spec.seed)
