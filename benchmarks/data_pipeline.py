@@ -124,7 +124,7 @@ STANDARD_OPS = standard_ops(EQUAL_BANDING)
 
 
 def run_ours(corpus: Path, out: Path, batch_mb: int, workers: int, engine: str = "local", banding: str = "equal") -> None:
-    from llmrecipe.data.locate import sha256_file
+    from llmrecipe.digests import sha256_file
     from llmrecipe.plan.plan import ExternalFile
     from llmrecipe.run.context import StepContext
     from llmrecipe.run.reporter import LineReporter

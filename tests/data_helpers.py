@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from llmrecipe.data.locate import sha256_file
+from llmrecipe.digests import sha256_file
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.run.context import StepContext
 from llmrecipe.run.reporter import LineReporter

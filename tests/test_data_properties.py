@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmrecipe.data.dedup import ExactDedup, NearDedup
-from llmrecipe.data.locate import sha256_file
+from llmrecipe.digests import sha256_file
 from llmrecipe.data.ops import OPS
 from llmrecipe.data.split import assign_splits
 from llmrecipe.errors import StepError

@@ -32,12 +32,11 @@ HEADER_PREFIX = 8
 
 def load_imported(model_dir: Path, shape: ModelShape, device: str = "cpu", dtype: str | None = None) -> torch.nn.Module:
     """An import artifact's model in eval mode, weights in `dtype` (default: the one the import step resolved)."""
-    from llmrecipe.models.build import build_model
+    from llmrecipe.models.build import empty_model
 
     reference = read_reference(model_dir)
     held = DTYPES[dtype or reference["dtype"]]
-    with torch.device("meta"):
-        model = build_model(shape)
+    model = empty_model(shape)
     for name, tensor in imported_tensors(model_dir, shape, held):
         _assign(model, name, tensor)
     if hasattr(model, "tie_weights"):

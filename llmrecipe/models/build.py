@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file
@@ -15,6 +17,30 @@ from llmrecipe.models.shape import ModelShape
 
 def build_model(shape: ModelShape) -> torch.nn.Module:
     return family(shape.arch).module()(shape)
+
+
+def empty_model(shape: ModelShape) -> torch.nn.Module:
+    """The model on the meta device, for weights loaded from elsewhere: no memory and no random initialisation."""
+    with torch.device("meta"), _initialisation_skipped():
+        return build_model(shape)
+
+
+INITIALISERS = ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                "xavier_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def _initialisation_skipped() -> Iterator[None]:
+    # Every module initialises through torch.nn.init; on meta tensors those calls do nothing useful yet run through
+    # torch's reference decompositions, whose first use imports torch._dynamo (about a second per process).
+    saved = {name: getattr(torch.nn.init, name) for name in INITIALISERS}
+    for name in INITIALISERS:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, initialiser in saved.items():
+            setattr(torch.nn.init, name, initialiser)
 
 
 def load_trained(model_dir: Path, device: str = "cpu", dtype: str | None = "fp32") -> tuple[torch.nn.Module, ModelShape]:
