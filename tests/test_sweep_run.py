@@ -164,6 +164,7 @@ def test_the_shipped_grid_sweep_on_shakespeare_resumes_after_sigkill(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # ~30 s of trials that are stopped part-way; the default suite keeps the other sweep runs
 def test_early_stop_prunes_trials_whose_validation_falls_behind(tmp_path):
     """Two good learning rates run first; the two tiny ones are judged by the median pruner at their first
     validations and stopped long before their 100 steps."""
