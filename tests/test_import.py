@@ -21,13 +21,13 @@ from llmrecipe.plan.compile import compile_plan
 from llmrecipe.plan.plan import Host
 from llmrecipe.steps import EXECUTOR_VERSIONS
 from tests.conftest import REPO
-from tests.hf_checkpoints import CHATML, CONFIGS, SHARDED, hf_logits, make_checkpoint
+from tests.hf_checkpoints import CHATML, CONFIGS, ENCODER_DECODERS, SENTINELS, SHARDED, hf_logits, make_checkpoint
 from tests.test_finetune import write_pairs
 from tests.test_training import Crash, CrashingReporter
 
 transformers = pytest.importorskip("transformers")
 
-DECODERS = [name for name in CONFIGS if name != "bert"]
+DECODERS = [name for name in CONFIGS if name != "bert" and name not in ENCODER_DECODERS]
 IMPORT = '[run]\nname = "imported"\ndevice = "cpu"\nworkdir = "work"\n\n[steps.base]\nkind = "import"\npath = "ckpt"\ndtype = "fp32"\n'
 HF_EXPORT = '\n[steps.hf]\nkind = "export"\nmodel = "base"\nformat = "hf"\n'
 ONNX_EXPORT = '\n[steps.onnx]\nkind = "export"\nmodel = "base"\nformat = "onnx"\n'
@@ -52,6 +52,8 @@ model = "chat"
 format = "hf"
 """
 IDS = torch.randint(0, 300, (2, 11), generator=torch.Generator().manual_seed(0))
+DECODER_IDS = torch.randint(0, 300, (2, 7), generator=torch.Generator().manual_seed(1))
+"""An encoder-decoder's decoder input, beside IDS as its encoder input."""
 
 
 def recipe_with(folder: Path, checkpoint: str, extra: str = HF_EXPORT, dtype: str = "float32") -> Path:
@@ -86,15 +88,19 @@ def test_imported_logits_equal_transformers_and_the_export_loads_back_as_the_sam
     plan = api.compile(api.load(path))
     model, shape = load_trained(api.artifact(plan, "base"))
     assert sum(p.numel() for p in model.parameters()) == family(shape.arch).parameter_count(shape)
+    decoder_ids = DECODER_IDS if checkpoint in ENCODER_DECODERS else None
     with torch.no_grad():
-        ours = model(IDS)
+        ours = model(IDS) if decoder_ids is None else model(IDS, decoder_ids)
     folder = path.parent / "ckpt"
-    assert (ours - hf_logits(folder, IDS)).abs().max() < 1e-4
+    assert (ours - hf_logits(folder, IDS, decoder_ids)).abs().max() < 1e-4
     exported = api.artifact(plan, "hf")
     original = json.loads((folder / "config.json").read_text())["architectures"][0]
     assert json.loads((exported / "config.json").read_text())["architectures"] == [original]
-    assert (ours - hf_logits(exported, IDS)).abs().max() < 1e-4
-    if checkpoint != "bert":
+    assert (ours - hf_logits(exported, IDS, decoder_ids)).abs().max() < 1e-4
+    if checkpoint in ENCODER_DECODERS:  # T5's own special tokens, and its sentinels counted
+        assert json.loads((exported / "tokenizer_config.json").read_text())["eos_token"] == "</s>"
+        assert shape.sentinels == SENTINELS and shape.n_decoder_layer == 3
+    elif checkpoint != "bert":
         assert json.loads((exported / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
 
 
@@ -247,7 +253,7 @@ def spoil(folder: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how, message", [
-    ("model_type", "model_type = 'falcon' is not supported; supported: bert, gpt2, llama, mistral, qwen2, qwen3"),
+    ("model_type", "model_type = 'falcon' is not supported; supported: bert, gpt2, llama, mistral, qwen2, qwen3, t5"),
     ("rope", "rope type 'yarn' is not supported"),
     ("no_config", "has no config.json"),
     ("no_weights", "has no safetensors weights"),
@@ -258,6 +264,21 @@ def spoil(folder: Path, how: str) -> None:
 def test_a_checkpoint_that_cannot_be_imported_exactly_is_refused_at_plan_time(tmp_path, how, message):
     path = recipe_with(tmp_path, "qwen2_tied", extra="")
     spoil(tmp_path / "ckpt", how)
+    result = plan_exit(path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("feed_forward_proj", "relu", "feed_forward_proj = 'relu' is not supported for `t5` models; supported: 'gated-gelu'"),
+    ("tie_word_embeddings", True, "tie_word_embeddings = True is not supported for `t5` models; supported: False"),
+    ("relative_attention_num_buckets", 16, "relative_attention_num_buckets = 16 is not supported for `t5` models; "
+                                           "supported: 32"),
+])
+def test_a_t5_checkpoint_other_than_v1_1_is_refused_naming_the_option(tmp_path, option, value, message):
+    path = recipe_with(tmp_path, "t5", extra="")
+    config_path = tmp_path / "ckpt" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), option: value}))
     result = plan_exit(path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
