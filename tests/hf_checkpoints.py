@@ -31,7 +31,8 @@ CONFIGS = {
     # T5 v1.1: gated GELU, untied output; heads x d_kv (32) differs from d_model, as in t5-v1_1-small (6 x 64, 512)
     "t5": ("T5Config", "T5ForConditionalGeneration", dict(vocab_size=320, d_model=64, d_kv=8, d_ff=96, num_layers=2,
                                                           num_decoder_layers=3, num_heads=4, dropout_rate=0.0,
-                                                          feed_forward_proj="gated-gelu", tie_word_embeddings=False)),
+                                                          feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                                                          decoder_start_token_id=0)),  # as released configs say
 }
 """Checkpoint name -> (transformers config class, model class, config values)."""
 SHARDED = "llama_gqa"

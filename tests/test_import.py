@@ -173,6 +173,65 @@ def test_lora_sft_of_an_imported_model_resumes_byte_identically_and_exports_its_
         assert (model(IDS) - hf_logits(exported, IDS)).abs().max() < 1e-4
 
 
+SEQ2SEQ = """
+[steps.tuned]
+kind = "finetune"
+init = "base"
+task = "seq2seq"
+dataset = { path = "pairs.jsonl" }
+optim = { lr = 3e-3, warmup = 1 }
+batch_size = 4
+budget = { steps = 4 }
+eval_every = 2
+max_seq_len = 32
+precision = "fp32"
+
+[steps.tuned_hf]
+kind = "export"
+model = "tuned"
+format = "hf"
+"""
+
+
+def test_an_imported_t5_generates_as_transformers_does_and_fine_tunes_seq2seq(tmp_path):
+    from llmrecipe.generate.sampling import SamplingParams
+
+    path = recipe_with(tmp_path, "t5", extra=SEQ2SEQ)
+    write_pairs(tmp_path)
+    report = api.run(api.load(path))
+    assert [o.state for o in report.outcomes] == ["done"] * 3
+    plan = api.compile(api.load(path))
+    assert torch.isfinite(torch.tensor(next(o for o in report.outcomes if o.name == "tuned").metrics["val_loss"]))
+    # Greedy decoding from the decoder start T5 was trained with (its pad token), the same tokens as transformers'
+    engine = api.open_model(api.artifact(plan, "base")).engine
+    prompt = engine.encode("the king walks to the castle") + [engine.tokenizer.token_to_id("</s>")]
+    ours = engine.generate([prompt], SamplingParams(max_tokens=6, temperature=0.0))[0].token_ids
+    theirs = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "ckpt")).eval().generate(
+        # without transformers' cache, which it sizes by the encoder's layers (3 decoder layers here, 2 encoder ones)
+        torch.tensor([prompt]), max_new_tokens=6, do_sample=False, use_cache=False)[0].tolist()
+    assert theirs[0] == 0 and [t for t in theirs[1:] if t != 1] == [t for t in ours if t != 1] and len(ours) > 1
+    # The fine-tune's loss is transformers' own (labels shifted behind decoder_start_token_id): the starting
+    # model's validation loss equals transformers' on the same held-out pairs
+    from tokenizers import Tokenizer
+
+    from llmrecipe.finetune.seq2seq_data import load_pairs
+    from llmrecipe.plan.specs import FinetuneSpec
+
+    spec = FinetuneSpec.model_validate(plan.step("tuned").spec)
+    tokenizer = Tokenizer.from_file(str(api.artifact(plan, "base") / "tokenizer.json"))
+    pairs, _ = load_pairs(tmp_path / "pairs.jsonl", spec.dataset, tokenizer, 1, spec.seq_len)
+    held = pairs["val"][: spec.eval_batches * spec.batch_size]
+    checkpoint = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "ckpt")).eval()
+    with torch.no_grad():
+        nats = sum(float(checkpoint(input_ids=torch.tensor([p.inputs]), labels=torch.tensor([p.targets])).loss)
+                   * len(p.targets) for p in held)
+    base_val_loss = next(o for o in report.outcomes if o.name == "tuned").metrics["base_val_loss"]
+    assert abs(base_val_loss - nats / sum(len(p.targets) for p in held)) < 1e-4 * base_val_loss
+    tuned = api.artifact(plan, "tuned_hf")
+    assert json.loads((tuned / "config.json").read_text())["decoder_start_token_id"] == 0
+    assert next(o for o in report.outcomes if o.name == "tuned_hf").metrics["max_abs_diff"] < 1e-4
+
+
 def test_a_classifier_head_on_an_imported_encoder_trains(tmp_path):
     rows = [{"text": f"the king {'sings' if i % 2 else 'weeps'} of the sea", "label": "pos" if i % 2 else "neg"}
             for i in range(40)]

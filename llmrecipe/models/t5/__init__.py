@@ -188,6 +188,8 @@ class T5(Family):
             # Relative positions set no length limit; T5 was trained on 512 input tokens.
             seq_len=config.get("n_positions") or TRAINED_INPUT_LENGTH, dropout=0.0, rope_theta=10000.0,
             norm_eps=config.get("layer_norm_epsilon", 1e-6), tie_embeddings=False, hf_model_type="t5",
+            # transformers starts T5's decoder from the pad token unless the config names another
+            decoder_start_id=config.get("decoder_start_token_id", config.get("pad_token_id", 0)),
         )
 
     def with_tokenizer(self, shape: ModelShape, tokenizer_json: dict[str, Any]) -> ModelShape:
