@@ -97,7 +97,8 @@ def make_checkpoint(name: str, folder: Path, dtype: str = "float32", seed: int =
 
 def untie_t5(folder: Path, seed: int) -> None:
     """Make the saved T5 a v1.1 checkpoint as released: transformers 5 always ties T5's output to `shared` and saves
-    no lm_head, where T5 v1.1 checkpoints carry their own lm_head.weight and say tie_word_embeddings = false."""
+    no lm_head, where T5 v1.1 checkpoints carry their own lm_head.weight and say tie_word_embeddings = false (and
+    may keep each stack's embed_tokens beside `shared`)."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -105,6 +106,8 @@ def untie_t5(folder: Path, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed + 1)
     shared = weights["shared.weight"]
     weights["lm_head.weight"] = torch.randn(shared.shape, generator=generator).to(shared.dtype)
+    for stack in ("encoder", "decoder"):  # the copies of `shared` some checkpoints carry: read past on import
+        weights[f"{stack}.embed_tokens.weight"] = shared.clone()
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = json.loads((folder / "config.json").read_text())
     config.pop("scale_decoder_outputs", None)

@@ -275,6 +275,13 @@ def test_onnx_export_of_an_imported_decoder_passes_its_parity_check_and_generate
     assert onnx_model.backend == "onnx" and torch_model.backend == "torch"
 
 
+@pytest.mark.slow
+def test_onnx_export_of_an_imported_t5_passes_its_parity_check(tmp_path):
+    path = recipe_with(tmp_path, "t5", extra=ONNX_EXPORT)
+    onnx = next(o for o in api.run(api.load(path)).outcomes if o.name == "onnx")
+    assert onnx.metrics["max_abs_diff"] <= 1e-4 and onnx.metrics["greedy_tokens_match"]
+
+
 # --- bad input --------------------------------------------------------------------------------------------------
 
 
