@@ -59,7 +59,8 @@ class T5(Family):
     hf_architecture = "T5ForConditionalGeneration"
     hf_auto_class = "AutoModelForSeq2SeqLM"
     hf_model_types = {"t5": "T5ForConditionalGeneration"}
-    # Copies of `shared` some transformers versions save, and a cross-attention bucket table old ones saved unused.
+    # Copies of `shared` a checkpoint may carry beside it, and the cross-attention bucket table old transformers
+    # versions saved though no layer reads it.
     hf_unused = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
                  "EncDecAttention.relative_attention_bias.weight")
     onnx_layout = "seq2seq"
@@ -97,7 +98,7 @@ class T5(Family):
 
     def flops_per_token(self, shape: ModelShape) -> int:
         """Training FLOPs per encoder input token: 6 per matmul parameter of the encoder per input token and of the
-        decoder (and output layer) per target token, plus the attention scores (12·L·d·keys per query), all per
+        decoder (and output layer) per target token, plus the attention scores (12·L·heads·head_dim·keys per query), all per
         input token (a step's tokens are counted on the encoder's side)."""
         d, f, T, S = shape.d_model, shape.ffn_hidden, shape.target_len or shape.seq_len, shape.seq_len
         e = shape.n_head * shape.head_dim
@@ -140,7 +141,8 @@ class T5(Family):
         }
 
     def hf_special_ids(self, eot_id: int | None, stop_id: int | None) -> dict[str, Any]:
-        # The decoder starts from end-of-text, as our seq2seq tasks and decoding do.
+        # The decoder starts from end-of-text, as our seq2seq tasks and decoding do (an imported model's own start,
+        # ModelShape.decoder_start_id, replaces it in export/hf.py).
         return {"eos_token_id": stop_id, "pad_token_id": eot_id, "decoder_start_token_id": eot_id}
 
     def hf_layout(self, shape: ModelShape) -> list[HfTensor]:
