@@ -98,8 +98,8 @@ class T5(Family):
 
     def flops_per_token(self, shape: ModelShape) -> int:
         """Training FLOPs per encoder input token: 6 per matmul parameter of the encoder per input token and of the
-        decoder (and output layer) per target token, plus the attention scores (12·L·heads·head_dim·keys per query), all per
-        input token (a step's tokens are counted on the encoder's side)."""
+        decoder (and output layer) per target token, plus the attention scores (12·L·heads·head_dim·keys per
+        query), all per input token (a step's tokens are counted on the encoder's side)."""
         d, f, T, S = shape.d_model, shape.ffn_hidden, shape.target_len or shape.seq_len, shape.seq_len
         e = shape.n_head * shape.head_dim
         encoder = shape.n_layer * (4 * d * e + 3 * d * f)
