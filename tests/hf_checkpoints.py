@@ -56,8 +56,8 @@ def make_tokenizer(kind: str):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
-    specials = {"encoder": ["[PAD]", "[CLS]", "[SEP]", "[MASK]"], "decoder": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                "seq2seq": ["<pad>", "</s>", "<unk>"]}[kind]
+    specials = {"encoder": ["[PAD]", "[CLS]", "[SEP]", "[MASK]"], "seq2seq": ["<pad>", "</s>", "<unk>"],
+                "decoder": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]}[kind]
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator([" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4, trainer)

@@ -336,7 +336,8 @@ def test_a_checkpoint_that_cannot_be_imported_exactly_is_refused_at_plan_time(tm
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("feed_forward_proj", "relu", "feed_forward_proj = 'relu' is not supported for `t5` models; supported: 'gated-gelu'"),
+    ("feed_forward_proj", "relu", "feed_forward_proj = 'relu' is not supported for `t5` models; "
+                                  "supported: 'gated-gelu'"),
     ("tie_word_embeddings", True, "tie_word_embeddings = True is not supported for `t5` models; supported: False"),
     ("relative_attention_num_buckets", 16, "relative_attention_num_buckets = 16 is not supported for `t5` models; "
                                            "supported: 32"),

@@ -90,7 +90,7 @@ def read_checkpoint(folder: Path, where: str) -> tuple[CheckpointFacts, list[Ext
                           path=str(folder / n)) for n in sorted(set(names))]
     facts = CheckpointFacts(folder=str(folder), shape=shape, tokens=tokens, stored_dtype=stored,
                             chat_template=find_chat_template(folder),
-                            eot_token=end_token(folder, tokenizer, encoder_only=not (family.causal or family.encoder_decoder)))
+                            eot_token=end_token(folder, tokenizer, not (family.causal or family.encoder_decoder)))
     return facts, files
 
 

@@ -148,7 +148,8 @@ class T5(Family):
     def hf_layout(self, shape: ModelShape) -> list[HfTensor]:
         # Only `shared`: transformers ties both stacks' embed_tokens to it on load.
         d, e, f, v = shape.d_model, shape.n_head * shape.head_dim, shape.ffn_hidden, shape.vocab_size
-        tensors = [hf_tensor("embed.weight", "shared.weight", v, d), hf_tensor("lm_head.weight", "lm_head.weight", v, d)]
+        tensors = [hf_tensor("embed.weight", "shared.weight", v, d),
+                   hf_tensor("lm_head.weight", "lm_head.weight", v, d)]
         for stack, count in (("encoder", shape.n_layer), ("decoder", shape.n_decoder_layer)):
             tensors += [
                 hf_tensor(f"{stack}.norm.weight", f"{stack}.final_layer_norm.weight", d),
