@@ -21,13 +21,13 @@ from llmrecipe.plan.compile import compile_plan
 from llmrecipe.plan.plan import Host
 from llmrecipe.steps import EXECUTOR_VERSIONS
 from tests.conftest import REPO
-from tests.hf_checkpoints import CHATML, CONFIGS, SHARDED, hf_logits, make_checkpoint
+from tests.hf_checkpoints import CHATML, CONFIGS, ENCODER_DECODERS, SENTINELS, SHARDED, hf_logits, make_checkpoint
 from tests.test_finetune import write_pairs
 from tests.test_training import Crash, CrashingReporter
 
 transformers = pytest.importorskip("transformers")
 
-DECODERS = [name for name in CONFIGS if name != "bert"]
+DECODERS = [name for name in CONFIGS if name != "bert" and name not in ENCODER_DECODERS]
 IMPORT = '[run]\nname = "imported"\ndevice = "cpu"\nworkdir = "work"\n\n[steps.base]\nkind = "import"\npath = "ckpt"\ndtype = "fp32"\n'
 HF_EXPORT = '\n[steps.hf]\nkind = "export"\nmodel = "base"\nformat = "hf"\n'
 ONNX_EXPORT = '\n[steps.onnx]\nkind = "export"\nmodel = "base"\nformat = "onnx"\n'
@@ -52,6 +52,8 @@ model = "chat"
 format = "hf"
 """
 IDS = torch.randint(0, 300, (2, 11), generator=torch.Generator().manual_seed(0))
+DECODER_IDS = torch.randint(0, 300, (2, 7), generator=torch.Generator().manual_seed(1))
+"""An encoder-decoder's decoder input, beside IDS as its encoder input."""
 
 
 def recipe_with(folder: Path, checkpoint: str, extra: str = HF_EXPORT, dtype: str = "float32") -> Path:
@@ -86,15 +88,19 @@ def test_imported_logits_equal_transformers_and_the_export_loads_back_as_the_sam
     plan = api.compile(api.load(path))
     model, shape = load_trained(api.artifact(plan, "base"))
     assert sum(p.numel() for p in model.parameters()) == family(shape.arch).parameter_count(shape)
+    decoder_ids = DECODER_IDS if checkpoint in ENCODER_DECODERS else None
     with torch.no_grad():
-        ours = model(IDS)
+        ours = model(IDS) if decoder_ids is None else model(IDS, decoder_ids)
     folder = path.parent / "ckpt"
-    assert (ours - hf_logits(folder, IDS)).abs().max() < 1e-4
+    assert (ours - hf_logits(folder, IDS, decoder_ids)).abs().max() < 1e-4
     exported = api.artifact(plan, "hf")
     original = json.loads((folder / "config.json").read_text())["architectures"][0]
     assert json.loads((exported / "config.json").read_text())["architectures"] == [original]
-    assert (ours - hf_logits(exported, IDS)).abs().max() < 1e-4
-    if checkpoint != "bert":
+    assert (ours - hf_logits(exported, IDS, decoder_ids)).abs().max() < 1e-4
+    if checkpoint in ENCODER_DECODERS:  # T5's own special tokens, and its sentinels counted
+        assert json.loads((exported / "tokenizer_config.json").read_text())["eos_token"] == "</s>"
+        assert shape.sentinels == SENTINELS and shape.n_decoder_layer == 3
+    elif checkpoint != "bert":
         assert json.loads((exported / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
 
 
@@ -167,6 +173,65 @@ def test_lora_sft_of_an_imported_model_resumes_byte_identically_and_exports_its_
         assert (model(IDS) - hf_logits(exported, IDS)).abs().max() < 1e-4
 
 
+SEQ2SEQ = """
+[steps.tuned]
+kind = "finetune"
+init = "base"
+task = "seq2seq"
+dataset = { path = "pairs.jsonl" }
+optim = { lr = 3e-3, warmup = 1 }
+batch_size = 4
+budget = { steps = 4 }
+eval_every = 2
+max_seq_len = 32
+precision = "fp32"
+
+[steps.tuned_hf]
+kind = "export"
+model = "tuned"
+format = "hf"
+"""
+
+
+def test_an_imported_t5_generates_as_transformers_does_and_fine_tunes_seq2seq(tmp_path):
+    from llmrecipe.generate.sampling import SamplingParams
+
+    path = recipe_with(tmp_path, "t5", extra=SEQ2SEQ)
+    write_pairs(tmp_path)
+    report = api.run(api.load(path))
+    assert [o.state for o in report.outcomes] == ["done"] * 3
+    plan = api.compile(api.load(path))
+    assert torch.isfinite(torch.tensor(next(o for o in report.outcomes if o.name == "tuned").metrics["val_loss"]))
+    # Greedy decoding from the decoder start T5 was trained with (its pad token), the same tokens as transformers'
+    engine = api.open_model(api.artifact(plan, "base")).engine
+    prompt = engine.encode("the king walks to the castle") + [engine.tokenizer.token_to_id("</s>")]
+    ours = engine.generate([prompt], SamplingParams(max_tokens=6, temperature=0.0))[0].token_ids
+    theirs = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "ckpt")).eval().generate(
+        # without transformers' cache, which it sizes by the encoder's layers (3 decoder layers here, 2 encoder ones)
+        torch.tensor([prompt]), max_new_tokens=6, do_sample=False, use_cache=False)[0].tolist()
+    assert theirs[0] == 0 and [t for t in theirs[1:] if t != 1] == [t for t in ours if t != 1] and len(ours) > 1
+    # The fine-tune's loss is transformers' own (labels shifted behind decoder_start_token_id): the starting
+    # model's validation loss equals transformers' on the same held-out pairs
+    from tokenizers import Tokenizer
+
+    from llmrecipe.finetune.seq2seq_data import load_pairs
+    from llmrecipe.plan.specs import FinetuneSpec
+
+    spec = FinetuneSpec.model_validate(plan.step("tuned").spec)
+    tokenizer = Tokenizer.from_file(str(api.artifact(plan, "base") / "tokenizer.json"))
+    pairs, _ = load_pairs(tmp_path / "pairs.jsonl", spec.dataset, tokenizer, 1, spec.seq_len)
+    held = pairs["val"][: spec.eval_batches * spec.batch_size]
+    checkpoint = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "ckpt")).eval()
+    with torch.no_grad():
+        nats = sum(float(checkpoint(input_ids=torch.tensor([p.inputs]), labels=torch.tensor([p.targets])).loss)
+                   * len(p.targets) for p in held)
+    base_val_loss = next(o for o in report.outcomes if o.name == "tuned").metrics["base_val_loss"]
+    assert abs(base_val_loss - nats / sum(len(p.targets) for p in held)) < 1e-4 * base_val_loss
+    tuned = api.artifact(plan, "tuned_hf")
+    assert json.loads((tuned / "config.json").read_text())["decoder_start_token_id"] == 0
+    assert next(o for o in report.outcomes if o.name == "tuned_hf").metrics["max_abs_diff"] < 1e-4
+
+
 def test_a_classifier_head_on_an_imported_encoder_trains(tmp_path):
     rows = [{"text": f"the king {'sings' if i % 2 else 'weeps'} of the sea", "label": "pos" if i % 2 else "neg"}
             for i in range(40)]
@@ -210,6 +275,13 @@ def test_onnx_export_of_an_imported_decoder_passes_its_parity_check_and_generate
     assert onnx_model.backend == "onnx" and torch_model.backend == "torch"
 
 
+@pytest.mark.slow
+def test_onnx_export_of_an_imported_t5_passes_its_parity_check(tmp_path):
+    path = recipe_with(tmp_path, "t5", extra=ONNX_EXPORT)
+    onnx = next(o for o in api.run(api.load(path)).outcomes if o.name == "onnx")
+    assert onnx.metrics["max_abs_diff"] <= 1e-4 and onnx.metrics["greedy_tokens_match"]
+
+
 # --- bad input --------------------------------------------------------------------------------------------------
 
 
@@ -247,7 +319,7 @@ def spoil(folder: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how, message", [
-    ("model_type", "model_type = 'falcon' is not supported; supported: bert, gpt2, llama, mistral, qwen2, qwen3"),
+    ("model_type", "model_type = 'falcon' is not supported; supported: bert, gpt2, llama, mistral, qwen2, qwen3, t5"),
     ("rope", "rope type 'yarn' is not supported"),
     ("no_config", "has no config.json"),
     ("no_weights", "has no safetensors weights"),
@@ -258,6 +330,22 @@ def spoil(folder: Path, how: str) -> None:
 def test_a_checkpoint_that_cannot_be_imported_exactly_is_refused_at_plan_time(tmp_path, how, message):
     path = recipe_with(tmp_path, "qwen2_tied", extra="")
     spoil(tmp_path / "ckpt", how)
+    result = plan_exit(path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("feed_forward_proj", "relu", "feed_forward_proj = 'relu' is not supported for `t5` models; "
+                                  "supported: 'gated-gelu'"),
+    ("tie_word_embeddings", True, "tie_word_embeddings = True is not supported for `t5` models; supported: False"),
+    ("relative_attention_num_buckets", 16, "relative_attention_num_buckets = 16 is not supported for `t5` models; "
+                                           "supported: 32"),
+])
+def test_a_t5_checkpoint_other_than_v1_1_is_refused_naming_the_option(tmp_path, option, value, message):
+    path = recipe_with(tmp_path, "t5", extra="")
+    config_path = tmp_path / "ckpt" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), option: value}))
     result = plan_exit(path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr

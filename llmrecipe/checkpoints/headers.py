@@ -78,13 +78,13 @@ def id_token(tokenizer_json: dict[str, Any], wanted: int) -> str | None:
     return None
 
 
-def end_token(folder: Path, tokenizer_json: dict[str, Any], causal: bool) -> str | None:
-    """The token that ends a text for a decoder, or that an encoder reads a text's summary from (its cls_token).
-    A decoder's is tokenizer_config.json's eos_token (a chat model's end of turn: Llama 3 Instruct's <|eot_id|>,
-    Qwen's <|im_end|>), else generation_config.json's first eos_token_id."""
+def end_token(folder: Path, tokenizer_json: dict[str, Any], encoder_only: bool) -> str | None:
+    """The token that ends a text for a decoder or an encoder-decoder, or that an encoder reads a text's summary
+    from (its cls_token). The former is tokenizer_config.json's eos_token (a chat model's end of turn: Llama 3
+    Instruct's <|eot_id|>, Qwen's <|im_end|>; T5's </s>), else generation_config.json's first eos_token_id."""
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    if not causal:
+    if encoder_only:
         return token_text(config.get("cls_token")) or ("[CLS]" if token_id(tokenizer_json, "[CLS]") is not None else None)
     eos = token_text(config.get("eos_token"))
     if eos is not None and token_id(tokenizer_json, eos) is not None:

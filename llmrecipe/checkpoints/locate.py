@@ -79,6 +79,7 @@ def read_checkpoint(folder: Path, where: str) -> tuple[CheckpointFacts, list[Ext
                           "unpickled): convert it with transformers' save_pretrained(safe_serialization=True)")
     stored = _check_tensors(family, shape, weights, where)
     tokenizer = _json(folder / "tokenizer.json", where, "the checkpoint's tokenizer comes with it (a fast tokenizer)")
+    shape = family.with_tokenizer(shape, tokenizer)
     tokens = tokenizer_size(tokenizer)
     if tokens > shape.vocab_size:
         raise RecipeError(f"{where}: the tokenizer produces ids up to {tokens - 1} but the model has {shape.vocab_size} "
@@ -89,7 +90,7 @@ def read_checkpoint(folder: Path, where: str) -> tuple[CheckpointFacts, list[Ext
                           path=str(folder / n)) for n in sorted(set(names))]
     facts = CheckpointFacts(folder=str(folder), shape=shape, tokens=tokens, stored_dtype=stored,
                             chat_template=find_chat_template(folder),
-                            eot_token=end_token(folder, tokenizer, family.causal))
+                            eot_token=end_token(folder, tokenizer, not (family.causal or family.encoder_decoder)))
     return facts, files
 
 

@@ -98,7 +98,8 @@ def score_batch_seq2seq(model: torch.nn.Module, requests: list[Request], seq_len
     contexts = [r.context_ids[-seq_len:] for r in requests]
     width, length = max(len(c) for c in contexts), max(len(r.continuation_ids) for r in requests)
     inputs = torch.zeros((len(requests), width), dtype=torch.long)  # (B, S)
-    decoder_inputs = torch.full((len(requests), length), start_id, dtype=torch.long)  # (B, T)
+    start = model.shape.decoder_start(start_id)  # an imported T5's own, else the one given
+    decoder_inputs = torch.full((len(requests), length), start, dtype=torch.long)  # (B, T)
     for i, (context, request) in enumerate(zip(contexts, requests)):
         inputs[i, : len(context)] = torch.tensor(context)
         decoder_inputs[i, 1 : len(request.continuation_ids)] = torch.tensor(request.continuation_ids[:-1])

@@ -42,6 +42,8 @@ def write_hf_folder(model: torch.nn.Module, model_dir: Path, out_dir: Path) -> N
     stop_id = end_of_turn_id(model_dir, tokenizer) or eot_id  # a chat model stops at the end of its turn
     stop = tokenizer.id_to_token(stop_id) if stop_id is not None else None
     ids = arch.hf_special_ids(eot_id, stop_id)
+    if shape.decoder_start_id is not None:  # an imported encoder-decoder keeps the start it was trained with
+        ids["decoder_start_token_id"] = shape.decoder_start_id
     (out_dir / "config.json").write_text(json.dumps({**arch.hf_config(shape), **ids}, indent=2))
     (out_dir / "generation_config.json").write_text(json.dumps({**ids, "max_length": shape.seq_len}, indent=2))
     shutil.copy(model_dir / "tokenizer.json", out_dir / "tokenizer.json")

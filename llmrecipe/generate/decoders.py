@@ -69,7 +69,7 @@ class TorchEncoderDecoder:
     def __init__(self, model: torch.nn.Module, start_id: int):
         self.model = model.eval()
         self.seq_len, self.vocab_size = model.shape.seq_len, model.shape.vocab_size
-        self.start_id = start_id
+        self.start_id = model.shape.decoder_start(start_id)
         self.device = next(model.parameters()).device
 
     def empty(self, batch: int, slots: int | None = None) -> None:
@@ -99,7 +99,7 @@ class OnnxEncoderDecoder:
     def __init__(self, folder: Path, shape: Any, start_id: int, threads: int | None = None):
         from llmrecipe.export.onnx_seq2seq import DECODER, DECODER_WITH_PAST, ENCODER
 
-        self.seq_len, self.vocab_size, self.start_id = shape.seq_len, shape.vocab_size, start_id
+        self.seq_len, self.vocab_size, self.start_id = shape.seq_len, shape.vocab_size, shape.decoder_start(start_id)
         self.encoder, self.decoder, self.with_past = (_session(str(Path(folder) / name), threads)
                                                       for name in (ENCODER, DECODER, DECODER_WITH_PAST))
         self.past_inputs = [i.name for i in self.with_past.get_inputs()][2:]

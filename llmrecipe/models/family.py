@@ -218,6 +218,10 @@ class Family(ABC):
         compute exactly."""
         raise CheckpointError(f"`{self.name}` models cannot be imported from Hugging Face checkpoints")
 
+    def with_tokenizer(self, shape: ModelShape, tokenizer_json: dict[str, Any]) -> ModelShape:
+        """An imported shape completed from the checkpoint's tokenizer.json (what config.json does not say)."""
+        return shape
+
     def hf_layout(self, shape: ModelShape) -> list[HfTensor]:
         """Every tensor of our state dict and where the Hugging Face layout keeps it (a tied output weight is left
         out, as transformers saves it); import and export both follow this one table."""

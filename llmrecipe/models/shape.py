@@ -54,6 +54,9 @@ class ModelShape(BaseModel):
     """Span corruption only: fraction of each example's tokens that are corrupted (moved to the target)."""
     mean_span_length: float = 3.0
     """Span corruption only: mean length of a corrupted span."""
+    decoder_start_id: int | None = None
+    """Encoder-decoder models only: the id the decoder starts from, when it is not end-of-text (an imported T5
+    starts from its pad token, `decoder_start_token_id`, as it was pre-trained)."""
     qkv_bias: bool = False
     """`llama`: the q, k and v projections have biases (Qwen2)."""
     qk_norm: bool = False
@@ -71,6 +74,10 @@ class ModelShape(BaseModel):
     hf_model_type: str | None = None
     """The Hugging Face `model_type` an imported model came from (`qwen2`, `mistral`, ...); its Hugging Face export
     writes that family again. None: the family's own (`llama`, `gpt2`)."""
+
+    def decoder_start(self, end_of_text: int) -> int:
+        """The id an encoder-decoder's decoder starts from: its own, else the tokenizer's end-of-text."""
+        return self.decoder_start_id if self.decoder_start_id is not None else end_of_text
 
     @field_validator("arch")
     @classmethod

@@ -138,6 +138,7 @@ def import_summary(spec: ImportSpec, facts: CheckpointFacts) -> dict[str, Any]:
         "vocab_size": shape.vocab_size, "tokenizer_ids": facts.tokens,
         "chat_template": facts.chat_template is not None,
         **({"rope_scaling": "llama3"} if shape.rope_scaling else {}),
+        **({"n_decoder_layer": shape.n_decoder_layer, "sentinels": shape.sentinels} if shape.n_decoder_layer else {}),
     }
 
 

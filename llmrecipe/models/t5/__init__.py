@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmrecipe.models.family import Family, ModelSettings, ShapeError, round_up
+from llmrecipe.checkpoints.headers import token_id
+from llmrecipe.models.family import Family, HfTensor, ModelSettings, ShapeError, hf_tensor, round_up
+from llmrecipe.models.hf_options import expect, required
 from llmrecipe.models.shape import ModelShape
 
 POSITION_BUCKETS = 32
@@ -14,6 +16,8 @@ POSITION_BUCKETS = 32
 MAX_DISTANCE = 128
 """Distances from this on share the last bucket."""
 NORM_EPS = 1e-6
+TRAINED_INPUT_LENGTH = 512
+"""The input length T5 was pre-trained on: the context an imported T5 model is planned with."""
 
 
 def noise_counts(tokens: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
@@ -54,6 +58,11 @@ class T5(Family):
     ffn_mult = 8 / 3  # gated GELU's three matrices at 8/3 hold the parameters of a 4x GELU MLP
     hf_architecture = "T5ForConditionalGeneration"
     hf_auto_class = "AutoModelForSeq2SeqLM"
+    hf_model_types = {"t5": "T5ForConditionalGeneration"}
+    # Copies of `shared` a checkpoint may carry beside it, and the cross-attention bucket table old transformers
+    # versions saved though no layer reads it.
+    hf_unused = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                 "EncDecAttention.relative_attention_bias.weight")
     onnx_layout = "seq2seq"
 
     def shape(self, settings: ModelSettings, vocab_size: int) -> ModelShape:
@@ -81,7 +90,7 @@ class T5(Family):
 
     def parameter_count(self, shape: ModelShape) -> int:
         d, f, buckets = shape.d_model, shape.ffn_hidden, POSITION_BUCKETS * shape.n_head
-        attention = 4 * d * d  # q, k, v, o; no biases
+        attention = 4 * d * shape.n_head * shape.head_dim  # q, k, v, o; no biases (heads x head_dim may differ from d)
         mlp = 3 * d * f  # two input matrices (gate, up), one output
         encoder = shape.n_layer * (attention + mlp + 2 * d) + buckets + d  # two norms per block; final norm
         decoder = shape.n_decoder_layer * (2 * attention + mlp + 3 * d) + buckets + d  # + cross-attention
@@ -89,21 +98,22 @@ class T5(Family):
 
     def flops_per_token(self, shape: ModelShape) -> int:
         """Training FLOPs per encoder input token: 6 per matmul parameter of the encoder per input token and of the
-        decoder (and output layer) per target token, plus the attention scores (12·L·d·keys per query), all per
-        input token (a step's tokens are counted on the encoder's side)."""
-        d, f, T, S = shape.d_model, shape.ffn_hidden, shape.target_len, shape.seq_len
-        encoder = shape.n_layer * (4 * d * d + 3 * d * f)
-        decoder = shape.n_decoder_layer * (8 * d * d + 3 * d * f) + shape.vocab_size * d
-        scores_encoder = 12 * shape.n_layer * d * S * S
-        scores_decoder = 12 * shape.n_decoder_layer * d * T * (T + S)
+        decoder (and output layer) per target token, plus the attention scores (12·L·heads·head_dim·keys per
+        query), all per input token (a step's tokens are counted on the encoder's side)."""
+        d, f, T, S = shape.d_model, shape.ffn_hidden, shape.target_len or shape.seq_len, shape.seq_len
+        e = shape.n_head * shape.head_dim
+        encoder = shape.n_layer * (4 * d * e + 3 * d * f)
+        decoder = shape.n_decoder_layer * (8 * d * e + 3 * d * f) + shape.vocab_size * d
+        scores_encoder = 12 * shape.n_layer * e * S * S
+        scores_decoder = 12 * shape.n_decoder_layer * e * T * (T + S)
         return (6 * (encoder * S + decoder * T) + scores_encoder + scores_decoder) // S
 
     def lookup_parameters(self, shape: ModelShape) -> int:
         return shape.vocab_size * shape.d_model
 
     def linear_layers(self, shape: ModelShape) -> dict[str, tuple[int, int]]:
-        d, f = shape.d_model, shape.ffn_hidden
-        attention = {f"{p}_proj": (d, d) for p in "qkvo"}
+        d, f, e = shape.d_model, shape.ffn_hidden, shape.n_head * shape.head_dim
+        attention = {**{f"{p}_proj": (d, e) for p in "qkv"}, "o_proj": (e, d)}
         mlp = {"mlp.gate_proj": (d, f), "mlp.up_proj": (d, f), "mlp.down_proj": (f, d)}
         layers: dict[str, tuple[int, int]] = {}
         for stack, count in (("encoder", shape.n_layer), ("decoder", shape.n_decoder_layer)):
@@ -131,29 +141,68 @@ class T5(Family):
         }
 
     def hf_special_ids(self, eot_id: int | None, stop_id: int | None) -> dict[str, Any]:
-        # The decoder starts from end-of-text, as our seq2seq tasks and decoding do.
+        # The decoder starts from end-of-text, as our seq2seq tasks and decoding do (an imported model's own start,
+        # ModelShape.decoder_start_id, replaces it in export/hf.py).
         return {"eos_token_id": stop_id, "pad_token_id": eot_id, "decoder_start_token_id": eot_id}
 
-    def hf_tensors(self, state: dict[str, Any], shape: ModelShape) -> dict[str, Any]:
+    def hf_layout(self, shape: ModelShape) -> list[HfTensor]:
         # Only `shared`: transformers ties both stacks' embed_tokens to it on load.
-        renamed = {"shared.weight": state["embed.weight"], "lm_head.weight": state["lm_head.weight"]}
+        d, e, f, v = shape.d_model, shape.n_head * shape.head_dim, shape.ffn_hidden, shape.vocab_size
+        tensors = [hf_tensor("embed.weight", "shared.weight", v, d),
+                   hf_tensor("lm_head.weight", "lm_head.weight", v, d)]
         for stack, count in (("encoder", shape.n_layer), ("decoder", shape.n_decoder_layer)):
-            renamed[f"{stack}.final_layer_norm.weight"] = state[f"{stack}.norm.weight"]
-            # transformers keeps a stack's one bucket table in its first block's self-attention
-            renamed[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = \
-                state[f"{stack}.position_bias.weight"]
+            tensors += [
+                hf_tensor(f"{stack}.norm.weight", f"{stack}.final_layer_norm.weight", d),
+                # transformers keeps a stack's one bucket table in its first block's self-attention
+                hf_tensor(f"{stack}.position_bias.weight",
+                          f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                          POSITION_BUCKETS, shape.n_head),
+            ]
             parts = [("attn", "SelfAttention")] + ([("cross", "EncDecAttention")] if stack == "decoder" else [])
             for i in range(count):
                 ours, theirs = f"{stack}.blocks.{i}.", f"{stack}.block.{i}.layer."
                 for j, (part, name) in enumerate(parts):
-                    renamed[f"{theirs}{j}.layer_norm.weight"] = state[f"{ours}{part}_norm.weight"]
-                    for p in "qkvo":
-                        renamed[f"{theirs}{j}.{name}.{p}.weight"] = state[f"{ours}{part}.{p}_proj.weight"]
+                    tensors.append(hf_tensor(f"{ours}{part}_norm.weight", f"{theirs}{j}.layer_norm.weight", d))
+                    tensors += [hf_tensor(f"{ours}{part}.{p}_proj.weight", f"{theirs}{j}.{name}.{p}.weight", e, d)
+                                for p in "qkv"]
+                    tensors.append(hf_tensor(f"{ours}{part}.o_proj.weight", f"{theirs}{j}.{name}.o.weight", d, e))
                 j = len(parts)
-                renamed[f"{theirs}{j}.layer_norm.weight"] = state[f"{ours}mlp_norm.weight"]
-                for ours_name, theirs_name in (("gate_proj", "wi_0"), ("up_proj", "wi_1"), ("down_proj", "wo")):
-                    renamed[f"{theirs}{j}.DenseReluDense.{theirs_name}.weight"] = state[f"{ours}mlp.{ours_name}.weight"]
-        return renamed
+                tensors += [
+                    hf_tensor(f"{ours}mlp_norm.weight", f"{theirs}{j}.layer_norm.weight", d),
+                    hf_tensor(f"{ours}mlp.gate_proj.weight", f"{theirs}{j}.DenseReluDense.wi_0.weight", f, d),
+                    hf_tensor(f"{ours}mlp.up_proj.weight", f"{theirs}{j}.DenseReluDense.wi_1.weight", f, d),
+                    hf_tensor(f"{ours}mlp.down_proj.weight", f"{theirs}{j}.DenseReluDense.wo.weight", d, f),
+                ]
+        return tensors
+
+    def from_hf_config(self, config: dict[str, Any]) -> ModelShape:
+        # Original T5 (ReLU MLP, output tied to the input embedding and scaled by d_model^-0.5) computes otherwise.
+        expect(config, "feed_forward_proj", ("gated-gelu",), "relu")
+        expect(config, "tie_word_embeddings", (False,), True)
+        expect(config, "scale_decoder_outputs", (False,), False)
+        expect(config, "relative_attention_num_buckets", (POSITION_BUCKETS,), 32)
+        expect(config, "relative_attention_max_distance", (MAX_DISTANCE,), 128)
+        n_layer = required(config, "num_layers")
+        n_head = required(config, "num_heads")
+        return ModelShape(
+            arch="t5", n_layer=n_layer, n_decoder_layer=config.get("num_decoder_layers") or n_layer, n_head=n_head,
+            n_kv_head=n_head, d_model=required(config, "d_model"), head_dim=required(config, "d_kv"),
+            ffn_hidden=required(config, "d_ff"), vocab_size=required(config, "vocab_size"),
+            # Relative positions set no length limit; T5 was trained on 512 input tokens.
+            seq_len=config.get("n_positions") or TRAINED_INPUT_LENGTH, dropout=0.0, rope_theta=10000.0,
+            norm_eps=config.get("layer_norm_epsilon", 1e-6), tie_embeddings=False, hf_model_type="t5",
+            # transformers starts T5's decoder from the pad token unless the config names another
+            decoder_start_id=config.get("decoder_start_token_id", config.get("pad_token_id", 0)),
+        )
+
+    def with_tokenizer(self, shape: ModelShape, tokenizer_json: dict[str, Any]) -> ModelShape:
+        """The sentinels an imported tokenizer has: `<extra_id_0>` and those numbered down from its id, as our span
+        corruption numbers them (a Hugging Face T5 tokenizer's 100)."""
+        top = token_id(tokenizer_json, sentinel_token(0))
+        count = 0
+        while top is not None and token_id(tokenizer_json, sentinel_token(count)) == top - count:
+            count += 1
+        return shape.model_copy(update={"sentinels": count})
 
 
 FAMILY = T5()

@@ -28,7 +28,8 @@ def run_seq2seq(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str,
     if truncated:
         ctx.log(f"{truncated} inputs or outputs are longer than max_seq_len = {spec.seq_len}: cut at the end")
     ctx.log(f"{len(pairs['train'])} train pairs, {len(pairs['val'])} held out")
-    task = Seq2SeqTask(pairs["train"], pairs["val"], spec.seed, spec.batch_size, spec.eval_batches, eos_id)
+    task = Seq2SeqTask(pairs["train"], pairs["val"], spec.seed, spec.batch_size, spec.eval_batches,
+                       spec.model.decoder_start(eos_id))
     model = starting_model(spec, ctx.inputs["model"], [], 0)
     trained = adapt(model, spec, [])
     summary = train_and_write(model, task, spec, ctx, world, "seq2seq")
