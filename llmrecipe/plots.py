@@ -37,17 +37,18 @@ def bar_with_intervals(values: dict[str, tuple[float, float, float]], path: Path
     return path
 
 
-def loss_curves(series: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> Path:
+def loss_curves(series: dict[str, tuple[list[float], list[float]]], path: Path, title: str,
+                ylabel: str = "loss (nats per token)") -> Path:
     """Lines of name -> (steps, losses): training and validation loss against the optimizer step."""
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     for name, (steps, losses) in series.items():
         axes.plot(steps, losses, label=name, linewidth=1.2, marker="o" if len(steps) < 30 else None, markersize=3)
     axes.set_xlabel("step")
-    axes.set_ylabel("loss (nats per token)")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=7 if len(series) > 4 else None, ncol=2 if len(series) > 8 else 1)
     figure.tight_layout()
     figure.savefig(path, metadata={"Software": None})
     plt.close(figure)

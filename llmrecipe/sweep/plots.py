@@ -39,23 +39,6 @@ def metric_against(points: list[tuple[Any, float, bool]], path: Path, xlabel: st
     return path
 
 
-def validation_curves(curves: dict[str, tuple[list[int], list[float]]], path: Path, title: str) -> Path:
-    """One validation-loss line per trial against its optimizer step."""
-    plt = pyplot()
-    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=100)
-    for label, (steps, losses) in curves.items():
-        axes.plot(steps, losses, label=label, linewidth=1.2, marker="o", markersize=2.5)
-    axes.set_xlabel("step")
-    axes.set_ylabel("validation loss (nats per token)")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, ncol=2 if len(curves) > 8 else 1)
-    figure.tight_layout()
-    figure.savefig(path, metadata={"Software": None})
-    plt.close(figure)
-    return path
-
-
 def pareto_front(points: list[tuple[float, float]], goal: str) -> list[tuple[float, float]]:
     """Points no other point beats with less cost: sorted by cost, each better than every cheaper one."""
     front: list[tuple[float, float]] = []

@@ -123,7 +123,8 @@ def _fmt(value: Any) -> str:
 
 def _plots(folder: Path, info: dict[str, Any], rows: list[dict[str, Any]], keys: list[str],
            best: dict[str, Any] | None) -> list[Path]:
-    from llmrecipe.sweep.plots import metric_against, metric_against_cost, validation_curves
+    from llmrecipe.plots import loss_curves
+    from llmrecipe.sweep.plots import metric_against, metric_against_cost
 
     done = [r for r in rows if r["state"] == "done" and r["objective"] is not None]
     if not done:
@@ -134,7 +135,8 @@ def _plots(folder: Path, info: dict[str, Any], rows: list[dict[str, Any]], keys:
         plots.append(metric_against(points, folder / f"metric_vs_{_slug(key)}.png", key, metric))
     curves = _curves(Path(info["workdir"]), info.get("model_step"), done, keys)
     if curves:
-        plots.append(validation_curves(curves, folder / "validation_curves.png", f"{info['model_step']}: every trial"))
+        plots.append(loss_curves(curves, folder / "validation_curves.png", f"{info['model_step']}: every trial",
+                                ylabel="validation loss (nats per token)"))
     for column, label in (("params", "parameters"), ("train_flops", "training FLOPs")):
         points = [(float(r[column]), r["objective"]) for r in done if r[column]]
         if len({p[0] for p in points}) > 1:
