@@ -52,8 +52,10 @@ def cached_sha256(path: Path) -> str:
 
 
 def cache_file() -> Path:
-    root = os.environ.get("LLMRECIPE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmrecipe"
-    return Path(root) / "digests.sqlite"
+    from llmrecipe.host import cache_dir  # here, not at the top: host reads the plan's models, and every layer
+    # (training's checkpoints included) imports this module
+
+    return cache_dir() / "digests.sqlite"
 
 
 def _connect() -> sqlite3.Connection:

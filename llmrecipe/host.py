@@ -75,10 +75,15 @@ def gpu_count() -> int:
     return min(installed, len([d for d in visible.split(",") if d.strip()]))
 
 
+def cache_dir() -> Path:
+    """This machine's llmrecipe cache (measured peaks, file digests): LLMRECIPE_CACHE_DIR, else the XDG cache."""
+    root = os.environ.get("LLMRECIPE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmrecipe"
+    return Path(root)
+
+
 def peak_cache_file() -> Path:
     """Where training runs record the matmul peak they measured, so the next plan's compile estimate uses it."""
-    root = os.environ.get("LLMRECIPE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmrecipe"
-    return Path(root) / "matmul_peak.json"
+    return cache_dir() / "matmul_peak.json"
 
 
 def measured_peaks() -> dict[str, float]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from llmrecipe.digests import sha256_file
 from llmrecipe.errors import StepError
 
 CHUNK = 1 << 20
@@ -25,7 +25,7 @@ def fetch(url: str, sha256: str, cache_dir: Path) -> Path:
         return done
     part = cache_dir / f"{sha256}.part"
     _download(url, part)
-    actual = _sha256(part)
+    actual = sha256_file(part)
     if actual != sha256:
         part.unlink()
         raise StepError(
@@ -61,10 +61,3 @@ def _download(url: str, part: Path) -> None:
             " bytes, or check the network"
         ) from None
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -14,6 +14,18 @@ def _log_scale(values: Sequence[float]) -> bool:
     return len(positive) == len(values) and len(positive) > 1 and max(positive) / min(positive) >= 10
 
 
+def _save(plt: Any, figure: Any, axes: Any, path: Path, xlabel: str, ylabel: str, legend_size: int | None = None) -> Path:
+    """Label the axes, add grid and legend, write the PNG (no software tag, so the bytes repeat) and free the figure."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=legend_size)
+    figure.tight_layout()
+    figure.savefig(path, metadata={"Software": None})
+    plt.close(figure)
+    return path
+
+
 def metric_against(points: list[tuple[Any, float, bool]], path: Path, xlabel: str, ylabel: str) -> Path:
     """(value, metric, is_best) points; text values become categories in order of first appearance."""
     plt = pyplot()
@@ -29,14 +41,7 @@ def metric_against(points: list[tuple[Any, float, bool]], path: Path, xlabel: st
     best = [(x, p[1]) for x, p in zip(xs, points) if p[2]]
     if best:
         axes.scatter(*zip(*best), color="#dd8452", s=80, marker="*", label="best", zorder=3)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, metadata={"Software": None})
-    plt.close(figure)
-    return path
+    return _save(plt, figure, axes, path, xlabel, ylabel)
 
 
 def pareto_front(points: list[tuple[float, float]], goal: str) -> list[tuple[float, float]]:
@@ -57,14 +62,7 @@ def metric_against_cost(points: list[tuple[float, float]], path: Path, xlabel: s
               marker="o", label="Pareto front")
     if _log_scale([p[0] for p in points]):
         axes.set_xscale("log")
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, metadata={"Software": None})
-    plt.close(figure)
-    return path
+    return _save(plt, figure, axes, path, xlabel, ylabel)
 
 
 def scaling_fit(summary: dict[str, Any], path: Path) -> Path:
@@ -88,11 +86,4 @@ def scaling_fit(summary: dict[str, Any], path: Path) -> Path:
                      label="smallest meeting the target")
     axes.axhline(summary["threshold"], linestyle="--", color="grey", label=f"target {summary['op']} {summary['threshold']:g}")
     axes.set_xscale("log")
-    axes.set_xlabel("parameters")
-    axes.set_ylabel(summary["metric"])
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, metadata={"Software": None})
-    plt.close(figure)
-    return path
+    return _save(plt, figure, axes, path, "parameters", summary["metric"], legend_size=7)

@@ -11,7 +11,6 @@ gathered to the main process's CPU memory only, and loaded by it and broadcast.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
+from llmrecipe.digests import sha256_file
 from llmrecipe.models.build import load_weights
 from llmrecipe.training.distributed import World, barrier, is_sharded
 from llmrecipe.training.saved import checkpoint_name
@@ -140,11 +140,7 @@ def load_model_weights(path: Path, model: nn.Module, device: str, world: World =
 
 
 def _digest(path: Path) -> dict[str, Any]:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            sha.update(chunk)
-    return {"size": path.stat().st_size, "sha256": sha.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _damage(path: Path) -> str | None:
