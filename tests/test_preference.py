@@ -4,6 +4,7 @@ byte-identically and keeps one copy of the weights."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -19,10 +20,12 @@ from llmrecipe.plan.specs import FinetuneSpec, PreferenceSpec
 from llmrecipe.recipe.finetune import CHAT_TEMPLATES, DatasetConfig, LoraConfig
 from llmrecipe.run.context import StepContext
 from llmrecipe.run.reporter import LineReporter
-from llmrecipe.steps.finetune.preference import run_preference
+from llmrecipe.steps.finetune import model_io
+from llmrecipe.steps.finetune.preference import REFERENCE_FILE, run_preference
 from llmrecipe.tokenizer.train import train_bpe
 from llmrecipe.training.checkpoint import save_weights
 from llmrecipe.training.distributed import World
+from tests.test_training import Crash, CrashingReporter
 from llmrecipe.training.tasks.preference_loss import dpo, ipo, pair_losses, simpo
 
 CHATML, CHATML_TOKENS, IM_END = CHAT_TEMPLATES["chatml"]
@@ -160,3 +163,58 @@ def run_step(tmp_path: Path, name: str, spec: FinetuneSpec, reporter=None) -> tu
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
     return run_preference(spec, ctx, World()), ctx
+
+
+FAST = dict(total_steps=10, eval_every=5, checkpoint_every=5, eval_batches=2, optim={"lr": 2e-2, "warmup": 2})
+"""Enough for the marker to be learnt (held-out reward accuracy 1.0 by step 5 on this set), with a checkpoint."""
+
+
+@pytest.mark.e2e
+def test_a_lora_dpo_step_learns_the_chosen_property_resumes_byte_identically_and_holds_one_model(tmp_path, monkeypatch):
+    data = write_jsonl(tmp_path / "prefs.jsonl", marker_rows(64))
+    spec = preference_spec(data, **FAST)
+    built, copied = [], []
+    real_build, real_deepcopy = model_io.build_model, copy.deepcopy
+    monkeypatch.setattr(model_io, "build_model", lambda shape: built.append(shape) or real_build(shape))
+    monkeypatch.setattr(copy, "deepcopy", lambda x, *a: copied.append(type(x)) if isinstance(x, torch.nn.Module)
+                        else real_deepcopy(x, *a))
+    summary, ctx = run_step(tmp_path, "straight", spec)
+    assert len(built) == 1 and not copied  # the reference is the same model with its adapters off, not a copy
+    assert summary["base_val_reward_accuracy"] == 0.5  # the policy starts as its reference: every reward is 0
+    assert summary["val_reward_accuracy"] > 0.9 and summary["val_reward_margin"] > 0
+    assert summary["val_chosen_logp"] > summary["base_val_chosen_logp"]
+    assert summary["train_reward_accuracy"] > 0.9
+    assert summary["train_pairs"] + summary["val_pairs"] == 64 and summary["val_pairs"] > 8
+    assert (ctx.scratch_dir / REFERENCE_FILE).is_file()
+    records = [json.loads(line) for line in (ctx.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_reward_accuracy" in r] == [5, 10]
+    for name in ("model.safetensors", "adapter.safetensors", "config.json", "tokenizer.json", "chat_template.jinja",
+                 "tokenizer_config.json", "loss.png", "best"):
+        assert (ctx.out_dir / name).exists(), name
+
+    with pytest.raises(Crash):
+        run_step(tmp_path, "crashy", spec, CrashingReporter(after=7))
+    reference_file = tmp_path / "crashy" / "scratch" / REFERENCE_FILE
+    written = reference_file.stat().st_mtime_ns
+    resumed, crashy = run_step(tmp_path, "crashy", spec)
+    assert reference_file.stat().st_mtime_ns == written  # read back, not computed from the trained weights
+    for name in ("model.safetensors", "adapter.safetensors", "best/model.safetensors"):
+        assert (crashy.out_dir / name).read_bytes() == (ctx.out_dir / name).read_bytes(), name
+    assert resumed["val_reward_accuracy"] == summary["val_reward_accuracy"]
+    assert resumed["val_loss"] == summary["val_loss"]
+
+
+@pytest.mark.parametrize("method, lora", [("ipo", False), ("simpo", True)])
+def test_ipo_without_lora_and_simpo_train_and_only_methods_with_a_reference_compute_one(tmp_path, method, lora):
+    data = write_jsonl(tmp_path / "prefs.jsonl", marker_rows(32))
+    objective = PreferenceSpec(method=method, beta=0.1 if method == "ipo" else 2.0, gamma=0.0 if method == "ipo" else 0.5)
+    changes = {**FAST, "total_steps": 4, "eval_every": 4, "preference": objective}
+    if not lora:
+        changes.update(lora=None, optim={"lr": 1e-3, "warmup": 1})
+    summary, ctx = run_step(tmp_path, method, preference_spec(data, **changes))
+    assert (ctx.scratch_dir / REFERENCE_FILE).is_file() == (method == "ipo")
+    assert math.isfinite(summary["val_loss"]) and summary["steps"] == 4
+    assert summary["val_loss"] < summary["base_val_loss"]
+    if method == "ipo":  # starting as its reference: h = 0, so the loss is (1 / (2 beta))^2 = 25
+        assert summary["base_val_loss"] == pytest.approx(25.0, abs=1e-3)
+    assert (ctx.out_dir / "adapter.safetensors").is_file() == lora
