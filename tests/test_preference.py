@@ -13,6 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmrecipe import api
+from llmrecipe.cli import main
+from llmrecipe.errors import RecipeError, StepError
+from llmrecipe.finetune.chat_data import render
+from llmrecipe.finetune.preference_data import Pair, SourceRows, check_usable, load_pairs, pair_of, pairs_from_rows
 from llmrecipe.models.build import build_model
 from llmrecipe.models.lora import adapters_disabled, apply_lora
 from llmrecipe.models.shape import ModelShape
@@ -22,9 +27,11 @@ from llmrecipe.run.context import StepContext
 from llmrecipe.run.reporter import LineReporter
 from llmrecipe.steps.finetune import model_io
 from llmrecipe.steps.finetune.preference import REFERENCE_FILE, run_preference
+from llmrecipe.steps.finetune.sft import add_special_tokens
 from llmrecipe.tokenizer.train import train_bpe
 from llmrecipe.training.checkpoint import save_weights
 from llmrecipe.training.distributed import World
+from tests.conftest import write_tiny_recipe
 from tests.test_training import Crash, CrashingReporter
 from llmrecipe.training.tasks.preference_loss import dpo, ipo, pair_losses, simpo
 
@@ -218,3 +225,181 @@ def test_ipo_without_lora_and_simpo_train_and_only_methods_with_a_reference_comp
     if method == "ipo":  # starting as its reference: h = 0, so the loss is (1 / (2 beta))^2 = 25
         assert summary["base_val_loss"] == pytest.approx(25.0, abs=1e-3)
     assert (ctx.out_dir / "adapter.safetensors").is_file() == lora
+
+
+# --- rows to pairs ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [f"{r['prompt']} {r['chosen']} {r['rejected']}" for r in marker_rows(50, seed=99)]
+    tokenizer = train_bpe(texts, 300, 2, "<|endoftext|>")
+    add_special_tokens(tokenizer, CHATML_TOKENS, 320)
+    return tokenizer
+
+
+def pairs_of(tokenizer, rows: list[dict], dataset: DatasetConfig = DatasetConfig(path="p.jsonl", val_fraction=0.0),
+             limit: int = 200):
+    source = SourceRows(list(enumerate(rows, start=1)))
+    return pairs_from_rows(source, dataset, tokenizer, CHATML, IM_END, limit, "left", "p.jsonl", "steps.prefs.dataset")
+
+
+def target_text(tokenizer, example) -> str:
+    return tokenizer.decode([i for i, t in zip(example.ids, example.targets) if t], skip_special_tokens=False)
+
+
+def test_only_the_answers_tokens_are_targets_after_the_same_prompt(tokenizer):
+    pairs, counts = pairs_of(tokenizer, [{"prompt": "say red", "chosen": "red ok", "rejected": "blue"}])
+    (pair,) = pairs["train"]
+    assert target_text(tokenizer, pair.chosen) == "red ok<|im_end|>"
+    assert target_text(tokenizer, pair.rejected) == "blue<|im_end|>"
+    prompt = tokenizer.encode(render(CHATML, [{"role": "user", "content": "say red"}], True)).ids
+    assert pair.chosen.ids[: len(prompt)] == pair.rejected.ids[: len(prompt)] == prompt
+    assert counts.as_metrics()["train_pairs"] == 1 and counts.as_metrics()["val_pairs"] == 0
+
+
+def test_conversational_rows_with_a_prompt_or_as_two_whole_conversations_make_the_same_pair(tokenizer):
+    system = {"role": "system", "content": "be brief"}
+    history = [system, {"role": "user", "content": "say red"}]
+    explicit = {"prompt": history, "chosen": [{"role": "assistant", "content": "red ok"}],
+                "rejected": [{"role": "assistant", "content": "blue"}]}
+    whole = {"chosen": history + [{"role": "assistant", "content": "red ok"}],
+             "rejected": history + [{"role": "assistant", "content": "blue"}]}
+    (a,), (b,) = (pairs_of(tokenizer, [row])[0]["train"] for row in (explicit, whole))
+    assert a == b
+    assert target_text(tokenizer, a.chosen) == "red ok<|im_end|>"
+    assert pair_of(whole, DatasetConfig(path="p.jsonl"), "p.jsonl line 1") == Pair(
+        history, [{"role": "assistant", "content": "red ok"}], [{"role": "assistant", "content": "blue"}])
+
+
+def test_field_names_are_settable():
+    dataset = DatasetConfig(path="p.jsonl", prompt_field="question", chosen_field="good", rejected_field="bad")
+    pair = pair_of({"question": "q", "good": "yes", "bad": "no"}, dataset, "p.jsonl line 1")
+    assert pair.prompt == [{"role": "user", "content": "q"}] and pair.rejected == [{"role": "assistant", "content": "no"}]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "q", "chosen": "same", "rejected": "same"},
+     "p.jsonl line 1: `chosen` and `rejected` are the same answer, so the pair teaches nothing; remove the row or "
+     "give it a different rejected answer"),
+    ({"prompt": "q", "response": "a"}, "no field 'chosen' or 'rejected'.*Set steps.prefs.dataset.chosen_field / "
+     "steps.prefs.dataset.rejected_field.*looks like an SFT file"),
+    ({"question": "q", "chosen": "a", "rejected": "b"}, "no field 'prompt'; with string answers the prompt must be "
+     "given. Set steps.prefs.dataset.prompt_field"),
+    ({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "b"}]},
+     "differ before their last turn"),
+    ({"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
+     "`chosen` must be a string or a list of assistant messages"),
+    ({"prompt": "q", "chosen": [{"role": "assistant"}], "rejected": "b"}, "every message needs a role"),
+])
+def test_bad_rows_are_named_with_their_line_and_the_fix(row, message):
+    with pytest.raises(StepError, match=message):
+        pair_of(row, DatasetConfig(path="p.jsonl"), "p.jsonl line 1", "steps.prefs.dataset")
+
+
+def test_a_long_prompt_is_cut_once_for_both_answers_and_too_long_answers_are_counted_as_dropped(tokenizer):
+    long_prompt = "say " + " ".join(WORDS * 3)
+    rows = [{"prompt": long_prompt, "chosen": "red ok", "rejected": "blue green stone river"},
+            {"prompt": "q", "chosen": " ".join(WORDS * 4), "rejected": "blue"},
+            {"prompt": "q", "chosen": "red ok", "rejected": "blue"}]
+    pairs, counts = pairs_of(tokenizer, rows, limit=40)
+    train = counts.splits["train"]
+    assert (train.intact, train.trimmed, train.dropped) == (1, 1, 1)
+    trimmed = pairs["train"][0]
+    assert max(len(trimmed.chosen.ids), len(trimmed.rejected.ids)) <= 40
+    shared = trimmed.chosen.targets.index(True)  # the prompt: every token before the answer's first
+    assert trimmed.chosen.ids[:shared] == trimmed.rejected.ids[:shared]  # one prompt, cut once
+    assert target_text(tokenizer, trimmed.rejected) == "blue green stone river<|im_end|>"
+    assert counts.as_metrics()["train_rows_dropped"] == 1
+    assert "1 dropped of 3 rows" in counts.sentence()
+
+
+def test_held_out_pairs_are_chosen_by_prompt_so_a_repeated_prompt_stays_on_one_side(tokenizer):
+    rows = [{"prompt": f"say {i % 10}", "chosen": "red ok", "rejected": f"blue {i}"} for i in range(60)]
+    pairs, counts = pairs_of(tokenizer, rows, DatasetConfig(path="p.jsonl", val_fraction=0.3))
+    assert 0 < counts.splits["val"].rows < 60
+    sides = {}
+    for split in ("train", "val"):
+        for pair in pairs[split]:
+            prompt = tuple(pair.chosen.ids[: pair.chosen.targets.index(True)])
+            sides.setdefault(prompt, set()).add(split)
+    assert all(len(s) == 1 for s in sides.values()) and len(sides) == 10
+
+
+def test_a_file_where_no_pair_fits_fails_saying_why(tmp_path, tokenizer):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": " ".join(WORDS * 4), "rejected": "blue"}] * 3)
+    with pytest.raises(StepError, match="no usable preference pairs: all 3 train rows are longer than max_seq_len = "
+                                        "20 tokens even with their prompt cut; raise max_seq_len"):
+        load_pairs(data, DatasetConfig(path="p.jsonl", val_fraction=0.0), tokenizer, CHATML, IM_END, 21, "left")
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    with pytest.raises(StepError, match="empty.jsonl has no rows"):
+        load_pairs(empty, DatasetConfig(path="empty.jsonl"), tokenizer, CHATML, IM_END, 21, "left")
+
+
+def test_a_source_that_skips_every_row_says_why_there_are_no_pairs():
+    with pytest.raises(StepError, match=r"no usable preference pairs \(dataset.format = 'pairs'\): every row was "
+                                        "skipped \\(4 no correction\\)"):
+        check_usable(SourceRows([], {"no_correction": 4}), "log.jsonl", DatasetConfig(path="log.jsonl"))
+
+
+# --- the recipe, the plan and `validate` -----------------------------------------------------------------------------
+
+PREFERENCE_STEP = """
+[steps.prefs]
+kind = "finetune"
+init = "base"
+task = "preference"
+dataset = { path = "prefs.jsonl" }
+lora = { rank = 4 }
+optim = { lr = 1e-2, warmup = 2 }
+batch_size = 4
+budget = { steps = 6 }
+eval_every = 3
+precision = "fp32"
+"""
+
+
+def preference_recipe(folder: Path, extra: str = "", rows: list[dict] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_jsonl(folder / "prefs.jsonl", marker_rows(40) if rows is None else rows)
+    return write_tiny_recipe(folder, steps=10, extra=PREFERENCE_STEP + extra)
+
+
+def test_the_plan_resolves_each_methods_beta_and_says_where_the_reference_comes_from(tmp_path):
+    plan = api.compile(api.load(preference_recipe(tmp_path)))
+    step = plan.step("prefs")
+    assert step.spec["preference"] == {"method": "dpo", "beta": 0.1, "gamma": 0.0}
+    assert step.derived["reference"] == "the starting model with its adapters off: log-probs computed once before training"
+    assert step.spec["special_tokens"] == CHATML_TOKENS  # rendered in the chat format, as sft is
+    simpo = api.compile(api.load(tmp_path / "recipe.toml", ['steps.prefs.method="simpo"'])).step("prefs")
+    assert simpo.spec["preference"] == {"method": "simpo", "beta": 2.0, "gamma": 0.5}
+    assert simpo.derived["reference"] == "none (SimPO)"
+    ipo = api.compile(api.load(tmp_path / "recipe.toml", ['steps.prefs.method="ipo"', "steps.prefs.beta=0.5"]))
+    assert ipo.step("prefs").spec["preference"]["beta"] == 0.5 and ipo.step("prefs").fingerprint != step.fingerprint
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (['steps.prefs.gamma=1.0'], "gamma is SimPO's target margin; method = 'dpo' has none"),
+    (['steps.prefs.task="sft"', "steps.prefs.beta=0.2"], "beta: settings of task = 'preference'; remove them"),
+    (['steps.prefs.beta=0'], "steps.prefs.beta = 0: must be more than 0.0"),
+    (['steps.prefs.method="ppo"'], "steps.prefs.method"),
+    (['steps.prefs.dataset.format="csv"'], "steps.prefs.dataset.format"),
+])
+def test_preference_settings_out_of_place_are_recipe_errors(tmp_path, overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        api.compile(api.load(preference_recipe(tmp_path), overrides))
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "q", "chosen": "same", "rejected": "same"},
+     "steps.prefs.dataset.path: prefs.jsonl line 3: `chosen` and `rejected` are the same answer"),
+    ({"prompt": "q", "chosen": "a"}, "steps.prefs.dataset.path: prefs.jsonl line 3: no field 'rejected'"),
+])
+def test_validate_reads_a_sample_and_refuses_bad_pairs_before_anything_runs(tmp_path, capsys, row, message):
+    rows = marker_rows(2) + [row] + marker_rows(5)
+    recipe = preference_recipe(tmp_path, rows=rows)
+    assert main(["run", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("manifest.json"))  # not even pre-training ran
