@@ -363,7 +363,8 @@ precision = "fp32"
 def preference_recipe(folder: Path, extra: str = "", rows: list[dict] | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     write_jsonl(folder / "prefs.jsonl", marker_rows(40) if rows is None else rows)
-    return write_tiny_recipe(folder, steps=10, extra=PREFERENCE_STEP + extra)
+    # a context long enough for the chat format around words the tiny corpus's tokenizer spells out in bytes
+    return write_tiny_recipe(folder, steps=10, extra=PREFERENCE_STEP + extra, edits=(("seq_len = 32", "seq_len = 96"),))
 
 
 def test_the_plan_resolves_each_methods_beta_and_says_where_the_reference_comes_from(tmp_path):
@@ -403,3 +404,23 @@ def test_validate_reads_a_sample_and_refuses_bad_pairs_before_anything_runs(tmp_
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not list(tmp_path.rglob("manifest.json"))  # not even pre-training ran
+
+
+@pytest.mark.slow  # 50 s: pre-training, the preference step, evaluation and an ONNX export
+@pytest.mark.e2e
+def test_a_preference_recipe_runs_after_pretraining_and_its_model_chats_evaluates_and_exports(tmp_path, capsys):
+    extra = ('\n[steps.eval]\nkind = "evaluate"\nmodel = "prefs"\nsuites = ["perplexity"]\n'
+             '\n[steps.onnx]\nkind = "export"\nmodel = "prefs"\nformat = "onnx"\n')
+    recipe = preference_recipe(tmp_path, extra)
+    assert main(["run", str(recipe)]) == 0
+    plan = api.compile(api.load(recipe))
+    prefs = api.artifact(plan, "prefs")
+    metrics = json.loads((prefs / "manifest.json").read_text())["metrics"]
+    assert metrics["train_pairs"] + metrics["val_pairs"] == 40 and metrics["train_rows_dropped"] == 0
+    assert metrics["base_val_reward_accuracy"] == 0.5 and 0.0 <= metrics["val_reward_accuracy"] <= 1.0
+    capsys.readouterr()
+    assert main(["generate", str(recipe), "prefs", "--chat", "--prompt", "say 2 words", "--max-tokens", "4",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.strip()  # the chat template came with the model
+    assert json.loads((api.artifact(plan, "eval") / "manifest.json").read_text())["metrics"]
+    assert (api.artifact(plan, "onnx") / "model.onnx").is_file()
