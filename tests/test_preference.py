@@ -33,6 +33,8 @@ from llmrecipe.training.checkpoint import save_weights
 from llmrecipe.training.distributed import World
 from tests.conftest import write_tiny_recipe
 from tests.test_training import Crash, CrashingReporter
+from llmrecipe.training.loss import IGNORE
+from llmrecipe.training.tasks.preference import PairRows, PreferenceTask, answer_log_probs
 from llmrecipe.training.tasks.preference_loss import dpo, ipo, pair_losses, simpo
 
 CHATML, CHATML_TOKENS, IM_END = CHAT_TEMPLATES["chatml"]
@@ -43,46 +45,69 @@ TINY = ModelShape(arch="llama", n_layer=2, n_head=2, n_kv_head=2, d_model=32, he
 # --- the losses ---------------------------------------------------------------------------------------------------
 
 
-def pairs(*values: float) -> torch.Tensor:
+def column(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
 def test_dpo_equals_the_hand_computed_value():
     # log-ratios: chosen -10 - (-11) = 1, rejected -12 - (-11) = -1; h = 2; beta h = 0.2
-    out = dpo(pairs(-10.0), pairs(-12.0), pairs(-11.0), pairs(-11.0), beta=0.1)
+    out = dpo(column(-10.0), column(-12.0), column(-11.0), column(-11.0), beta=0.1)
     assert out.losses.item() == pytest.approx(math.log(1 + math.exp(-0.2)))  # 0.598138869
     assert out.losses.item() == pytest.approx(0.598138869, abs=1e-9)
     assert (out.chosen_rewards.item(), out.rejected_rewards.item()) == pytest.approx((0.1, -0.1))
 
 
 def test_dpo_of_a_policy_equal_to_its_reference_is_log_2():
-    out = dpo(pairs(-3.0, -7.0), pairs(-5.0, -1.0), pairs(-3.0, -7.0), pairs(-5.0, -1.0), beta=0.1)
+    out = dpo(column(-3.0, -7.0), column(-5.0, -1.0), column(-3.0, -7.0), column(-5.0, -1.0), beta=0.1)
     assert out.losses.tolist() == pytest.approx([math.log(2)] * 2)
     assert out.chosen_rewards.tolist() == out.rejected_rewards.tolist() == [0.0, 0.0]
 
 
 def test_ipo_pulls_the_log_ratio_gap_to_one_over_two_beta():
     # h = 2 as above: (2 - 1 / (2 * 0.1))^2 = (2 - 5)^2 = 9; with beta 0.5 the target is 1: (2 - 1)^2 = 1
-    assert ipo(pairs(-10.0), pairs(-12.0), pairs(-11.0), pairs(-11.0), beta=0.1).losses.item() == pytest.approx(9.0)
-    assert ipo(pairs(-10.0), pairs(-12.0), pairs(-11.0), pairs(-11.0), beta=0.5).losses.item() == pytest.approx(1.0)
-    at_target = ipo(pairs(-9.0), pairs(-11.0), pairs(-11.0), pairs(-11.0), beta=0.25)  # h = 2 = 1 / (2 * 0.25)
+    assert ipo(column(-10.0), column(-12.0), column(-11.0), column(-11.0), beta=0.1).losses.item() == pytest.approx(9.0)
+    assert ipo(column(-10.0), column(-12.0), column(-11.0), column(-11.0), beta=0.5).losses.item() == pytest.approx(1.0)
+    at_target = ipo(column(-9.0), column(-11.0), column(-11.0), column(-11.0), beta=0.25)  # h = 2 = 1 / (2 * 0.25)
     assert at_target.losses.item() == 0.0
 
 
 def test_simpo_uses_length_averaged_log_probs_and_a_margin():
     # summed -20 over 10 tokens and -12 over 4: means -2 and -3; 2.0 * (-2 - -3) - 0.5 = 1.5
-    logps, lengths = pairs(-20.0, -12.0)[None], pairs(10.0, 4.0)[None]
+    logps, lengths = column(-20.0, -12.0)[None], column(10.0, 4.0)[None]
     out = pair_losses("simpo", logps, torch.full_like(logps, float("nan")), lengths, beta=2.0, gamma=0.5)
     assert out.losses.item() == pytest.approx(math.log(1 + math.exp(-1.5)))  # 0.201413
     assert out.losses.item() == pytest.approx(0.2014132779827524, abs=1e-12)
     assert (out.chosen_rewards.item(), out.rejected_rewards.item()) == (-4.0, -6.0)
-    assert simpo(pairs(-2.0), pairs(-3.0), 2.0, 0.5).losses.item() == out.losses.item()  # the reference is not read
+    assert simpo(column(-2.0), column(-3.0), 2.0, 0.5).losses.item() == out.losses.item()  # the reference is not read
 
 
 def test_pair_losses_dispatch_reads_chosen_then_rejected_columns():
-    logps, reference, lengths = pairs(-10.0, -12.0)[None], pairs(-11.0, -11.0)[None], pairs(3.0, 3.0)[None]
+    logps, reference, lengths = column(-10.0, -12.0)[None], column(-11.0, -11.0)[None], column(3.0, 3.0)[None]
     assert pair_losses("dpo", logps, reference, lengths, 0.1, 0.0).losses.item() == pytest.approx(0.598138869)
     assert pair_losses("ipo", logps, reference, lengths, 0.1, 0.0).losses.item() == pytest.approx(9.0)
+
+
+def test_an_answers_log_prob_sums_its_target_tokens_only():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 7)  # (N, T, V)
+    targets = torch.tensor([[IGNORE, 3, 5, IGNORE], [IGNORE, IGNORE, 1, 2]])
+    logps, lengths = answer_log_probs(logits, targets)
+    by_hand = logits.log_softmax(-1)
+    assert logps.tolist() == pytest.approx([float(by_hand[0, 1, 3] + by_hand[0, 2, 5]),
+                                            float(by_hand[1, 2, 1] + by_hand[1, 3, 2])], abs=1e-6)
+    assert lengths.tolist() == [2, 2]
+
+
+def test_reward_metrics_keep_held_out_and_train_pairs_apart_and_count_a_tie_half():
+    # held out: 4 pairs, 2 won, 1 tie; train: 2 pairs, both won
+    totals = {"pairs": column(2.0, 4.0), "pair_loss": column(0.5, 2.0), "wins": column(2.0, 2.5),
+              "margin": column(1.0, 0.4), "chosen_logp": column(-10.0, -40.0), "rejected_logp": column(-12.0, -44.0)}
+    task = PreferenceTask(PairRows([]), None, "dpo", 0.1, 0.0, 0, 2, 1, 2)
+    metrics = task.validation_metrics(totals)
+    assert metrics == pytest.approx({
+        "val_loss": 0.5, "val_reward_accuracy": 0.625, "val_reward_margin": 0.1, "val_chosen_logp": -10.0,
+        "val_rejected_logp": -11.0, "train_reward_accuracy": 1.0, "train_reward_margin": 0.5,
+        "train_chosen_logp": -5.0, "train_rejected_logp": -6.0})
 
 
 # --- the reference: the same model with its adapters off ------------------------------------------------------------

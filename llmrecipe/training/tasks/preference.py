@@ -104,7 +104,7 @@ class PreferenceObjective(nn.Module):
         margins = out.chosen_rewards - out.rejected_rewards  # (B,)
         wins = (margins > 0).float() + 0.5 * (margins == 0).float()
         where = F.one_hot(split, 2).float()  # (B, 2): a pair's split as a column
-        return {"loss": out.losses.sum(), "count": torch.tensor(float(B), device=inputs.device),
+        return {"loss": out.losses.sum(), "count": where.sum(),
                 "pairs": where.sum(dim=0), "pair_loss": where.T @ out.losses.detach(), "wins": where.T @ wins,
                 "margin": where.T @ margins.detach(), "chosen_logp": where.T @ logps[:, 0].detach(),
                 "rejected_logp": where.T @ logps[:, 1].detach()}
