@@ -178,7 +178,8 @@ def preference_spec(data: Path, **changes) -> FinetuneSpec:
     values = dict(
         task="preference", init_model=TINY, model=TINY, dataset=DatasetConfig(path=data.name, val_fraction=0.25),
         dataset_file=str(data), chat_template=CHATML, special_tokens=CHATML_TOKENS, end_of_turn=IM_END, seq_len=48,
-        labels=None, class_weighting="none", pooling="last", lora=LoraConfig(rank=4, alpha=8.0, targets=["q_proj", "v_proj", "o_proj"]),
+        labels=None, class_weighting="none", pooling="last",
+        lora=LoraConfig(rank=4, alpha=8.0, targets=["q_proj", "v_proj", "o_proj"]),
         preference=PreferenceSpec(method="dpo", beta=0.1, gamma=0.0), optim={"lr": 1e-2, "warmup": 2}, batch_size=8,
         micro_batch_size=4, grad_accum=2, tokens_per_step=768, total_steps=30, epochs=None, eval_every=10,
         eval_batches=4, early_stopping_patience=None, checkpoint_every=10, log_every=5, device="cpu",
@@ -239,7 +240,8 @@ def test_a_lora_dpo_step_learns_the_chosen_property_resumes_byte_identically_and
 @pytest.mark.parametrize("method, lora", [("ipo", False), ("simpo", True)])
 def test_ipo_without_lora_and_simpo_train_and_only_methods_with_a_reference_compute_one(tmp_path, method, lora):
     data = write_jsonl(tmp_path / "prefs.jsonl", marker_rows(32))
-    objective = PreferenceSpec(method=method, beta=0.1 if method == "ipo" else 2.0, gamma=0.0 if method == "ipo" else 0.5)
+    objective = (PreferenceSpec(method="ipo", beta=0.1, gamma=0.0) if method == "ipo"
+                 else PreferenceSpec(method="simpo", beta=2.0, gamma=0.5))
     changes = {**FAST, "total_steps": 4, "eval_every": 4, "preference": objective}
     if not lora:
         changes.update(lora=None, optim={"lr": 1e-3, "warmup": 1})
@@ -300,7 +302,8 @@ def test_conversational_rows_with_a_prompt_or_as_two_whole_conversations_make_th
 def test_field_names_are_settable():
     dataset = DatasetConfig(path="p.jsonl", prompt_field="question", chosen_field="good", rejected_field="bad")
     pair = pair_of({"question": "q", "good": "yes", "bad": "no"}, dataset, "p.jsonl line 1")
-    assert pair.prompt == [{"role": "user", "content": "q"}] and pair.rejected == [{"role": "assistant", "content": "no"}]
+    assert pair.prompt == [{"role": "user", "content": "q"}]
+    assert pair.rejected == [{"role": "assistant", "content": "no"}]
 
 
 @pytest.mark.parametrize("row, message", [
@@ -396,7 +399,8 @@ def test_the_plan_resolves_each_methods_beta_and_says_where_the_reference_comes_
     plan = api.compile(api.load(preference_recipe(tmp_path)))
     step = plan.step("prefs")
     assert step.spec["preference"] == {"method": "dpo", "beta": 0.1, "gamma": 0.0}
-    assert step.derived["reference"] == "the starting model with its adapters off: log-probs computed once before training"
+    assert step.derived["reference"] == ("the starting model with its adapters off: log-probs computed once before "
+                                         "training")
     assert step.spec["special_tokens"] == CHATML_TOKENS  # rendered in the chat format, as sft is
     simpo = api.compile(api.load(tmp_path / "recipe.toml", ['steps.prefs.method="simpo"'])).step("prefs")
     assert simpo.spec["preference"] == {"method": "simpo", "beta": 2.0, "gamma": 0.5}

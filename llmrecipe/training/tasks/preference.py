@@ -116,7 +116,8 @@ class PreferenceTask:
     def __init__(self, train: PairRows, val: PairRows | None, method: Method, beta: float, gamma: float, seed: int,
                  batch_size: int, eval_batches: int, micro_batch_size: int):
         self.train, self.val, self.method, self.beta, self.gamma = train, val, method, beta, gamma
-        self.seed, self.batch_size, self.eval_batches, self.micro_batch_size = seed, batch_size, eval_batches, micro_batch_size
+        self.seed, self.batch_size = seed, batch_size
+        self.eval_batches, self.micro_batch_size = eval_batches, micro_batch_size
         self.examples = len(train)
         self._orders: dict[int, torch.Tensor] = {}
 
