@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from llmrecipe import api
 from llmrecipe.cli import main
@@ -453,3 +454,21 @@ def test_a_preference_recipe_runs_after_pretraining_and_its_model_chats_evaluate
     assert capsys.readouterr().out.strip()  # the chat template came with the model
     assert json.loads((api.artifact(plan, "eval") / "manifest.json").read_text())["metrics"]
     assert (api.artifact(plan, "onnx") / "model.onnx").is_file()
+
+
+@pytest.mark.slow  # two recipes with their pre-training; about a minute
+@pytest.mark.e2e
+def test_two_processes_train_a_preference_step_as_one_does(tmp_path):
+    one, two = preference_recipe(tmp_path / "one"), preference_recipe(tmp_path / "two")
+    two.write_text(two.read_text().replace('name = "tiny"', 'name = "tiny"\nnproc = 2'))
+    metrics = []
+    for path in (one, two):
+        api.run(api.load(path))
+        plan = api.compile(api.load(path))
+        folder = api.artifact(plan, "prefs")
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        metrics.append(([r["loss"] for r in records if "loss" in r], load_file(folder / "adapter.safetensors")))
+    (losses_one, adapters_one), (losses_two, adapters_two) = metrics
+    assert len(losses_one) == len(losses_two) > 0 and losses_two == pytest.approx(losses_one, rel=1e-4, abs=1e-6)
+    for name, tensor in adapters_one.items():
+        assert torch.allclose(adapters_two[name], tensor, rtol=1e-4, atol=1e-4), name
