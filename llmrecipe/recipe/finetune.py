@@ -22,8 +22,8 @@ class DatasetConfig(Section):
     (left out of fine-tuning)."""
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     """When the file has no validation rows (no split field, or only train/test): the share of train rows held out
-    for validation, chosen by a stable hash of the text (`classify`) or the prompt (`sft`: rows repeating a prompt
-    stay on one side, so validation prompts are unseen)."""
+    for validation, chosen by a stable hash of the text (`classify`) or the prompt (`sft`, `preference`: rows repeating
+    a prompt stay on one side, so validation prompts are unseen)."""
     text_field: str = "text"
     """`classify`: the text to classify."""
     label_field: str = "label"
