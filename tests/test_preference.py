@@ -32,11 +32,11 @@ from llmrecipe.steps.finetune.sft import add_special_tokens
 from llmrecipe.tokenizer.train import train_bpe
 from llmrecipe.training.checkpoint import save_weights
 from llmrecipe.training.distributed import World
-from tests.conftest import write_tiny_recipe
-from tests.test_training import Crash, CrashingReporter
 from llmrecipe.training.loss import IGNORE
 from llmrecipe.training.tasks.preference import PairRows, PreferenceTask, answer_log_probs
 from llmrecipe.training.tasks.preference_loss import dpo, ipo, pair_losses, simpo
+from tests.conftest import write_tiny_recipe
+from tests.test_training import Crash, CrashingReporter
 
 CHATML, CHATML_TOKENS, IM_END = CHAT_TEMPLATES["chatml"]
 TINY = ModelShape(arch="llama", n_layer=2, n_head=2, n_kv_head=2, d_model=32, head_dim=16, ffn_hidden=64,
