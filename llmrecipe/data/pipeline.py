@@ -2,16 +2,17 @@
 
 Memory stays bounded by the batch size: documents live in Parquet shards of about `batch_mb` of text in
 a work folder, and each pass reads one shard, applies the document ops, and writes it back. A corpus op
-(dedup) is a barrier: it observes every shard during a pass (keeping compact keys), decides once, and the
-next pass applies its decision while reading the shards again; consecutive corpus ops (dedup_exact then
-dedup_near) are observed in one pass and decide one after the other. Worker processes or Ray tasks run the
-shards of a pass (llmrecipe.data.shardwork), the first pass's as soon as they are read; this process reads the
-sources, merges their results in shard order, decides, and merges the split parts into train/val/test by
-streaming.
+(dedup) is a barrier: every shard job of a pass observes its documents (writing their keys partitioned by hash),
+the op decides in stages of partition jobs (llmrecipe.data.corpusjobs), and the next pass applies each shard's
+drops while reading the shards again; consecutive corpus ops (dedup_exact then dedup_near) are observed in one
+pass and decide one after the other, each among the previous one's survivors. Worker processes or Ray tasks run the
+jobs (llmrecipe.data.shardwork, corpusjobs), the first pass's as soon as their shards are read; this process reads
+the sources, merges the shard jobs' results in shard order, and merges the split parts into train/val/test by
+streaming. It holds no per-document state of the corpus but a weighted mix's draw.
 
 Resume: the work folder survives a crash. Each job's result is saved with its output (a job whose result
 exists is not run again), the reading's shard list and source logs are saved once reading ends, each corpus
-decision once it is made, and each pass's output shard list once the pass is complete (then its input shards
+dedup stage's jobs and decisions as they finish, and each pass's output shard list once the pass is complete (then its input shards
 are deleted). A re-run replays the same steps in the same order, loading what was saved: the same bytes as
 an uninterrupted run, without redoing finished work.
 """
@@ -19,6 +20,7 @@ an uninterrupted run, without redoing finished work.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import polars as pl
 
+from llmrecipe.data.corpusjobs import Deciding, Observing, StageJob
 from llmrecipe.data.dedup import Decision
 from llmrecipe.data.hashing import xxh64
 from llmrecipe.data.ledger import Ledger, Stage
@@ -43,16 +46,19 @@ from llmrecipe.plan.specs import DataSpec
 from llmrecipe.recipe.data import DataOp
 
 
-WORK_LAYOUT = 1
+WORK_LAYOUT = 2
 """Version of the work folder's files; a work folder of another version (or batch size) is started afresh."""
 
 
 @dataclass
 class Pending:
-    """A corpus-wide decision waiting to be applied on the next read of the shards."""
+    """A corpus-wide decision waiting to be applied on the next read of the shards: arrays over the corpus
+    (mixing), or a dedup decision's folder of drops per shard."""
 
     stage: Stage
-    decision: Decision
+    decision: Decision | None = None
+    folder: Path | None = None
+    reason: str = ""
 
 
 @dataclass
@@ -64,6 +70,8 @@ class Shard:
     rows: int
     words: bool = False
     """Its documents' lower-cased word buckets are saved next to it (shardwork.save_words)."""
+    number: int = 0
+    """Its place among the shards of the pass that wrote it (a dedup decision names its documents by it)."""
 
 
 @dataclass
@@ -88,6 +96,9 @@ class Pipeline:
         self.batch_bytes = spec.batch_mb << 20
         self.ledger = Ledger(work)
         self.workers = engine_workers(spec.engine, spec.workers, spec.ray_address, spec.batch_mb)
+        self.partitions = max(1, math.ceil(sum(file.size for file in external) / self.batch_bytes))
+        """Key partitions of each dedup op: about one per shard of the sources, so a partition's records are
+        about a batch's (the sizes, not the worker count, set it: a resumed run finds the same partitions)."""
         self._shard_count = 0
         self._pass_count = 0
         self._pass_inputs: list[Shard] = []
@@ -202,7 +213,7 @@ class Pipeline:
     # passes
 
     def jobs(self, shards: Iterable[Shard], pending: list[Pending], ops: list[tuple[int, DataOp]],
-             observe: list[DataOp] | None = None, split_bounds: dict | None = None,
+             observe: list[Observing] | None = None, split_bounds: dict | None = None,
              save_words: bool = False) -> Iterator[ShardJob]:
         """One job per shard of a new pass, each with its slices of the pending decisions. Shards may still be
         being read when there is no pending decision (one needs them all). A job done by a killed run is made
@@ -212,7 +223,7 @@ class Pipeline:
         return self._jobs(self._pass_count, shards, pending, ops, observe, split_bounds, save_words)
 
     def _jobs(self, pass_number: int, shards: Iterable[Shard], pending: list[Pending], ops: list[tuple[int, DataOp]],
-              observe: list[DataOp] | None, split_bounds: dict | None, save_words: bool) -> Iterator[ShardJob]:
+              observe: list[Observing] | None, split_bounds: dict | None, save_words: bool) -> Iterator[ShardJob]:
         if pending:
             shards = list(shards)
         replacements = None
@@ -223,16 +234,19 @@ class Pipeline:
             offset += shard.rows
             target = self.target_path(pass_number, index)
             reuse_words = shard.words and split_bounds is not None and not ops
-            job = ShardJob(shard.path, target, [], ops, observe or [], split_bounds, save_words, reuse_words)
+            job = ShardJob(shard.path, target, [], ops, index, observe or [], split_bounds, save_words, reuse_words)
             if not result_path(target).exists():
                 if replacements is None:
                     replacements = [self.replacement_ids(shards, decided) for decided in pending]
-                job.pending = [self.pending_slice(decided, replacement, rows)
+                job.pending = [self.pending_slice(decided, replacement, rows, shard)
                                for decided, replacement in zip(pending, replacements)]
             yield job
 
     @staticmethod
-    def pending_slice(decided: Pending, replacement: Callable | None, rows: slice) -> PendingSlice:
+    def pending_slice(decided: Pending, replacement: Callable | None, rows: slice, shard: Shard) -> PendingSlice:
+        if decided.folder is not None:  # the job reads its shard's drops
+            return PendingSlice(decided.stage.label, decided.stage.op, decided.reason, decided=decided.folder,
+                                shard=shard.number)
         keep = decided.decision.keep[rows]
         duplicates = None
         if replacement is not None:
@@ -270,7 +284,7 @@ class Pipeline:
 
     def finish_pass(self, out: list[Shard]) -> None:
         """A pass is complete: its output shards are saved as the next pass's input, then its inputs deleted."""
-        save_json(self.pass_marker(), [[s.path.name, s.rows, s.words] for s in out])
+        save_json(self.pass_marker(), [[s.path.name, s.rows, s.words, s.number] for s in out])
         for shard in self._pass_inputs:
             shard.path.unlink(missing_ok=True)
             words_path(shard.path).unlink(missing_ok=True)
@@ -282,7 +296,7 @@ class Pipeline:
         """When the pending decision names which document replaced each dropped one (dedup): a lookup from
         those documents' row numbers to their ids, so the report can say `duplicate_of`. Only the ids of
         documents that replaced another are kept in memory."""
-        if not (pending.decision.duplicate_of >= 0).any():
+        if pending.decision is None or not (pending.decision.duplicate_of >= 0).any():
             return None
         wanted = np.unique(pending.decision.duplicate_of[pending.decision.duplicate_of >= 0])
         found, offset = [], 0
@@ -364,31 +378,35 @@ class Pipeline:
         return groups
 
     def corpus_pass(self, shards: Iterable[Shard], pending: list[Pending], group: list[int]):
-        """One pass observing a group of corpus ops, then their decisions: each op decides among the
-        documents the ops before it in the group keep (their observations are filtered, not made again)."""
+        """One pass observing a group of corpus ops, then their decisions, each op's in stages of jobs: each op
+        decides among the documents the ops before it in the group keep."""
         document_ops = self.ops_before(group[0])
         ops = [self.spec.ops[index] for index in group]
         save_words = self.split_reuses_words(group)
         self.stages_for(document_ops)
-        jobs = self.jobs(shards, pending, document_ops, observe=ops, save_words=save_words)
-        complete = self.pass_marker().exists()  # (after `jobs` began the pass) its decisions are saved too
-        corpora = [] if complete else [CORPUS_OPS[op.op](op, self.work / f"ops-{index}") for index, op in zip(group, ops)]
-        out = []
-        for job, result in self.run_jobs(jobs):
-            if result.rows:
-                for corpus, observation in zip(corpora, result.observations):
-                    corpus.absorb(observation)
-                out.append(Shard(job.target, result.rows, words=save_words))
+        observing = [Observing(op, self.work / f"ops-{index}", self.partitions, scatter=not k)
+                     for k, (index, op) in enumerate(zip(group, ops))]
+        for each in observing:
+            each.folder.mkdir(exist_ok=True)
+        jobs = self.jobs(shards, pending, document_ops, observe=observing, save_words=save_words)
+        out = [Shard(job.target, result.rows, words=save_words, number=job.number)
+               for job, result in self.run_jobs(jobs) if result.rows]
         self.check_not_empty()
-        decided, among = [], None
-        for index, op, corpus in zip(group, ops, corpora or [None] * len(ops)):
+        targets = {shard.number: shard.path for shard in out}
+        decided = []
+        for k, (index, op) in enumerate(zip(group, ops)):
             stage = self.ledger.stage(stage_label(index, op), op.op)
-            self.log(f"ops[{index}] {op.op}: deciding over the whole corpus")
-            decided.append(self.saved_decision(stage, lambda: corpus.decide(among)))
-            decision = decided[-1].decision
-            among = decision.keep if among is None else among & decision.keep
+            self.log(f"ops[{index}] {op.op}: deciding in {self.partitions} partitions")
+            Deciding(observing[k], len(self._pass_inputs), targets, [each.folder for each in observing[:k]]).run(
+                self.run_stage)
+            decided.append(Pending(stage, folder=observing[k].folder, reason=CORPUS_OPS[op.op].reason))
         self.finish_pass(out)
         return out, decided
+
+    def run_stage(self, jobs: list[StageJob]) -> None:
+        """A dedup stage's jobs run (their files are their results)."""
+        for _ in self.workers.run(jobs):
+            pass
 
     def split_reuses_words(self, group: list[int]) -> bool:
         """Whether the pass observing `group` should save its documents' lower-cased words for the split

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import json
 import os
@@ -27,7 +26,8 @@ import polars as pl
 
 from llmrecipe.data.ledger import Ledger, LedgerPart, Stage
 from llmrecipe.data.mismatch import ProfilePart, word_buckets
-from llmrecipe.data.ops import CORPUS_OPS, DOCUMENT_OPS
+from llmrecipe.data.corpusjobs import Observing, shard_drops
+from llmrecipe.data.ops import DOCUMENT_OPS
 from llmrecipe.data.split import SPLITS, Bounds, positions, split_codes
 from llmrecipe.data.words import WordHashes, lowercase_word_hashes
 from llmrecipe.recipe.data import DataOp
@@ -40,10 +40,23 @@ class PendingSlice:
     label: str
     op: str
     reason: str
-    keep: np.ndarray
+    keep: np.ndarray | None = None
     """bool per row of the shard as read (rows an earlier slice of the same job drops are True)."""
     duplicate_of: pl.Series | None = None
     """For each dropped row (in row order) the id of the document kept in its place, when the decision says."""
+    decided: Path | None = None
+    """A dedup decision's folder, read for the shard's drops instead of `keep` (corpusjobs.shard_drops)."""
+    shard: int = 0
+    """The shard's number in the pass that observed it (names it in `decided`)."""
+
+    def loaded(self, rows: int) -> "PendingSlice":
+        """The slice with `keep` and `duplicate_of` for the shard's `rows` rows."""
+        if self.decided is None:
+            return self
+        dropped, duplicate_of = shard_drops(self.decided, self.shard)
+        keep = np.ones(rows, dtype=bool)
+        keep[dropped] = False
+        return PendingSlice(self.label, self.op, self.reason, keep, duplicate_of)
 
 
 @dataclass
@@ -55,8 +68,10 @@ class ShardJob:
     """Corpus decisions to apply, in order."""
     ops: list[tuple[int, DataOp]]
     """Document ops with their index in the recipe's `ops`."""
-    observe: list[DataOp] = field(default_factory=list)
-    """The corpus ops whose observations of the surviving documents are wanted."""
+    number: int = 0
+    """The job's place in its pass (the number of the shard it writes)."""
+    observe: list[Observing] = field(default_factory=list)
+    """The corpus ops that observe the surviving documents."""
     split_bounds: dict[int, Bounds] | None = None
     """Set in the last pass: write split parts instead of a shard."""
     save_words: bool = False
@@ -65,14 +80,15 @@ class ShardJob:
     """The source shard has its word buckets saved and its texts reach the split parts unchanged: the split
     profiles count them instead of splitting the texts into words again."""
 
+    def run(self) -> ShardResult:
+        return run_shard(self)
+
 
 @dataclass
 class ShardResult:
     rows: int
     """Documents that survived the pass (0: nothing was written)."""
     ledger: LedgerPart
-    observations: list[Any] = field(default_factory=list)
-    """One per op in the job's `observe`."""
     parts: dict[str, Path] = field(default_factory=dict)
     profiles: dict[str, ProfilePart] = field(default_factory=dict)
 
@@ -88,9 +104,10 @@ def shard_result(job: ShardJob) -> ShardResult:
     frame = pl.read_parquet(job.source)
     words = load_words(job.source) if job.reuse_words and not job.ops else None
     ledger = Ledger(None)
-    alive = np.arange(len(frame))  # the rows of the shard as read that are still in `frame`
+    rows_read = len(frame)
+    alive = np.arange(rows_read)  # the rows of the shard as read that are still in `frame`
     for piece in job.pending:
-        frame, alive = apply_pending(frame, piece, alive, ledger)
+        frame, alive = apply_pending(frame, piece.loaded(rows_read), alive, ledger)
     if len(frame):  # ops need at least a row to say anything
         frame = apply_document_ops(frame, job.ops, ledger)
     result = ShardResult(len(frame), ledger.part())
@@ -99,7 +116,8 @@ def shard_result(job: ShardJob) -> ShardResult:
     elif len(frame):
         text = frame["text"]
         lowered = lowercase_word_hashes(text) if job.save_words else None  # split once, used twice
-        result.observations = [CORPUS_OPS[op.op].observation(op, text, lowered) for op in job.observe]
+        for observing in job.observe:
+            observing.observe(job.number, text, lowered)
         frame.write_parquet(job.target, compression="uncompressed")  # read back once, soon: speed over size
         if lowered is not None:
             save_words(job.target, lowered, len(frame))
@@ -116,14 +134,14 @@ def save_result(result: ShardResult, folder: Path) -> None:
     staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    arrays = {f"observation-{i}-{j}": array for i, parts in enumerate(result.observations) for j, array in enumerate(parts)}
+    arrays = {}
     for name, profile in result.profiles.items():
         arrays.update({f"profile-{name}-{field}": getattr(profile, field) for field in ("lengths", "buckets", "counts")})
     np.savez(staging / "arrays.npz", **arrays)
     ledger = result.ledger
     if ledger.dropped:
         pl.concat(ledger.dropped).write_parquet(staging / "dropped.parquet")
-    meta = {"rows": result.rows, "observations": [len(parts) for parts in result.observations],
+    meta = {"rows": result.rows,
             "parts": {name: path.name for name, path in result.parts.items()},
             "profiles": {name: [profile.docs, profile.chars] for name, profile in result.profiles.items()},
             "stages": [stage.as_dict() for stage in ledger.stages], "samples": ledger.samples}
@@ -140,11 +158,10 @@ def load_result(folder: Path) -> ShardResult:
         arrays = {key: saved[key] for key in saved.files}
     dropped = [pl.read_parquet(folder / "dropped.parquet")] if (folder / "dropped.parquet").exists() else []
     ledger = LedgerPart([Stage.from_dict(stage) for stage in meta["stages"]], dropped, meta["samples"])
-    observations = [tuple(arrays[f"observation-{i}-{j}"] for j in range(count)) for i, count in enumerate(meta["observations"])]
     profiles = {name: ProfilePart(docs, chars, *(arrays[f"profile-{name}-{field}"] for field in ("lengths", "buckets", "counts")))
                 for name, (docs, chars) in meta["profiles"].items()}
     parts = {name: folder.parent / file for name, file in meta["parts"].items()}
-    return ShardResult(meta["rows"], ledger, observations, parts, profiles)
+    return ShardResult(meta["rows"], ledger, parts, profiles)
 
 
 def words_path(shard: Path) -> Path:
