@@ -35,7 +35,8 @@ from llmrecipe.data.hashing import xxh64
 from llmrecipe.data.ledger import Ledger, Stage
 from llmrecipe.data.mismatch import SplitProfile, mismatch_report
 from llmrecipe.data.ops import CORPUS_OPS, HINTS
-from llmrecipe.data.read import BLOCK_BYTES, Reader, SourceLog, document_schema
+from llmrecipe.data.read import BLOCK_BYTES, SourceLog, document_schema
+from llmrecipe.data.readjobs import Block, ReadJob, ReadResult, merged_log, read_jobs
 from llmrecipe.data.shardwork import (PendingSlice, ShardJob, ShardResult, load_result, result_path, stage_label,
                                       words_path)
 from llmrecipe.data.split import SPLITS, fixed_bounds, positions, stratified_bounds
@@ -67,15 +68,20 @@ class Pending:
 
 @dataclass
 class Shard:
-    """A Parquet file of documents in the work folder; `rows` documents, in corpus order after the previous
-    shard's."""
+    """Parquet files of documents in the work folder (several blocks as read, or a pass's one output); `rows`
+    documents, in corpus order after the previous shard's."""
 
-    path: Path
+    files: list[Path]
     rows: int
     words: bool = False
     """Its documents' lower-cased word buckets are saved next to it (shardwork.save_words)."""
     number: int = 0
     """Its place among the shards of the pass that wrote it (a dedup decision names its documents by it)."""
+
+    @property
+    def path(self) -> Path:
+        """A pass's output shard: its one file."""
+        return self.files[0]
 
 
 @dataclass
@@ -103,7 +109,6 @@ class Pipeline:
         self.partitions = max(2, math.ceil(sum(file.size for file in external) / (PARTITION_BATCHES * self.batch_bytes)))
         """Key partitions of each dedup op (the sources' size sets it, not the worker count: a resumed run finds
         the same partitions)."""
-        self._shard_count = 0
         self._pass_count = 0
         self._pass_inputs: list[Shard] = []
         """The shards the current pass reads (deleted when it is complete)."""
@@ -144,75 +149,76 @@ class Pipeline:
     # reading
 
     def read_sources(self) -> tuple[Iterator[Shard], list[SourceLog]]:
-        """The shards the sources make, written as they are consumed (so the first pass can work on the first
-        shards while later ones are read), and the sources' logs, complete once the shards are. After a killed
-        run that had read everything: the shards and logs it saved."""
+        """The shards the sources make, as their read jobs finish (so the first pass can work on the first shards
+        while later files are read), and the sources' logs, complete once the shards are. After a killed run that
+        had read everything: the shards and logs it saved."""
         saved = self.work / "read.json"
         if saved.exists():
             read = json.loads(saved.read_text())
-            self._shard_count = len(read["shards"])
-            return iter([Shard(self.work / path, rows) for path, rows in read["shards"]]), [
+            return iter([Shard([self.work / name for name in names], rows) for names, rows in read["shards"]]), [
                 SourceLog.from_dict(log) for log in read["sources"]]
         groups: list[list[ExternalFile]] = [[] for _ in self.spec.sources]
         for file in self.external:
             if not 0 <= file.source < len(groups):
                 raise StepError(f"file {file.path} belongs to source {file.source}, but the step has {len(groups)}; re-plan")
             groups[file.source].append(file)
-        readers = [Reader(source, index, self.spec.on_bad_record, self.metadata, self.downloads,
-                          block_bytes=min(BLOCK_BYTES, self.batch_bytes))
-                   for index, source in enumerate(self.spec.sources)]
-        return self.shards_read(readers, groups), [reader.log for reader in readers]
+        jobs = read_jobs(self.spec.sources, groups, folder=self.work, policy=self.spec.on_bad_record,
+                         metadata=self.metadata, downloads=self.downloads, block_bytes=min(BLOCK_BYTES, self.batch_bytes))
+        logs: list[SourceLog] = []
+        return self.shards_read(jobs, logs), logs
 
-    def shards_read(self, readers: list[Reader], groups: list[list[ExternalFile]]) -> Iterator[Shard]:
-        frames = (frame for reader, files in zip(readers, groups) for frame in reader.documents(files))
+    def shards_read(self, jobs: list[ReadJob], logs: list[SourceLog]) -> Iterator[Shard]:
+        """The read jobs' blocks grouped into shards in job order; `logs` filled with each source's log at the end."""
+        if len(jobs) > 1:
+            self.workers.start()
+        by_source: list[list[SourceLog]] = [[] for _ in self.spec.sources]
+
+        def blocks() -> Iterator[Block]:
+            for job, result in self.read_results(jobs):
+                by_source[job.index].append(result.log)
+                yield from result.blocks
+
         written = []
-        for batch in self.rebatched(frames):
-            written.append(self.write_shard(batch))
+        for files, rows in self.rebatched(blocks()):
+            written.append(Shard(files, rows))
             yield written[-1]
-        for reader in readers:
-            self.log(f"sources[{reader.index}]: {reader.log.docs} documents from {reader.log.files} files"
-                     + (f", {sum(reader.log.bad_records.values())} bad records skipped" if reader.log.bad_records else ""))
-        sources = [reader.log for reader in readers]
-        if not sum(s.docs for s in sources):
-            bad = sum(sum(s.bad_records.values()) for s in sources)
+        logs.extend(merged_log(found) for found in by_source)
+        for log in logs:
+            self.log(f"sources[{log.source}]: {log.docs} documents from {log.files} files"
+                     + (f", {sum(log.bad_records.values())} bad records skipped" if log.bad_records else ""))
+        if not sum(s.docs for s in logs):
+            bad = sum(sum(s.bad_records.values()) for s in logs)
             raise StepError(
-                f"the sources gave no documents ({sum(s.files for s in sources)} files read, {bad} bad records); "
+                f"the sources gave no documents ({sum(s.files for s in logs)} files read, {bad} bad records); "
                 "check that the files hold text and that `unit`, `format` and `text_field` fit them"
             )
-        save_json(self.work / "read.json", {"shards": [[s.path.name, s.rows] for s in written],
-                                            "sources": [s.as_dict() for s in sources]})
+        save_json(self.work / "read.json", {"shards": [[[f.name for f in s.files], s.rows] for s in written],
+                                            "sources": [s.as_dict() for s in logs]})
 
-    def rebatched(self, frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
-        """Frames regrouped into batches of about `batch_bytes` of text."""
-        held, size = [], 0
-        for frame in frames:
-            held.append(frame)
-            size += int(frame["text"].str.len_bytes().sum())
+    def read_results(self, jobs: list[ReadJob]) -> Iterator[tuple[ReadJob, ReadResult]]:
+        """Each read job with its result (saved by a killed run, or run now), in job order."""
+        saved = [job.saved() for job in jobs]
+        running = self.workers.run(job for job, done in zip(jobs, saved) if done is None)
+        for job, done in zip(jobs, saved):
+            yield (job, done) if done is not None else next(running)
+
+    def rebatched(self, blocks: Iterator[Block]) -> Iterator[tuple[list[Path], int]]:
+        """Blocks regrouped into shards of about `batch_bytes` of text: each shard's block files and documents."""
+        held, rows, size = [], 0, 0
+        for block in blocks:
+            held.append(block.path)
+            rows += block.rows
+            size += block.text_bytes
             if size >= self.batch_bytes:
-                yield pl.concat(held)
-                held, size = [], 0
+                yield held, rows
+                held, rows, size = [], 0, 0
         if held:
-            yield pl.concat(held)
-
-    def next_path(self) -> Path:
-        """The next shard the sources fill."""
-        path = self.work / f"read-{self._shard_count:06d}.parquet"
-        self._shard_count += 1
-        return path
+            yield held, rows
 
     def target_path(self, pass_number: int, index: int) -> Path:
         """What the job of pass `pass_number` (from 1) on the pass's `index`th input shard writes: named by
         position, not by the order jobs happened to be made in, so a re-run finds the same names."""
         return self.work / f"pass{pass_number}-{index:06d}.parquet"
-
-    def write_shard(self, frame: pl.DataFrame) -> Shard:
-        if self._shard_count == 1:  # a second shard: the passes will have work for several workers
-            self.workers.start()
-        path = self.next_path()
-        index = self._shard_count - 1
-        if not result_path(self.target_path(1, index)).exists():  # else the first pass has done with it
-            frame.write_parquet(path, compression="uncompressed")  # read back once, soon: speed over size
-        return Shard(path, len(frame))
 
     # passes
 
@@ -228,9 +234,6 @@ class Pipeline:
 
     def _jobs(self, pass_number: int, shards: Iterable[Shard], pending: list[Pending], ops: list[tuple[int, DataOp]],
               observe: list[Observing] | None, split_bounds: dict | None, save_words: bool) -> Iterator[ShardJob]:
-        if pending:
-            shards = list(shards)
-        replacements = None
         offset = 0
         for index, shard in enumerate(shards):
             self._pass_inputs.append(shard)
@@ -238,24 +241,19 @@ class Pipeline:
             offset += shard.rows
             target = self.target_path(pass_number, index)
             reuse_words = shard.words and split_bounds is not None and not ops
-            job = ShardJob(shard.path, target, [], ops, index, observe or [], split_bounds, save_words, reuse_words)
+            job = ShardJob(shard.files, target, [], ops, index, observe or [], split_bounds, save_words, reuse_words)
             if not result_path(target).exists():
-                if replacements is None:
-                    replacements = [self.replacement_ids(shards, decided) for decided in pending]
-                job.pending = [self.pending_slice(decided, replacement, rows, shard)
-                               for decided, replacement in zip(pending, replacements)]
+                job.pending = [self.pending_slice(decided, rows, shard) for decided in pending]
             yield job
 
     @staticmethod
-    def pending_slice(decided: Pending, replacement: Callable | None, rows: slice, shard: Shard) -> PendingSlice:
-        if decided.folder is not None:  # the job reads its shard's drops
+    def pending_slice(decided: Pending, rows: slice, shard: Shard) -> PendingSlice:
+        """The decision's verdicts for the shard's `rows` of the corpus: a slice of a mix's arrays, or where to read
+        the shard's dedup drops."""
+        if decided.folder is not None:
             return PendingSlice(decided.stage.label, decided.stage.op, decided.reason, decided=decided.folder,
                                 shard=shard.number)
-        keep = decided.decision.keep[rows]
-        duplicates = None
-        if replacement is not None:
-            duplicates = replacement(decided.decision.duplicate_of[rows][~keep])
-        return PendingSlice(decided.stage.label, decided.stage.op, decided.decision.reason, keep, duplicates)
+        return PendingSlice(decided.stage.label, decided.stage.op, decided.decision.reason, decided.decision.keep[rows])
 
     def run_jobs(self, jobs: Iterator[ShardJob]) -> Iterator[tuple[ShardJob, ShardResult]]:
         """Each job with its result (run now, or saved by a killed run), in shard order, its ledger part merged."""
@@ -290,27 +288,12 @@ class Pipeline:
         """A pass is complete: its output shards are saved as the next pass's input, then its inputs deleted."""
         save_json(self.pass_marker(), [[s.path.name, s.rows, s.words, s.number] for s in out])
         for shard in self._pass_inputs:
-            shard.path.unlink(missing_ok=True)
-            words_path(shard.path).unlink(missing_ok=True)
+            for file in shard.files:
+                file.unlink(missing_ok=True)
+                words_path(file).unlink(missing_ok=True)
 
     def pass_marker(self) -> Path:
         return self.work / f"pass{self._pass_count}.json"
-
-    def replacement_ids(self, shards: list[Shard], pending: Pending) -> Callable[[np.ndarray], pl.Series] | None:
-        """When the pending decision names which document replaced each dropped one (dedup): a lookup from
-        those documents' row numbers to their ids, so the report can say `duplicate_of`. Only the ids of
-        documents that replaced another are kept in memory."""
-        if pending.decision is None or not (pending.decision.duplicate_of >= 0).any():
-            return None
-        wanted = np.unique(pending.decision.duplicate_of[pending.decision.duplicate_of >= 0])
-        found, offset = [], 0
-        for shard in shards:
-            local = wanted[(wanted >= offset) & (wanted < offset + shard.rows)] - offset
-            if len(local):
-                found.append(pl.read_parquet(shard.path, columns=["id"])["id"].gather(local))
-            offset += shard.rows
-        ids = pl.concat(found)
-        return lambda rows: ids.gather(np.searchsorted(wanted, rows))
 
     # decisions
 
@@ -340,7 +323,7 @@ class Pipeline:
         quota = np.floor(total * share + 1e-9).astype(np.int64)
 
         def decide() -> Decision:
-            frames = [pl.read_parquet(shard.path, columns=["id", "source"]) for shard in shards]
+            frames = [pl.read_parquet(shard.files, columns=["id", "source"]) for shard in shards]
             ids = pl.concat(frames)
             draw = xxh64(ids["id"], seed=self.spec.mix_seed)
             source = ids["source"].to_numpy()
@@ -393,7 +376,7 @@ class Pipeline:
         for each in observing:
             each.folder.mkdir(exist_ok=True)
         jobs = self.jobs(shards, pending, document_ops, observe=observing, save_words=save_words)
-        out = [Shard(job.target, result.rows, words=save_words, number=job.number)
+        out = [Shard([job.target], result.rows, words=save_words, number=job.number)
                for job, result in self.run_jobs(jobs) if result.rows]
         self.check_not_empty()
         targets = {shard.number: shard.path for shard in out}
@@ -479,7 +462,7 @@ class Pipeline:
                       document_ops: list[tuple[int, DataOp]]) -> list[Shard]:
         """The pending decision and `document_ops` applied and written out (so a later pass can read twice)."""
         self.stages_for(document_ops)
-        out = [Shard(job.target, result.rows)
+        out = [Shard([job.target], result.rows)
                for job, result in self.run_jobs(self.jobs(shards, pending, document_ops)) if result.rows]
         self.check_not_empty()
         self.finish_pass(out)
@@ -489,7 +472,7 @@ class Pipeline:
         """Every document's source and split position, read a shard at a time (8 bytes each in memory)."""
         sources, found = [np.zeros(0, dtype=np.int32)], [np.zeros(0)]
         for shard in shards:
-            frame = pl.read_parquet(shard.path, columns=["text", "source"])
+            frame = pl.read_parquet(shard.files, columns=["text", "source"])
             sources.append(frame["source"].to_numpy())
             found.append(positions(frame["text"]))
         return np.concatenate(sources), np.concatenate(found)

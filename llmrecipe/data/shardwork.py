@@ -61,7 +61,8 @@ class PendingSlice:
 
 @dataclass
 class ShardJob:
-    source: Path
+    source: list[Path]
+    """The shard's files (read blocks, or the previous pass's output), read as one frame."""
     target: Path
     """The next generation's shard, or in a split pass the stem of the split parts."""
     pending: list[PendingSlice]
@@ -102,7 +103,7 @@ def run_shard(job: ShardJob) -> ShardResult:
 
 def shard_result(job: ShardJob) -> ShardResult:
     frame = pl.read_parquet(job.source)
-    words = load_words(job.source) if job.reuse_words and not job.ops else None
+    words = load_words(job.source[0]) if job.reuse_words and not job.ops else None
     ledger = Ledger(None)
     rows_read = len(frame)
     alive = np.arange(rows_read)  # the rows of the shard as read that are still in `frame`
