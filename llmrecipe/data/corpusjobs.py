@@ -22,6 +22,7 @@ same files. Once an op has decided, its `decided.json` is written and all but it
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,7 @@ def partition_of(key: np.ndarray, partitions: int) -> np.ndarray:
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    partial = path.with_name(f"{path.stem}.partial.npy")
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")  # a retried task may write it at once
     np.save(partial, array)
     partial.replace(path)
 
@@ -150,6 +151,8 @@ class StageJob:
 
 @dataclass
 class ScatterJob(StageJob):
+    """One shard's saved keys, less the rows the pass's earlier ops drop, partitioned."""
+
     deciding: Deciding
     shard: int
 
@@ -170,6 +173,8 @@ class ScatterJob(StageJob):
 
 @dataclass
 class DecideJob(StageJob):
+    """One key partition's records from every shard: exact dedup's drops, or near dedup's candidate pairs."""
+
     deciding: Deciding
     partition: int
 
@@ -196,6 +201,8 @@ class DecideJob(StageJob):
 
 @dataclass
 class VerifyJob(StageJob):
+    """The distinct candidate pairs of one pair partition, judged; the similar ones written."""
+
     deciding: Deciding
     partition: int
 
@@ -215,6 +222,8 @@ class VerifyJob(StageJob):
 
 @dataclass
 class ComponentsJob(StageJob):
+    """The similar pairs joined into clusters; each drop written to its kept document's shard's partition."""
+
     deciding: Deciding
     name: str = "components"
 
@@ -255,7 +264,7 @@ class ResolveJob(StageJob):
 
 
 def write_drops(path: Path, rows: np.ndarray, duplicate_of: pl.Series) -> None:
-    partial = path.with_name(f"{path.name}.partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     pl.DataFrame({"row": rows, "duplicate_of": duplicate_of}, schema={"row": pl.Int64, "duplicate_of": pl.String}
                  ).write_parquet(partial, compression="uncompressed")
     partial.replace(path)
