@@ -1,6 +1,7 @@
-"""Dedup as shuffles: partitioned files read back by partition, no stage job holding the corpus's keys (each
-holds about its partition's share, the components job only the similar pairs), and a step killed between the
-dedup stages resumes without running finished stage jobs again."""
+"""Dedup and mixing without the corpus in one process: partitioned files read back by partition, no dedup stage
+job holding the corpus's keys (each holds about its partition's share, the components job only the similar
+pairs), a step killed between the dedup stages resumes without running finished stage jobs again, and the mix's
+two rounds of counts select what sorting every draw would."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from collections import defaultdict
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmrecipe.data.corpusjobs import ComponentsJob, DecideJob, InProcessDedup, StageJob, VerifyJob
+from llmrecipe.data.hashing import xxh64
+from llmrecipe.data.mixing import CandidateJob, CountJob, cutoffs, deciding_buckets, kept
 from llmrecipe.data.shuffle import position, read_partition, row_of, shard_of, write_partitioned
 from llmrecipe.recipe.data import DedupExact, DedupNear
 from tests.data_helpers import assert_same_outputs, near_copy, outputs_of, planted_corpus, run_step, spec_for
@@ -123,3 +128,36 @@ def test_a_step_killed_between_dedup_stages_resumes_without_rerunning_them(corpu
     again = {name.replace(str(tmp_path / "second"), "") for name in finished}
     assert len(first) == kill_after and last in first[-1] and not set(first) & again
     assert any("scatter" in name for name in first + sorted(again))  # near dedup decides among exact's survivors
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(0, 60), min_size=1, max_size=6), sources=st.integers(1, 3), seed=st.integers(0, 99),
+       quota_share=st.lists(st.floats(0, 1.2), min_size=3, max_size=3))
+def test_the_mix_selection_keeps_what_sorting_every_draw_keeps(tmp_path_factory, sizes, sources, seed, quota_share):
+    """Each source keeps its `quota` documents of smallest draw, ties (repeated ids) by corpus position: the two
+    rounds over shards and the cutoffs give that, for quotas of none, some, all and more than all."""
+    rng = np.random.default_rng(seed)
+    folder = tmp_path_factory.mktemp("mix")
+    shards = []
+    for number, size in enumerate(sizes):
+        frame = pl.DataFrame({"id": [f"d{k}" for k in rng.integers(0, 40, size)],
+                              "source": rng.integers(0, sources, size).astype(np.int32)},
+                             schema={"id": pl.String, "source": pl.Int32})
+        frame.write_parquet(folder / f"{number}.parquet")
+        shards.append(frame)
+    corpus = pl.concat(shards)
+    have = np.bincount(corpus["source"].to_numpy(), minlength=sources).astype(np.float64)
+    quota = np.floor(have * np.array(quota_share[:sources])).astype(np.int64)
+    counts = sum(CountJob([folder / f"{n}.parquet"], 5, sources).run() for n in range(len(sizes)))
+    buckets, needed = deciding_buckets(counts, quota)
+    found = np.concatenate([np.zeros((0, 3), dtype=np.uint64)] + [
+        CandidateJob([folder / f"{n}.parquet"], 5, n, buckets).run() for n in range(len(sizes))])
+    cut = cutoffs(found, buckets, needed, quota, have)
+    keep = np.concatenate([kept(frame, 5, n, cut) for n, frame in enumerate(shards)])
+    draw, source = xxh64(corpus["id"], seed=5), corpus["source"].to_numpy()
+    wanted = np.zeros(len(corpus), dtype=bool)
+    for index in range(sources):
+        rows = np.flatnonzero(source == index)
+        if quota[index] > 0:
+            wanted[rows[np.argsort(draw[rows], kind="stable")[: quota[index]]]] = True
+    assert keep.tolist() == wanted.tolist()

@@ -8,12 +8,12 @@ drops while reading the shards again; consecutive corpus ops (dedup_exact then d
 pass and decide one after the other, each among the previous one's survivors. Worker processes or Ray tasks run the
 jobs (llmrecipe.data.shardwork, corpusjobs), the first pass's as soon as their shards are read; this process reads
 the sources, merges the shard jobs' results in shard order, and merges the split parts into train/val/test by
-streaming. It holds no per-document state of the corpus but a weighted mix's draw.
+streaming. It holds no per-document state of the corpus.
 
 Resume: the work folder survives a crash. Each job's result is saved with its output (a job whose result
-exists is not run again), the reading's shard list and source logs are saved once reading ends, each corpus
-dedup stage's jobs and decisions as they finish, and each pass's output shard list once the pass is complete (then its input shards
-are deleted). A re-run replays the same steps in the same order, loading what was saved: the same bytes as
+exists is not run again), the reading's shard list and source logs are saved once reading ends, a mix's cutoffs
+once found, each dedup stage's jobs and decisions as they finish, and each pass's output shard list once the pass
+is complete (then its input shards are deleted). A re-run replays the same steps in the same order, loading what was saved: the same bytes as
 an uninterrupted run, without redoing finished work.
 """
 
@@ -30,8 +30,7 @@ import numpy as np
 import polars as pl
 
 from llmrecipe.data.corpusjobs import Deciding, Observing, StageJob
-from llmrecipe.data.dedup import Decision
-from llmrecipe.data.hashing import xxh64
+from llmrecipe.data.mixing import CandidateJob, CountJob, cutoffs, deciding_buckets
 from llmrecipe.data.ledger import Ledger, Stage
 from llmrecipe.data.mismatch import SplitProfile, mismatch_report
 from llmrecipe.data.ops import CORPUS_OPS, HINTS
@@ -57,13 +56,13 @@ bands), a small share of a shard job's memory; fewer, larger partitions mean few
 
 @dataclass
 class Pending:
-    """A corpus-wide decision waiting to be applied on the next read of the shards: arrays over the corpus
-    (mixing), or a dedup decision's folder of drops per shard."""
+    """A corpus-wide decision waiting to be applied on the next read of the shards: a dedup decision's folder of
+    drops per shard, or a mix's seed and cutoffs."""
 
     stage: Stage
-    decision: Decision | None = None
+    reason: str
     folder: Path | None = None
-    reason: str = ""
+    mix: tuple[int, list] | None = None
 
 
 @dataclass
@@ -155,7 +154,8 @@ class Pipeline:
         saved = self.work / "read.json"
         if saved.exists():
             read = json.loads(saved.read_text())
-            return iter([Shard([self.work / name for name in names], rows) for names, rows in read["shards"]]), [
+            return iter([Shard([self.work / name for name in names], rows, number=number)
+                         for number, (names, rows) in enumerate(read["shards"])]), [
                 SourceLog.from_dict(log) for log in read["sources"]]
         groups: list[list[ExternalFile]] = [[] for _ in self.spec.sources]
         for file in self.external:
@@ -180,7 +180,7 @@ class Pipeline:
 
         written = []
         for files, rows in self.rebatched(blocks()):
-            written.append(Shard(files, rows))
+            written.append(Shard(files, rows, number=len(written)))
             yield written[-1]
         logs.extend(merged_log(found) for found in by_source)
         for log in logs:
@@ -234,26 +234,15 @@ class Pipeline:
 
     def _jobs(self, pass_number: int, shards: Iterable[Shard], pending: list[Pending], ops: list[tuple[int, DataOp]],
               observe: list[Observing] | None, split_bounds: dict | None, save_words: bool) -> Iterator[ShardJob]:
-        offset = 0
         for index, shard in enumerate(shards):
             self._pass_inputs.append(shard)
-            rows = slice(offset, offset + shard.rows)
-            offset += shard.rows
             target = self.target_path(pass_number, index)
             reuse_words = shard.words and split_bounds is not None and not ops
             job = ShardJob(shard.files, target, [], ops, index, observe or [], split_bounds, save_words, reuse_words)
             if not result_path(target).exists():
-                job.pending = [self.pending_slice(decided, rows, shard) for decided in pending]
+                job.pending = [PendingSlice(decided.stage.label, decided.stage.op, decided.reason, shard.number,
+                                            decided=decided.folder, mix=decided.mix) for decided in pending]
             yield job
-
-    @staticmethod
-    def pending_slice(decided: Pending, rows: slice, shard: Shard) -> PendingSlice:
-        """The decision's verdicts for the shard's `rows` of the corpus: a slice of a mix's arrays, or where to read
-        the shard's dedup drops."""
-        if decided.folder is not None:
-            return PendingSlice(decided.stage.label, decided.stage.op, decided.reason, decided=decided.folder,
-                                shard=shard.number)
-        return PendingSlice(decided.stage.label, decided.stage.op, decided.decision.reason, decided.decision.keep[rows])
 
     def run_jobs(self, jobs: Iterator[ShardJob]) -> Iterator[tuple[ShardJob, ShardResult]]:
         """Each job with its result (run now, or saved by a killed run), in shard order, its ledger part merged."""
@@ -295,25 +284,11 @@ class Pipeline:
     def pass_marker(self) -> Path:
         return self.work / f"pass{self._pass_count}.json"
 
-    # decisions
-
-    def saved_decision(self, stage: Stage, make: Callable[[], Decision]) -> Pending:
-        """The stage's decision: saved by a killed run, or made now and saved."""
-        path = self.work / f"decision-{len(self.ledger.stages)}.npz"
-        if path.exists():
-            with np.load(path) as saved:
-                decision = Decision(saved["keep"], saved["duplicate_of"], str(saved["reason"]))
-        else:
-            decision = make()
-            partial = path.with_name(f"{path.stem}.partial.npz")
-            np.savez(partial, keep=decision.keep, duplicate_of=decision.duplicate_of, reason=decision.reason)
-            partial.replace(path)
-        return Pending(stage, decision)
-
     # mixing
 
     def mixing(self, shards: list[Shard], sources: list[SourceLog]) -> list[Pending]:
-        """When sources have weights: which documents the mix keeps, as a pending decision."""
+        """When sources have weights: which documents the mix keeps, as a pending decision (llmrecipe.data.mixing:
+        two rounds of jobs over the shards, then a cutoff per source, saved)."""
         if self.spec.mix_seed is None:
             return []
         weights = np.array([s.weight if s.weight is not None else 1.0 for s in self.spec.sources])
@@ -321,21 +296,19 @@ class Pipeline:
         share = weights / weights.sum()
         total = np.min(np.where(have > 0, have / share, np.inf))
         quota = np.floor(total * share + 1e-9).astype(np.int64)
-
-        def decide() -> Decision:
-            frames = [pl.read_parquet(shard.files, columns=["id", "source"]) for shard in shards]
-            ids = pl.concat(frames)
-            draw = xxh64(ids["id"], seed=self.spec.mix_seed)
-            source = ids["source"].to_numpy()
-            keep = np.zeros(len(ids), dtype=bool)
-            for index, wanted in enumerate(quota):
-                rows = np.flatnonzero(source == index)
-                if wanted > 0:
-                    keep[rows[np.argsort(draw[rows], kind="stable")[:wanted]]] = True
-            return Decision(keep, np.full(len(keep), -1), "mixing")
-
         self.log("mix: " + ", ".join(f"sources[{i}] {q} of {int(h)}" for i, (q, h) in enumerate(zip(quota, have))))
-        return [self.saved_decision(self.ledger.stage("mix", "mix"), decide)]
+        stage = self.ledger.stage("mix", "mix")
+        saved = self.work / "mix.json"
+        if not saved.exists():
+            seed, count = self.spec.mix_seed, len(self.spec.sources)
+            counts = sum(result for _, result in self.workers.run(CountJob(s.files, seed, count) for s in shards))
+            buckets, needed = deciding_buckets(counts, quota)
+            found = [np.zeros((0, 3), dtype=np.uint64)]
+            if max(buckets) >= 0:
+                jobs = (CandidateJob(s.files, seed, s.number, buckets) for s in shards)
+                found += [result for _, result in self.workers.run(jobs)]
+            save_json(saved, cutoffs(np.concatenate(found), buckets, needed, quota, have))
+        return [Pending(stage, "mixing", mix=(self.spec.mix_seed, json.loads(saved.read_text())))]
 
     # ops
 
@@ -386,7 +359,7 @@ class Pipeline:
             self.log(f"ops[{index}] {op.op}: deciding in {self.partitions} partitions")
             Deciding(observing[k], len(self._pass_inputs), targets, [each.folder for each in observing[:k]]).run(
                 self.run_stage)
-            decided.append(Pending(stage, folder=observing[k].folder, reason=CORPUS_OPS[op.op].reason))
+            decided.append(Pending(stage, CORPUS_OPS[op.op].reason, folder=observing[k].folder))
         self.finish_pass(out)
         return out, decided
 

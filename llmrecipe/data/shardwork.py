@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from llmrecipe.data.ledger import Ledger, LedgerPart, Stage
+from llmrecipe.data.mixing import kept
 from llmrecipe.data.mismatch import ProfilePart, word_buckets
 from llmrecipe.data.corpusjobs import Observing, shard_drops
 from llmrecipe.data.ops import DOCUMENT_OPS
@@ -40,23 +41,27 @@ class PendingSlice:
     label: str
     op: str
     reason: str
+    shard: int
+    """The shard's number in its pass (names its documents' positions)."""
+    decided: Path | None = None
+    """A dedup decision's folder, read for the shard's drops (corpusjobs.shard_drops)."""
+    mix: tuple[int, list] | None = None
+    """A mix's seed and per-source cutoffs (llmrecipe.data.mixing.kept)."""
     keep: np.ndarray | None = None
-    """bool per row of the shard as read (rows an earlier slice of the same job drops are True)."""
+    """bool per row of the shard as read (rows an earlier slice of the same job drops are True): `loaded` sets it."""
     duplicate_of: pl.Series | None = None
     """For each dropped row (in row order) the id of the document kept in its place, when the decision says."""
-    decided: Path | None = None
-    """A dedup decision's folder, read for the shard's drops instead of `keep` (corpusjobs.shard_drops)."""
-    shard: int = 0
-    """The shard's number in the pass that observed it (names it in `decided`)."""
 
-    def loaded(self, rows: int) -> "PendingSlice":
-        """The slice with `keep` and `duplicate_of` for the shard's `rows` rows."""
-        if self.decided is None:
-            return self
+    def loaded(self, frame: pl.DataFrame) -> "PendingSlice":
+        """The slice with `keep` (and `duplicate_of`) for the shard's rows (`frame`, as read)."""
+        if self.mix is not None:
+            seed, cutoff = self.mix
+            keep = kept(frame, seed, self.shard, cutoff)
+            return PendingSlice(self.label, self.op, self.reason, self.shard, keep=keep)
         dropped, duplicate_of = shard_drops(self.decided, self.shard)
-        keep = np.ones(rows, dtype=bool)
+        keep = np.ones(len(frame), dtype=bool)
         keep[dropped] = False
-        return PendingSlice(self.label, self.op, self.reason, keep, duplicate_of)
+        return PendingSlice(self.label, self.op, self.reason, self.shard, keep=keep, duplicate_of=duplicate_of)
 
 
 @dataclass
@@ -105,10 +110,10 @@ def shard_result(job: ShardJob) -> ShardResult:
     frame = pl.read_parquet(job.source)
     words = load_words(job.source[0]) if job.reuse_words and not job.ops else None
     ledger = Ledger(None)
-    rows_read = len(frame)
-    alive = np.arange(rows_read)  # the rows of the shard as read that are still in `frame`
+    as_read = frame
+    alive = np.arange(len(frame))  # the rows of the shard as read that are still in `frame`
     for piece in job.pending:
-        frame, alive = apply_pending(frame, piece.loaded(rows_read), alive, ledger)
+        frame, alive = apply_pending(frame, piece.loaded(as_read), alive, ledger)
     if len(frame):  # ops need at least a row to say anything
         frame = apply_document_ops(frame, job.ops, ledger)
     result = ShardResult(len(frame), ledger.part())
