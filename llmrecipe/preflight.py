@@ -21,6 +21,7 @@ from typing import Callable
 
 from llmrecipe.data.formats import file_format, missing_column, split_compression
 from llmrecipe.data.patterns import pattern_problem
+from llmrecipe.data.remote import open_binary
 from llmrecipe.errors import RecipeError, StepError
 from llmrecipe.evals.jsonl import check_choices, read_jsonl, required_keys, suite_key
 from llmrecipe.finetune.chat_data import conversation, row_split
@@ -101,9 +102,8 @@ def head(file: ExternalFile) -> bytes | None:
     _, compression = split_compression(file.name)
     if compression == "zstd":
         return None
-    opener = gzip.open if compression == "gzip" else open
     try:
-        with opener(file.path, "rb") as stream:
+        with open_binary(file.path) as raw, (gzip.GzipFile(fileobj=raw) if compression == "gzip" else raw) as stream:
             return stream.read(SAMPLE_BYTES)
     except (OSError, EOFError):
         return None
@@ -115,7 +115,8 @@ def sample_columns(file: ExternalFile, fmt: str) -> list[str] | None:
         import polars as pl  # only a recipe that names a Parquet file pays for the import
 
         try:
-            return list(pl.read_parquet_schema(file.path))
+            with open_binary(file.path) as stream:
+                return list(pl.read_parquet_schema(stream))
         except (pl.exceptions.PolarsError, OSError):  # a malformed file: the step's on_bad_record rule decides
             return None
     sample = head(file)

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmrecipe.data.clean import clean_whitespace, spaced
-from llmrecipe.data.dedup import ExactDedup, NearDedup, read_rows
+from llmrecipe.data.corpusjobs import InProcessDedup
+from llmrecipe.data.dedup import read_rows
 from llmrecipe.data.quality import BULLET_START, BULLETS, NONEMPTY_LINES, line_counts
 from llmrecipe.data.workers import THREADS_VARIABLE, Workers
 from llmrecipe.data.words import WordSet, hash_words, split_words
@@ -72,14 +73,13 @@ def test_rows_read_in_spans_equal_rows_read_one_by_one(tmp_path):
 def test_deciding_among_survivors_equals_deciding_on_them_alone(tmp_path_factory, texts, seed, near):
     """A pass observes every document; an op then deciding among an earlier op's survivors must keep what it
     would keep had it seen only those."""
-    make, op = (NearDedup, DedupNear(shingle_size=2, num_perm=32, bands=16, threshold=0.6)) if near \
-        else (ExactDedup, DedupExact())
+    op = DedupNear(shingle_size=2, num_perm=32, bands=16, threshold=0.6) if near else DedupExact()
     among = np.random.default_rng(seed).random(len(texts)) < 0.6
     rows = np.flatnonzero(among)
-    everything = make(op, tmp_path_factory.mktemp("all"))
+    everything = InProcessDedup(op, tmp_path_factory.mktemp("all"))
     everything.observe(pl.Series(texts, dtype=pl.String))
     widened = everything.decide(among)
-    alone = make(op, tmp_path_factory.mktemp("alone"))
+    alone = InProcessDedup(op, tmp_path_factory.mktemp("alone"))
     if len(rows):
         alone.observe(pl.Series([texts[k] for k in rows], dtype=pl.String))
     decided = alone.decide()

@@ -6,7 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from llmrecipe.data.dedup import NearDedup, candidate_pairs, components
+from llmrecipe.data.corpusjobs import InProcessDedup
+from llmrecipe.data.dedup import NearDedup, components, components_of
 from llmrecipe.data.minhash import signatures
 from llmrecipe.data.ops import OPS
 from llmrecipe.data.pii import iban_valid, luhn_valid
@@ -145,7 +146,7 @@ def test_near_dedup_keeps_one_per_cluster(tmp_path):
     originals = [" ".join(f"w{k}" for k in rng.integers(0, 100_000, 150)) for _ in range(40)]
     near = [text.replace(text.split()[75], "changed", 1) for text in originals[:10]]
     docs = originals + near
-    dedup = NearDedup(DedupNear(threshold=0.7), tmp_path)
+    dedup = InProcessDedup(DedupNear(threshold=0.7), tmp_path)
     dedup.observe(pl.Series(docs[:25]))
     dedup.observe(pl.Series(docs[25:]))  # two batches: indices continue across them
     decision = dedup.decide()
@@ -180,7 +181,7 @@ def test_verify_judges_candidate_pairs_by_exact_jaccard_not_the_noisy_estimate(t
     threshold = 0.8
     decided = {}
     for verify in (False, True):
-        dedup = NearDedup(DedupNear(shingle_size=2, threshold=threshold, verify=verify), tmp_path / str(verify))
+        dedup = InProcessDedup(DedupNear(shingle_size=2, threshold=threshold, verify=verify), tmp_path / str(verify))
         dedup.observe(pl.Series(pairs))
         decided[verify] = dedup.decide().keep[1::2]  # the copies: dropped when judged similar
     wanted = np.array(truth) < threshold  # a copy stays exactly when it is below the threshold
@@ -190,10 +191,14 @@ def test_verify_judges_candidate_pairs_by_exact_jaccard_not_the_noisy_estimate(t
 
 
 def test_candidate_pairs_chain_buckets_and_components_join_them():
-    band = np.array([5, 9, 5, 7, 5, 9], dtype=np.uint64)
-    left, right = candidate_pairs([band], 6)
-    assert sorted(zip(left.tolist(), right.tolist())) == [(0, 2), (1, 5), (2, 4)]
-    assert components(6, left, right).tolist() == [0, 1, 0, 3, 0, 1]
+    """Records (band key, band, position) of two bands: equal keys in one band chain their documents; an equal
+    key in another band does not join them; components keep each cluster's smallest position."""
+    keys = np.array([[5, 9, 5, 7, 5, 9], [1, 2, 3, 4, 6, 5]], dtype=np.uint64)
+    records, _ = NearDedup.records(None, keys.T.copy(), np.arange(6, dtype=np.uint64) + (7 << 32))
+    pairs = NearDedup.candidate_pairs(records) - np.uint64(7 << 32)
+    assert pairs.tolist() == [[0, 2], [1, 5], [2, 4]]  # document 5's key 5 is band 1's: no pair with band 0's 5s
+    assert components(6, pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)).tolist() == [0, 1, 0, 3, 0, 1]
+    assert components_of(pairs).tolist() == [[2, 0], [4, 0], [5, 1]]  # (dropped, kept): only clustered documents
 
 
 # split

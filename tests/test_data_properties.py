@@ -12,7 +12,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmrecipe.data.dedup import ExactDedup, NearDedup
+from llmrecipe.data.corpusjobs import InProcessDedup
 from llmrecipe.digests import sha256_file
 from llmrecipe.data.ops import OPS
 from llmrecipe.data.split import assign_splits
@@ -42,9 +42,9 @@ def test_normalize_is_idempotent_with_every_option(texts, form, lowercase, fix_e
     assert OPS["normalize"](once, op).frame["text"].to_list() == once["text"].to_list()
 
 
-def kept_texts(dedup_class, op, texts: list[str]) -> list[str]:
+def kept_texts(op, texts: list[str]) -> list[str]:
     with tempfile.TemporaryDirectory() as work:
-        dedup = dedup_class(op, Path(work))
+        dedup = InProcessDedup(op, Path(work))
         if texts:
             dedup.observe(pl.Series(texts, dtype=pl.String))
         keep = dedup.decide().keep
@@ -55,15 +55,14 @@ def kept_texts(dedup_class, op, texts: list[str]) -> list[str]:
 @given(texts=DOCUMENTS, seed=st.integers(0, 1000), near=st.booleans())
 def test_dedup_is_idempotent_and_order_independent(texts, seed, near):
     """Exact dedup keeps the same texts in any order; near dedup the same number (the earliest of each cluster)."""
-    dedup_class, op = (NearDedup, DedupNear(shingle_size=2, num_perm=32, bands=16, threshold=0.6)) if near \
-        else (ExactDedup, DedupExact())
-    kept = kept_texts(dedup_class, op, texts)
-    assert kept_texts(dedup_class, op, kept) == kept
+    op = DedupNear(shingle_size=2, num_perm=32, bands=16, threshold=0.6) if near else DedupExact()
+    kept = kept_texts(op, texts)
+    assert kept_texts(op, kept) == kept
     shuffled = [texts[k] for k in np.random.default_rng(seed).permutation(len(texts))]
     if near:  # the clusters do not depend on the order, and each keeps its earliest document, so only the count does not
-        assert len(kept_texts(dedup_class, op, shuffled)) == len(kept)
+        assert len(kept_texts(op, shuffled)) == len(kept)
     else:
-        assert sorted(kept_texts(dedup_class, op, shuffled)) == sorted(kept)
+        assert sorted(kept_texts(op, shuffled)) == sorted(kept)
 
 
 @settings(max_examples=60, deadline=None)

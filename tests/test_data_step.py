@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from llmrecipe.digests import sha256_file
 from llmrecipe.data.clean import clean_whitespace
+from llmrecipe.data.corpusjobs import InProcessDedup
 from llmrecipe.data.ops import OPS
 from llmrecipe.data.read import Reader
 from llmrecipe.data.split import assign_splits, split_of, text_position
@@ -162,7 +163,7 @@ def kept(docs: pl.DataFrame, op) -> pl.DataFrame:
 
 
 def deduplicated(docs: pl.DataFrame, op, work: Path) -> pl.DataFrame:
-    corpus = OPS[op.op](op, work)
+    corpus = InProcessDedup(op, work)
     corpus.observe(docs["text"])
     return docs.filter(pl.Series(corpus.decide().keep))
 

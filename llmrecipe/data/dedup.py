@@ -1,26 +1,27 @@
-"""Deduplication over the whole corpus, batch by batch: each op observes every batch (keeping only compact
-keys in memory, signatures on disk) and then decides, once, which documents stay.
+"""Deduplication's per-op parts: what a shard job observes of its documents, the records it partitions by key,
+and what a partition decides (llmrecipe.data.corpusjobs runs them as shuffle stages).
 
 Exact dedup keeps a set of texts that does not depend on document order: each group of duplicates keeps the member
 with the smallest digest of its text (for identical texts, the first occurrence). Near dedup keeps the earliest
 document of each cluster in source order (the order the documents were observed), so the copy a user put first,
 in the source listed first, is the one that stays.
+
+Documents are named by position (llmrecipe.data.shuffle): a partition's records come from every shard, and the
+smallest position is the earliest document.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import polars as pl
 
 from llmrecipe.data.hashing import xxh64
-from llmrecipe.data.minhash import band_keys, shingles, signatures
-from llmrecipe.data.quality import sorted_keys
+from llmrecipe.data.minhash import band_keys, shingles, signatures, splitmix64
+from llmrecipe.data.shuffle import row_of, shard_of
 from llmrecipe.data.words import WordHashes
 from llmrecipe.recipe.data import DedupExact, DedupNear
 
@@ -43,6 +44,16 @@ class Decision:
     reason: str
 
 
+@dataclass
+class Observation:
+    """What deciding needs from one shard's documents."""
+
+    keys: np.ndarray
+    """[docs, k] uint64: the keys partitioned by the shuffle (`records` makes its records of them)."""
+    sides: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per-shard arrays read later by position (signatures, shingle sets), saved beside the partitions."""
+
+
 def content_key(text: pl.Series, normalized: bool) -> np.ndarray:
     """[docs, 2] uint64: a 128-bit digest of each text (two seeded 64-bit hashes), lower-cased with whitespace
     runs collapsed when `normalized`. 128 bits make an accidental collision in any corpus vanishingly rare."""
@@ -55,154 +66,85 @@ def content_key(text: pl.Series, normalized: bool) -> np.ndarray:
 class ExactDedup:
     """Documents with equal content keys form a group; the group keeps the member with the smallest digest of
     its raw text (the first of identical texts), so the kept text does not depend on document order even when
-    `normalized` groups texts that differ in case or spacing."""
+    `normalized` groups texts that differ in case or spacing. Records are partitioned by content key, so a whole
+    group lands in one partition, which decides it alone."""
 
-    def __init__(self, op: DedupExact, work: Path):
-        self.op = op
-        self.keys: list[np.ndarray] = []
-        self.digests: list[np.ndarray] = []
-
-    def observe(self, text: pl.Series) -> None:
-        self.absorb(self.observation(self.op, text))
+    reason = "duplicate"
+    width = 4
+    """A record: content key (2 words), digest, position."""
 
     @staticmethod
-    def observation(op: DedupExact, text: pl.Series, words: WordHashes | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """What deciding needs from one batch (computed where the batch is, possibly a worker process); `words`
-        (the texts' lower-cased word hashes, when known) are not needed."""
-        return content_key(text, op.compare == "normalized"), xxh64(text, seed=DIGEST_SEED)
-
-    def absorb(self, observation: tuple[np.ndarray, np.ndarray]) -> None:
-        keys, digests = observation
-        self.keys.append(keys)
-        self.digests.append(digests)
-
-    def decide(self, among: np.ndarray | None = None) -> Decision:
-        """Which documents stay; with `among` (bool per observed document), deciding among those only (see
-        `widened`)."""
-        keys = np.concatenate(self.keys) if self.keys else np.zeros((0, 2), dtype=np.uint64)
-        digests = np.concatenate(self.digests) if self.digests else np.zeros(0, dtype=np.uint64)
-        if among is not None:
-            return widened(ExactDedup._decided(keys[among], digests[among]), among)
-        return ExactDedup._decided(keys, digests)
+    def observation(op: DedupExact, text: pl.Series, words: WordHashes | None = None) -> Observation:
+        """`words` (the texts' lower-cased word hashes, when known) are not needed."""
+        digest = xxh64(text, seed=DIGEST_SEED)
+        return Observation(np.column_stack([content_key(text, op.compare == "normalized"), digest]))
 
     @staticmethod
-    def _decided(keys: np.ndarray, digests: np.ndarray) -> Decision:
-        # sorted by key, then digest, then position (lexsort is stable): each group's first row is its keeper
-        order = np.lexsort((digests, keys[:, 1], keys[:, 0]))
-        ordered = keys[order]  # [docs, 2]
+    def records(op: DedupExact, keys: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The records of documents at `positions` with `keys`, and the hash each is partitioned by."""
+        return np.column_stack([keys, positions]), keys[:, 0]
+
+    @staticmethod
+    def decided(records: np.ndarray) -> np.ndarray:
+        """[drops, 2] (dropped position, keeper position) of one partition: sorted by key, then digest, then
+        position, each group's first record is its keeper."""
+        order = np.lexsort((records[:, 3], records[:, 2], records[:, 1], records[:, 0]))
+        ordered = records[order]
         starts = np.ones(len(order), dtype=bool)
-        starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
-        del ordered
-        keeper = np.empty(len(order), dtype=np.int64)
-        keeper[order] = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]
-        keep = keeper == np.arange(len(keeper))
-        return Decision(keep, np.where(keep, -1, keeper), "duplicate")
+        starts[1:] = (ordered[1:, :2] != ordered[:-1, :2]).any(axis=1)
+        keeper = ordered[np.flatnonzero(starts)[np.cumsum(starts) - 1], 3]
+        dropped = ~starts
+        return np.column_stack([ordered[dropped, 3], keeper[dropped]])
 
 
 class NearDedup:
-    """MinHash + LSH, sharded by band: each band's keys (8 bytes per document) and the signatures go to files
-    in `work`; deciding reads one band at a time, and signatures only for candidate pairs. Memory holds one
-    band and a count per document. With `verify`, each document's distinct shingle hashes go to a file too, and
-    candidate pairs are judged by their exact Jaccard similarity."""
+    """MinHash + LSH: records are (band key, band, position), partitioned by band key, so each bucket lands in
+    one partition, which chains its members into candidate pairs. Pairs are judged by their signatures (or, with
+    `verify`, their exact shingle Jaccard), read by position from the shards' side files."""
 
-    def __init__(self, op: DedupNear, work: Path):
-        self.op = op
-        self.folder = work / "near"  # `work`: a folder of this op's own
-        shutil.rmtree(self.folder, ignore_errors=True)  # what a killed run left
-        self.folder.mkdir(parents=True)
-        self.signature_file = open(self.folder / "signatures.u32", "wb")
-        self.band_files = [open(self.folder / f"band-{band}.u64", "wb") for band in range(op.bands)]
-        self.shingle_file = open(self.folder / "shingles.u64", "wb") if op.verify else None
-        self.shingle_counts: list[np.ndarray] = []
-        self.observed = 0
-
-    def observe(self, text: pl.Series) -> None:
-        self.absorb(self.observation(self.op, text))
+    reason = "near_duplicate"
+    width = 3
 
     @staticmethod
-    def observation(op: DedupNear, text: pl.Series, words: WordHashes | None = None) -> tuple[np.ndarray, ...]:
-        """Signatures and band keys of one batch (computed where the batch is), and with `verify` each document's
-        distinct shingle hashes (concatenated, sorted within each document) and their counts; `words`: the
-        texts' `lowercase_word_hashes` when already known."""
+    def observation(op: DedupNear, text: pl.Series, words: WordHashes | None = None) -> Observation:
+        """Band keys, signatures and with `verify` each document's distinct shingle hashes (concatenated, sorted
+        within each document) and their counts; `words`: the texts' `lowercase_word_hashes` when known."""
         signature = signatures(text, op.shingle_size, op.num_perm, words)  # [docs, num_perm]
-        keys = band_keys(signature, op.bands)  # [docs, bands]
-        if not op.verify:
-            return signature, keys
-        return signature, keys, *shingle_sets(text, op.shingle_size, words)
+        sides = {"signatures": signature}
+        if op.verify:
+            sides["shingles"], sides["shingle_counts"] = shingle_sets(text, op.shingle_size, words)
+        return Observation(band_keys(signature, op.bands), sides)  # keys: [docs, bands]
 
-    def absorb(self, observation: tuple[np.ndarray, ...]) -> None:
-        signature, keys, *sets = observation
-        self.signature_file.write(signature.tobytes())
-        for band, file in enumerate(self.band_files):
-            file.write(np.ascontiguousarray(keys[:, band]).tobytes())
-        if self.shingle_file is not None:
-            self.shingle_file.write(sets[0].tobytes())
-            self.shingle_counts.append(sets[1])
-        self.observed += len(signature)
+    @staticmethod
+    def records(op: DedupNear, keys: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        docs, bands = keys.shape
+        band = np.tile(np.arange(bands, dtype=np.uint64), docs)
+        flat = keys.reshape(-1)
+        return np.column_stack([flat, band, np.repeat(positions, bands)]), flat
 
-    def decide(self, among: np.ndarray | None = None) -> Decision:
-        """Which documents stay; with `among` (bool per observed document), deciding among those only (see
-        `widened`)."""
-        for file in [self.signature_file, *self.band_files, *([self.shingle_file] if self.shingle_file else [])]:
-            file.close()
-        observed = self.observed
-        rows = np.arange(observed) if among is None else np.flatnonzero(among)  # observed row of each candidate
-        n = len(rows)
-        if n == 0:
-            shutil.rmtree(self.folder)
-            return widened(Decision(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64), "near_duplicate"), among)
-        bands = (np.fromfile(self.folder / f"band-{band}.u64", dtype=np.uint64)[rows] for band in range(self.op.bands))
-        left, right = candidate_pairs(bands, n)
-        if self.op.verify:
-            counts = np.concatenate(self.shingle_counts)
-            similar = exactly_similar(self.folder / "shingles.u64", np.concatenate([[0], np.cumsum(counts)]),
-                                      rows[left], rows[right], self.op.threshold)
-        else:
-            similar = verified(self.folder / "signatures.u32", (observed, self.op.num_perm), rows[left], rows[right],
-                               self.op.threshold)
-        label = components(n, left[similar], right[similar])  # the smallest index: the cluster's earliest document
-        shutil.rmtree(self.folder)
-        keep = label == np.arange(n)
-        return widened(Decision(keep, np.where(keep, -1, label), "near_duplicate"), among)
+    @staticmethod
+    def candidate_pairs(records: np.ndarray) -> np.ndarray:
+        """[pairs, 2] (left, right), left < right: documents sharing a band key, as neighbours in each bucket in
+        position order (a chain through each bucket, so a bucket of k documents gives k - 1 pairs, not k^2);
+        unique."""
+        order = np.lexsort((records[:, 2], records[:, 0], records[:, 1]))
+        ordered = records[order]
+        same = np.flatnonzero((ordered[1:, 0] == ordered[:-1, 0]) & (ordered[1:, 1] == ordered[:-1, 1]))
+        return unique_pairs(np.column_stack([ordered[same, 2], ordered[same + 1, 2]]))
 
 
-def widened(decision: Decision, among: np.ndarray | None) -> Decision:
-    """A decision made among some observed documents (`among`, bool per observed document) stated for all of
-    them: the others are kept (an earlier decision already removes them) and row numbers are observed rows.
-    This lets a pass observe several dedup ops at once, each deciding among the previous one's survivors."""
-    if among is None:
-        return decision
-    rows = np.flatnonzero(among)
-    keep = np.ones(len(among), dtype=bool)
-    keep[rows] = decision.keep
-    duplicate_of = np.full(len(among), -1, dtype=np.int64)
-    duplicate_of[rows] = np.where(decision.duplicate_of >= 0, rows[np.maximum(decision.duplicate_of, 0)], -1)
-    return Decision(keep, duplicate_of, decision.reason)
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """The distinct rows of [n, 2] uint64 `pairs`, sorted."""
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    ordered = pairs[order]
+    first = np.ones(len(ordered), dtype=bool)
+    first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    return ordered[first]
 
 
-def candidate_pairs(bands: Iterable[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of documents sharing a band key: in each band, neighbours in key order with equal keys (a chain
-    through each bucket, so a bucket of k documents gives k - 1 pairs, not k^2), documents in index order
-    inside a bucket. Unique, smaller index first.
-
-    Keys are sorted packed with their index (`sorted_keys`: one sort instead of a slower stable argsort); in
-    the rare band where two different keys share the top bits the packing keeps, it falls back to the
-    argsort."""
-    unique = np.zeros(0, dtype=np.int64)
-    for keys in bands:
-        truncated, order = sorted_keys(keys)
-        ordered = keys[order]
-        same_key = ordered[1:] == ordered[:-1]
-        if not np.array_equal(same_key, truncated[1:] == truncated[:-1]):
-            order = np.argsort(keys, kind="stable")
-            ordered = keys[order]
-            same_key = ordered[1:] == ordered[:-1]
-        same = np.flatnonzero(same_key)
-        del ordered, truncated
-        left, right = order[same], order[same + 1]  # left < right: equal keys are in index order
-        # merged band by band: most pairs recur in many bands, so the union stays far smaller than their sum
-        unique = sorted_unique(np.concatenate([unique, left * (n + 1) + right]))
-    return unique // (n + 1), unique % (n + 1)
+def pair_partition(pairs: np.ndarray) -> np.ndarray:
+    """The hash a candidate pair is partitioned by, so copies of it found in several band partitions meet."""
+    return splitmix64(pairs[:, 0] ^ splitmix64(pairs[:, 1]))
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -213,20 +155,74 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return ordered[first]
 
 
-def verified(path: Path, shape: tuple[int, int], left: np.ndarray, right: np.ndarray, threshold: float) -> np.ndarray:
-    """bool per pair: estimated Jaccard similarity (share of equal signature values) >= threshold.
+def side_path(folder: Path, shard: int, name: str) -> Path:
+    """Where shard `shard`'s side array `name` is saved (raw, row-major: read by row)."""
+    return folder / f"{name}-{shard:06d}.raw"
 
-    The signatures stay on disk and each chunk of pairs reads just its rows. (A memory map would not do: every
-    page fault maps its neighbours too, so random rows soon make most of the file resident.)"""
-    similar = np.zeros(len(left), dtype=bool)
-    with open(path, "rb") as file:
-        for start in range(0, len(left), VERIFY_CHUNK):
-            a, b = left[start : start + VERIFY_CHUNK], right[start : start + VERIFY_CHUNK]
-            rows = sorted_unique(np.concatenate([a, b]))
-            signature = read_rows(file.fileno(), rows, shape[1])  # [rows, num_perm]
-            same = signature[np.searchsorted(rows, a)] == signature[np.searchsorted(rows, b)]
-            similar[start : start + VERIFY_CHUNK] = same.mean(axis=1) >= threshold
+
+def save_sides(folder: Path, shard: int, sides: dict[str, np.ndarray]) -> None:
+    for name, array in sides.items():
+        path = side_path(folder, shard, name)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        np.ascontiguousarray(array).tofile(partial)
+        partial.replace(path)
+
+
+def similar_pairs(op: DedupNear, folder: Path, pairs: np.ndarray) -> np.ndarray:
+    """bool per pair (left, right positions): estimated Jaccard similarity (share of equal signature values), or
+    with `verify` the exact shingle Jaccard, >= the threshold. Each chunk of pairs reads just its documents' rows
+    from the shards' side files. (A memory map would not do: every page fault maps its neighbours too, so random
+    rows soon make most of a file resident.)"""
+    similar = np.zeros(len(pairs), dtype=bool)
+    for start in range(0, len(pairs), VERIFY_CHUNK):
+        a, b = pairs[start : start + VERIFY_CHUNK, 0], pairs[start : start + VERIFY_CHUNK, 1]
+        wanted = sorted_unique(np.concatenate([a, b]))
+        if op.verify:
+            sets = shingle_sets_at(folder, wanted)
+            found = [jaccard(sets[int(x)], sets[int(y)]) >= op.threshold for x, y in zip(a.tolist(), b.tolist())]
+            similar[start : start + VERIFY_CHUNK] = found
+        else:
+            signature = signatures_at(folder, wanted, op.num_perm)  # [wanted, num_perm]
+            same = signature[np.searchsorted(wanted, a)] == signature[np.searchsorted(wanted, b)]
+            similar[start : start + VERIFY_CHUNK] = same.mean(axis=1) >= op.threshold
     return similar
+
+
+def signatures_at(folder: Path, positions: np.ndarray, num_perm: int) -> np.ndarray:
+    """[positions, num_perm] uint32: the signatures of the documents at `positions` (ascending)."""
+    found = np.empty((len(positions), num_perm), dtype=np.uint32)
+    shards = shard_of(positions)
+    for shard in np.unique(shards).tolist():
+        at = np.flatnonzero(shards == shard)
+        with open(side_path(folder, shard, "signatures"), "rb") as file:
+            found[at] = read_rows(file.fileno(), row_of(positions[at]), num_perm)
+    return found
+
+
+def shingle_sets_at(folder: Path, positions: np.ndarray) -> dict[int, np.ndarray]:
+    """Each position's distinct shingle hashes (sorted)."""
+    found = {}
+    shards = shard_of(positions)
+    for shard in np.unique(shards).tolist():
+        counts = np.fromfile(side_path(folder, shard, "shingle_counts"), dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        with open(side_path(folder, shard, "shingles"), "rb") as file:
+            for at in positions[shards == shard].tolist():
+                row = int(row_of(np.uint64(at)))
+                values = np.empty(int(offsets[row + 1] - offsets[row]), dtype=np.uint64)
+                if len(values):
+                    os.preadv(file.fileno(), [memoryview(values).cast("B")], int(offsets[row]) * 8)
+                found[at] = values
+    return found
+
+
+def components_of(pairs: np.ndarray) -> np.ndarray:
+    """[drops, 2] (dropped position, kept position) from similar pairs: each connected component keeps its
+    smallest position. Only documents in some pair take part, so memory follows the duplicates, not the corpus."""
+    nodes = sorted_unique(pairs.reshape(-1))
+    label = components(len(nodes), np.searchsorted(nodes, pairs[:, 0]), np.searchsorted(nodes, pairs[:, 1]))
+    dropped = np.flatnonzero(label != np.arange(len(nodes)))
+    return np.column_stack([nodes[dropped], nodes[label[dropped]]])
 
 
 def shingle_sets(text: pl.Series, size: int, words: WordHashes | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -238,25 +234,6 @@ def shingle_sets(text: pl.Series, size: int, words: WordHashes | None = None) ->
     first = np.ones(len(values), dtype=bool)
     first[1:] = (values[1:] != values[:-1]) | (owners[1:] != owners[:-1])
     return values[first], np.bincount(owners[first], minlength=len(text)).astype(np.int64)
-
-
-def exactly_similar(path: Path, offsets: np.ndarray, left: np.ndarray, right: np.ndarray, threshold: float) -> np.ndarray:
-    """bool per pair: exact Jaccard similarity of the two documents' shingle sets >= threshold (two documents
-    without shingles are equal). Each document's set is read once per chunk of pairs."""
-    similar = np.zeros(len(left), dtype=bool)
-    with open(path, "rb") as file:
-        for start in range(0, len(left), VERIFY_CHUNK):
-            a, b = left[start : start + VERIFY_CHUNK], right[start : start + VERIFY_CHUNK]
-            sets = {int(row): read_set(file.fileno(), offsets, int(row)) for row in sorted_unique(np.concatenate([a, b]))}
-            similar[start : start + VERIFY_CHUNK] = [jaccard(sets[int(x)], sets[int(y)]) >= threshold for x, y in zip(a, b)]
-    return similar
-
-
-def read_set(fd: int, offsets: np.ndarray, row: int) -> np.ndarray:
-    values = np.empty(int(offsets[row + 1] - offsets[row]), dtype=np.uint64)
-    if len(values):
-        os.preadv(fd, [memoryview(values).cast("B")], int(offsets[row]) * 8)
-    return values
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

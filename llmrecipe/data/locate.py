@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+from llmrecipe.data.remote import is_remote, remote_files, sha256_of
 from llmrecipe.digests import cached_sha256
 from llmrecipe.errors import RecipeError
 from llmrecipe.plan.plan import ExternalFile
@@ -132,6 +133,11 @@ def external_files(recipe: Recipe, base_dir: Path) -> dict[str, list[ExternalFil
         for index, source in enumerate(step.sources):
             if source.url is not None:
                 files.append(url_file(index, source.url, source.sha256))
+                continue
+            if source.path is not None and is_remote(source.path):
+                where = f"steps.{name}.sources[{index}]"
+                files += [ExternalFile(source=index, name=relative, sha256=sha256_of(full), size=size, path=full)
+                          for relative, full, size in remote_files(source.path, source.glob, where)]
                 continue
             root, paths = source_files(source, base_dir, f"steps.{name}.sources[{index}]")
             for path in paths:

@@ -22,11 +22,12 @@ EMPTY = np.uint64(1 << 32)
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """A bijective 64-bit mixer: every output bit depends on every input bit (vectorized, wraps mod 2**64)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    x = x ^ (x >> np.uint64(30))  # a new array: the rest works in place on it
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
 
 
 def shingles(text: pl.Series, size: int, words: WordHashes | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -39,8 +40,9 @@ def shingles(text: pl.Series, size: int, words: WordHashes | None = None) -> tup
     lengths = np.bincount(doc, minlength=len(text))
     count = max(n - size + 1, 0)
     gram = hashes[:count].copy()
-    for k in range(1, size):
-        gram = gram * SHINGLE_MIX + hashes[k : k + count]
+    for k in range(1, size):  # in place: no new array per word of the shingle
+        gram *= SHINGLE_MIX
+        gram += hashes[k : k + count]
     short = np.flatnonzero((lengths > 0) & (lengths < size))
     short_gram = _short_grams(hashes, starts[short], lengths[short])
     valid = np.flatnonzero(doc[:count] == doc[size - 1 : size - 1 + count]) if count else np.zeros(0, dtype=np.int64)

@@ -2,23 +2,25 @@
 
 Memory stays bounded by the batch size: documents live in Parquet shards of about `batch_mb` of text in
 a work folder, and each pass reads one shard, applies the document ops, and writes it back. A corpus op
-(dedup) is a barrier: it observes every shard during a pass (keeping compact keys), decides once, and the
-next pass applies its decision while reading the shards again; consecutive corpus ops (dedup_exact then
-dedup_near) are observed in one pass and decide one after the other. Worker processes or Ray tasks run the
-shards of a pass (llmrecipe.data.shardwork), the first pass's as soon as they are read; this process reads the
-sources, merges their results in shard order, decides, and merges the split parts into train/val/test by
-streaming.
+(dedup) is a barrier: every shard job of a pass observes its documents (writing their keys partitioned by hash),
+the op decides in stages of partition jobs (llmrecipe.data.corpusjobs), and the next pass applies each shard's
+drops while reading the shards again; consecutive corpus ops (dedup_exact then dedup_near) are observed in one
+pass and decide one after the other, each among the previous one's survivors. Worker processes or Ray tasks run the
+jobs (llmrecipe.data.shardwork, corpusjobs), the first pass's as soon as their shards are read; this process reads
+the sources, merges the shard jobs' results in shard order, and merges the split parts into train/val/test by
+streaming. It holds no per-document state of the corpus.
 
 Resume: the work folder survives a crash. Each job's result is saved with its output (a job whose result
-exists is not run again), the reading's shard list and source logs are saved once reading ends, each corpus
-decision once it is made, and each pass's output shard list once the pass is complete (then its input shards
-are deleted). A re-run replays the same steps in the same order, loading what was saved: the same bytes as
+exists is not run again), the reading's shard list and source logs are saved once reading ends, a mix's cutoffs
+once found, each dedup stage's jobs and decisions as they finish, and each pass's output shard list once the pass
+is complete (then its input shards are deleted). A re-run replays the same steps in the same order, loading what was saved: the same bytes as
 an uninterrupted run, without redoing finished work.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +29,13 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import polars as pl
 
-from llmrecipe.data.dedup import Decision
-from llmrecipe.data.hashing import xxh64
+from llmrecipe.data.corpusjobs import Deciding, Observing, StageJob
+from llmrecipe.data.mixing import CandidateJob, CountJob, cutoffs, deciding_buckets
 from llmrecipe.data.ledger import Ledger, Stage
 from llmrecipe.data.mismatch import SplitProfile, mismatch_report
 from llmrecipe.data.ops import CORPUS_OPS, HINTS
-from llmrecipe.data.read import BLOCK_BYTES, Reader, SourceLog, document_schema
+from llmrecipe.data.read import BLOCK_BYTES, SourceLog, document_schema
+from llmrecipe.data.readjobs import Block, ReadJob, ReadResult, merged_log, read_jobs
 from llmrecipe.data.shardwork import (PendingSlice, ShardJob, ShardResult, load_result, result_path, stage_label,
                                       words_path)
 from llmrecipe.data.split import SPLITS, fixed_bounds, positions, stratified_bounds
@@ -43,27 +46,41 @@ from llmrecipe.plan.specs import DataSpec
 from llmrecipe.recipe.data import DataOp
 
 
-WORK_LAYOUT = 1
+WORK_LAYOUT = 2
 """Version of the work folder's files; a work folder of another version (or batch size) is started afresh."""
+PARTITION_BATCHES = 16
+"""Batches of source text per dedup key partition. A partition job holds its records: 32 bytes per document for
+exact dedup, 24 per document and band for near dedup (11 MB for 16 batches of 8 MB of 4 KB documents at 14
+bands), a small share of a shard job's memory; fewer, larger partitions mean fewer partitioned reads."""
 
 
 @dataclass
 class Pending:
-    """A corpus-wide decision waiting to be applied on the next read of the shards."""
+    """A corpus-wide decision waiting to be applied on the next read of the shards: a dedup decision's folder of
+    drops per shard, or a mix's seed and cutoffs."""
 
     stage: Stage
-    decision: Decision
+    reason: str
+    folder: Path | None = None
+    mix: tuple[int, list] | None = None
 
 
 @dataclass
 class Shard:
-    """A Parquet file of documents in the work folder; `rows` documents, in corpus order after the previous
-    shard's."""
+    """Parquet files of documents in the work folder (several blocks as read, or a pass's one output); `rows`
+    documents, in corpus order after the previous shard's."""
 
-    path: Path
+    files: list[Path]
     rows: int
     words: bool = False
     """Its documents' lower-cased word buckets are saved next to it (shardwork.save_words)."""
+    number: int = 0
+    """Its place among the shards of the pass that wrote it (a dedup decision names its documents by it)."""
+
+    @property
+    def path(self) -> Path:
+        """A pass's output shard: its one file."""
+        return self.files[0]
 
 
 @dataclass
@@ -88,7 +105,9 @@ class Pipeline:
         self.batch_bytes = spec.batch_mb << 20
         self.ledger = Ledger(work)
         self.workers = engine_workers(spec.engine, spec.workers, spec.ray_address, spec.batch_mb)
-        self._shard_count = 0
+        self.partitions = max(2, math.ceil(sum(file.size for file in external) / (PARTITION_BATCHES * self.batch_bytes)))
+        """Key partitions of each dedup op (the sources' size sets it, not the worker count: a resumed run finds
+        the same partitions)."""
         self._pass_count = 0
         self._pass_inputs: list[Shard] = []
         """The shards the current pass reads (deleted when it is complete)."""
@@ -129,80 +148,82 @@ class Pipeline:
     # reading
 
     def read_sources(self) -> tuple[Iterator[Shard], list[SourceLog]]:
-        """The shards the sources make, written as they are consumed (so the first pass can work on the first
-        shards while later ones are read), and the sources' logs, complete once the shards are. After a killed
-        run that had read everything: the shards and logs it saved."""
+        """The shards the sources make, as their read jobs finish (so the first pass can work on the first shards
+        while later files are read), and the sources' logs, complete once the shards are. After a killed run that
+        had read everything: the shards and logs it saved."""
         saved = self.work / "read.json"
         if saved.exists():
             read = json.loads(saved.read_text())
-            self._shard_count = len(read["shards"])
-            return iter([Shard(self.work / path, rows) for path, rows in read["shards"]]), [
+            return iter([Shard([self.work / name for name in names], rows, number=number)
+                         for number, (names, rows) in enumerate(read["shards"])]), [
                 SourceLog.from_dict(log) for log in read["sources"]]
         groups: list[list[ExternalFile]] = [[] for _ in self.spec.sources]
         for file in self.external:
             if not 0 <= file.source < len(groups):
                 raise StepError(f"file {file.path} belongs to source {file.source}, but the step has {len(groups)}; re-plan")
             groups[file.source].append(file)
-        readers = [Reader(source, index, self.spec.on_bad_record, self.metadata, self.downloads,
-                          block_bytes=min(BLOCK_BYTES, self.batch_bytes))
-                   for index, source in enumerate(self.spec.sources)]
-        return self.shards_read(readers, groups), [reader.log for reader in readers]
+        jobs = read_jobs(self.spec.sources, groups, folder=self.work, policy=self.spec.on_bad_record,
+                         metadata=self.metadata, downloads=self.downloads, block_bytes=min(BLOCK_BYTES, self.batch_bytes))
+        logs: list[SourceLog] = []
+        return self.shards_read(jobs, logs), logs
 
-    def shards_read(self, readers: list[Reader], groups: list[list[ExternalFile]]) -> Iterator[Shard]:
-        frames = (frame for reader, files in zip(readers, groups) for frame in reader.documents(files))
+    def shards_read(self, jobs: list[ReadJob], logs: list[SourceLog]) -> Iterator[Shard]:
+        """The read jobs' blocks grouped into shards in job order; `logs` filled with each source's log at the end."""
+        if len(jobs) > 1:
+            self.workers.start()
+        by_source: list[list[SourceLog]] = [[] for _ in self.spec.sources]
+
+        def blocks() -> Iterator[Block]:
+            for job, result in self.read_results(jobs):
+                by_source[job.index].append(result.log)
+                yield from result.blocks
+
         written = []
-        for batch in self.rebatched(frames):
-            written.append(self.write_shard(batch))
+        for files, rows in self.rebatched(blocks()):
+            written.append(Shard(files, rows, number=len(written)))
             yield written[-1]
-        for reader in readers:
-            self.log(f"sources[{reader.index}]: {reader.log.docs} documents from {reader.log.files} files"
-                     + (f", {sum(reader.log.bad_records.values())} bad records skipped" if reader.log.bad_records else ""))
-        sources = [reader.log for reader in readers]
-        if not sum(s.docs for s in sources):
-            bad = sum(sum(s.bad_records.values()) for s in sources)
+        logs.extend(merged_log(found) for found in by_source)
+        for log in logs:
+            self.log(f"sources[{log.source}]: {log.docs} documents from {log.files} files"
+                     + (f", {sum(log.bad_records.values())} bad records skipped" if log.bad_records else ""))
+        if not sum(s.docs for s in logs):
+            bad = sum(sum(s.bad_records.values()) for s in logs)
             raise StepError(
-                f"the sources gave no documents ({sum(s.files for s in sources)} files read, {bad} bad records); "
+                f"the sources gave no documents ({sum(s.files for s in logs)} files read, {bad} bad records); "
                 "check that the files hold text and that `unit`, `format` and `text_field` fit them"
             )
-        save_json(self.work / "read.json", {"shards": [[s.path.name, s.rows] for s in written],
-                                            "sources": [s.as_dict() for s in sources]})
+        save_json(self.work / "read.json", {"shards": [[[f.name for f in s.files], s.rows] for s in written],
+                                            "sources": [s.as_dict() for s in logs]})
 
-    def rebatched(self, frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
-        """Frames regrouped into batches of about `batch_bytes` of text."""
-        held, size = [], 0
-        for frame in frames:
-            held.append(frame)
-            size += int(frame["text"].str.len_bytes().sum())
+    def read_results(self, jobs: list[ReadJob]) -> Iterator[tuple[ReadJob, ReadResult]]:
+        """Each read job with its result (saved by a killed run, or run now), in job order."""
+        saved = [job.saved() for job in jobs]
+        running = self.workers.run(job for job, done in zip(jobs, saved) if done is None)
+        for job, done in zip(jobs, saved):
+            yield (job, done) if done is not None else next(running)
+
+    def rebatched(self, blocks: Iterator[Block]) -> Iterator[tuple[list[Path], int]]:
+        """Blocks regrouped into shards of about `batch_bytes` of text: each shard's block files and documents."""
+        held, rows, size = [], 0, 0
+        for block in blocks:
+            held.append(block.path)
+            rows += block.rows
+            size += block.text_bytes
             if size >= self.batch_bytes:
-                yield pl.concat(held)
-                held, size = [], 0
+                yield held, rows
+                held, rows, size = [], 0, 0
         if held:
-            yield pl.concat(held)
-
-    def next_path(self) -> Path:
-        """The next shard the sources fill."""
-        path = self.work / f"read-{self._shard_count:06d}.parquet"
-        self._shard_count += 1
-        return path
+            yield held, rows
 
     def target_path(self, pass_number: int, index: int) -> Path:
         """What the job of pass `pass_number` (from 1) on the pass's `index`th input shard writes: named by
         position, not by the order jobs happened to be made in, so a re-run finds the same names."""
         return self.work / f"pass{pass_number}-{index:06d}.parquet"
 
-    def write_shard(self, frame: pl.DataFrame) -> Shard:
-        if self._shard_count == 1:  # a second shard: the passes will have work for several workers
-            self.workers.start()
-        path = self.next_path()
-        index = self._shard_count - 1
-        if not result_path(self.target_path(1, index)).exists():  # else the first pass has done with it
-            frame.write_parquet(path, compression="uncompressed")  # read back once, soon: speed over size
-        return Shard(path, len(frame))
-
     # passes
 
     def jobs(self, shards: Iterable[Shard], pending: list[Pending], ops: list[tuple[int, DataOp]],
-             observe: list[DataOp] | None = None, split_bounds: dict | None = None,
+             observe: list[Observing] | None = None, split_bounds: dict | None = None,
              save_words: bool = False) -> Iterator[ShardJob]:
         """One job per shard of a new pass, each with its slices of the pending decisions. Shards may still be
         being read when there is no pending decision (one needs them all). A job done by a killed run is made
@@ -212,32 +233,16 @@ class Pipeline:
         return self._jobs(self._pass_count, shards, pending, ops, observe, split_bounds, save_words)
 
     def _jobs(self, pass_number: int, shards: Iterable[Shard], pending: list[Pending], ops: list[tuple[int, DataOp]],
-              observe: list[DataOp] | None, split_bounds: dict | None, save_words: bool) -> Iterator[ShardJob]:
-        if pending:
-            shards = list(shards)
-        replacements = None
-        offset = 0
+              observe: list[Observing] | None, split_bounds: dict | None, save_words: bool) -> Iterator[ShardJob]:
         for index, shard in enumerate(shards):
             self._pass_inputs.append(shard)
-            rows = slice(offset, offset + shard.rows)
-            offset += shard.rows
             target = self.target_path(pass_number, index)
             reuse_words = shard.words and split_bounds is not None and not ops
-            job = ShardJob(shard.path, target, [], ops, observe or [], split_bounds, save_words, reuse_words)
+            job = ShardJob(shard.files, target, [], ops, index, observe or [], split_bounds, save_words, reuse_words)
             if not result_path(target).exists():
-                if replacements is None:
-                    replacements = [self.replacement_ids(shards, decided) for decided in pending]
-                job.pending = [self.pending_slice(decided, replacement, rows)
-                               for decided, replacement in zip(pending, replacements)]
+                job.pending = [PendingSlice(decided.stage.label, decided.stage.op, decided.reason, shard.number,
+                                            decided=decided.folder, mix=decided.mix) for decided in pending]
             yield job
-
-    @staticmethod
-    def pending_slice(decided: Pending, replacement: Callable | None, rows: slice) -> PendingSlice:
-        keep = decided.decision.keep[rows]
-        duplicates = None
-        if replacement is not None:
-            duplicates = replacement(decided.decision.duplicate_of[rows][~keep])
-        return PendingSlice(decided.stage.label, decided.stage.op, decided.decision.reason, keep, duplicates)
 
     def run_jobs(self, jobs: Iterator[ShardJob]) -> Iterator[tuple[ShardJob, ShardResult]]:
         """Each job with its result (run now, or saved by a killed run), in shard order, its ledger part merged."""
@@ -270,49 +275,20 @@ class Pipeline:
 
     def finish_pass(self, out: list[Shard]) -> None:
         """A pass is complete: its output shards are saved as the next pass's input, then its inputs deleted."""
-        save_json(self.pass_marker(), [[s.path.name, s.rows, s.words] for s in out])
+        save_json(self.pass_marker(), [[s.path.name, s.rows, s.words, s.number] for s in out])
         for shard in self._pass_inputs:
-            shard.path.unlink(missing_ok=True)
-            words_path(shard.path).unlink(missing_ok=True)
+            for file in shard.files:
+                file.unlink(missing_ok=True)
+                words_path(file).unlink(missing_ok=True)
 
     def pass_marker(self) -> Path:
         return self.work / f"pass{self._pass_count}.json"
 
-    def replacement_ids(self, shards: list[Shard], pending: Pending) -> Callable[[np.ndarray], pl.Series] | None:
-        """When the pending decision names which document replaced each dropped one (dedup): a lookup from
-        those documents' row numbers to their ids, so the report can say `duplicate_of`. Only the ids of
-        documents that replaced another are kept in memory."""
-        if not (pending.decision.duplicate_of >= 0).any():
-            return None
-        wanted = np.unique(pending.decision.duplicate_of[pending.decision.duplicate_of >= 0])
-        found, offset = [], 0
-        for shard in shards:
-            local = wanted[(wanted >= offset) & (wanted < offset + shard.rows)] - offset
-            if len(local):
-                found.append(pl.read_parquet(shard.path, columns=["id"])["id"].gather(local))
-            offset += shard.rows
-        ids = pl.concat(found)
-        return lambda rows: ids.gather(np.searchsorted(wanted, rows))
-
-    # decisions
-
-    def saved_decision(self, stage: Stage, make: Callable[[], Decision]) -> Pending:
-        """The stage's decision: saved by a killed run, or made now and saved."""
-        path = self.work / f"decision-{len(self.ledger.stages)}.npz"
-        if path.exists():
-            with np.load(path) as saved:
-                decision = Decision(saved["keep"], saved["duplicate_of"], str(saved["reason"]))
-        else:
-            decision = make()
-            partial = path.with_name(f"{path.stem}.partial.npz")
-            np.savez(partial, keep=decision.keep, duplicate_of=decision.duplicate_of, reason=decision.reason)
-            partial.replace(path)
-        return Pending(stage, decision)
-
     # mixing
 
     def mixing(self, shards: list[Shard], sources: list[SourceLog]) -> list[Pending]:
-        """When sources have weights: which documents the mix keeps, as a pending decision."""
+        """When sources have weights: which documents the mix keeps, as a pending decision (llmrecipe.data.mixing:
+        two rounds of jobs over the shards, then a cutoff per source, saved)."""
         if self.spec.mix_seed is None:
             return []
         weights = np.array([s.weight if s.weight is not None else 1.0 for s in self.spec.sources])
@@ -320,21 +296,19 @@ class Pipeline:
         share = weights / weights.sum()
         total = np.min(np.where(have > 0, have / share, np.inf))
         quota = np.floor(total * share + 1e-9).astype(np.int64)
-
-        def decide() -> Decision:
-            frames = [pl.read_parquet(shard.path, columns=["id", "source"]) for shard in shards]
-            ids = pl.concat(frames)
-            draw = xxh64(ids["id"], seed=self.spec.mix_seed)
-            source = ids["source"].to_numpy()
-            keep = np.zeros(len(ids), dtype=bool)
-            for index, wanted in enumerate(quota):
-                rows = np.flatnonzero(source == index)
-                if wanted > 0:
-                    keep[rows[np.argsort(draw[rows], kind="stable")[:wanted]]] = True
-            return Decision(keep, np.full(len(keep), -1), "mixing")
-
         self.log("mix: " + ", ".join(f"sources[{i}] {q} of {int(h)}" for i, (q, h) in enumerate(zip(quota, have))))
-        return [self.saved_decision(self.ledger.stage("mix", "mix"), decide)]
+        stage = self.ledger.stage("mix", "mix")
+        saved = self.work / "mix.json"
+        if not saved.exists():
+            seed, count = self.spec.mix_seed, len(self.spec.sources)
+            counts = sum(result for _, result in self.workers.run(CountJob(s.files, seed, count) for s in shards))
+            buckets, needed = deciding_buckets(counts, quota)
+            found = [np.zeros((0, 3), dtype=np.uint64)]
+            if max(buckets) >= 0:
+                jobs = (CandidateJob(s.files, seed, s.number, buckets) for s in shards)
+                found += [result for _, result in self.workers.run(jobs)]
+            save_json(saved, cutoffs(np.concatenate(found), buckets, needed, quota, have))
+        return [Pending(stage, "mixing", mix=(self.spec.mix_seed, json.loads(saved.read_text())))]
 
     # ops
 
@@ -364,31 +338,35 @@ class Pipeline:
         return groups
 
     def corpus_pass(self, shards: Iterable[Shard], pending: list[Pending], group: list[int]):
-        """One pass observing a group of corpus ops, then their decisions: each op decides among the
-        documents the ops before it in the group keep (their observations are filtered, not made again)."""
+        """One pass observing a group of corpus ops, then their decisions, each op's in stages of jobs: each op
+        decides among the documents the ops before it in the group keep."""
         document_ops = self.ops_before(group[0])
         ops = [self.spec.ops[index] for index in group]
         save_words = self.split_reuses_words(group)
         self.stages_for(document_ops)
-        jobs = self.jobs(shards, pending, document_ops, observe=ops, save_words=save_words)
-        complete = self.pass_marker().exists()  # (after `jobs` began the pass) its decisions are saved too
-        corpora = [] if complete else [CORPUS_OPS[op.op](op, self.work / f"ops-{index}") for index, op in zip(group, ops)]
-        out = []
-        for job, result in self.run_jobs(jobs):
-            if result.rows:
-                for corpus, observation in zip(corpora, result.observations):
-                    corpus.absorb(observation)
-                out.append(Shard(job.target, result.rows, words=save_words))
+        observing = [Observing(op, self.work / f"ops-{index}", self.partitions, scatter=not k)
+                     for k, (index, op) in enumerate(zip(group, ops))]
+        for each in observing:
+            each.folder.mkdir(exist_ok=True)
+        jobs = self.jobs(shards, pending, document_ops, observe=observing, save_words=save_words)
+        out = [Shard([job.target], result.rows, words=save_words, number=job.number)
+               for job, result in self.run_jobs(jobs) if result.rows]
         self.check_not_empty()
-        decided, among = [], None
-        for index, op, corpus in zip(group, ops, corpora or [None] * len(ops)):
+        targets = {shard.number: shard.path for shard in out}
+        decided = []
+        for k, (index, op) in enumerate(zip(group, ops)):
             stage = self.ledger.stage(stage_label(index, op), op.op)
-            self.log(f"ops[{index}] {op.op}: deciding over the whole corpus")
-            decided.append(self.saved_decision(stage, lambda: corpus.decide(among)))
-            decision = decided[-1].decision
-            among = decision.keep if among is None else among & decision.keep
+            self.log(f"ops[{index}] {op.op}: deciding in {self.partitions} partitions")
+            Deciding(observing[k], len(self._pass_inputs), targets, [each.folder for each in observing[:k]]).run(
+                self.run_stage)
+            decided.append(Pending(stage, CORPUS_OPS[op.op].reason, folder=observing[k].folder))
         self.finish_pass(out)
         return out, decided
+
+    def run_stage(self, jobs: list[StageJob]) -> None:
+        """A dedup stage's jobs run (their files are their results)."""
+        for _ in self.workers.run(jobs):
+            pass
 
     def split_reuses_words(self, group: list[int]) -> bool:
         """Whether the pass observing `group` should save its documents' lower-cased words for the split
@@ -457,7 +435,7 @@ class Pipeline:
                       document_ops: list[tuple[int, DataOp]]) -> list[Shard]:
         """The pending decision and `document_ops` applied and written out (so a later pass can read twice)."""
         self.stages_for(document_ops)
-        out = [Shard(job.target, result.rows)
+        out = [Shard([job.target], result.rows)
                for job, result in self.run_jobs(self.jobs(shards, pending, document_ops)) if result.rows]
         self.check_not_empty()
         self.finish_pass(out)
@@ -467,7 +445,7 @@ class Pipeline:
         """Every document's source and split position, read a shard at a time (8 bytes each in memory)."""
         sources, found = [np.zeros(0, dtype=np.int32)], [np.zeros(0)]
         for shard in shards:
-            frame = pl.read_parquet(shard.path, columns=["text", "source"])
+            frame = pl.read_parquet(shard.files, columns=["text", "source"])
             sources.append(frame["source"].to_numpy())
             found.append(positions(frame["text"]))
         return np.concatenate(sources), np.concatenate(found)

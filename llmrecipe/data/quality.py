@@ -56,7 +56,7 @@ def gopher_rules(text: pl.Series, words: "Words", op: Quality) -> list[tuple[str
         + pl.col("text").str.count_matches("…", literal=True),
         ellipsis_lines=pl.col("text").str.count_matches(ELLIPSIS_LINES),
     ).with_columns(lines=line_counts(text, NONEMPTY_LINES, r"\S"), bullets=line_counts(text, BULLETS, BULLET_START))
-    n_words = words.per_doc(np.ones(len(words.hashes)))
+    n_words = np.bincount(words.doc, minlength=words.n_docs).astype(np.float64)
     # A ratio over zero words or lines counts as 0 (no evidence), leaving such texts to min_words.
     with np.errstate(invalid="ignore", divide="ignore"):
         def per_word(counts: np.ndarray) -> pl.Series:
@@ -147,7 +147,7 @@ def sorted_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bits = max(int(len(key) - 1).bit_length(), 1)
     shift = np.uint64(bits)
     packed = np.sort(((key >> shift) << shift) | np.arange(len(key), dtype=np.uint64))
-    return packed >> shift, (packed & np.uint64((1 << bits) - 1)).astype(np.int64)
+    return packed >> shift, (packed & np.uint64((1 << bits) - 1)).view(np.int64)  # below 2**63: a view, no copy
 
 
 def is_repeated(key: np.ndarray) -> np.ndarray:
@@ -224,7 +224,7 @@ class Words:
             key = self.hashes[starts].copy()
             for k in range(1, n):
                 key = key * MIX + self.hashes[starts + k]
-        return starts, key ^ (self.doc[starts].astype(np.uint64) * DOC_MIX)
+        return starts, key ^ (self.doc[starts].view(np.uint64) * DOC_MIX)  # doc: int64, never negative
 
     def repeated_starts(self, n: int) -> np.ndarray:
         """Positions of n-grams that occur more than once in their document. An n-gram repeats only if its

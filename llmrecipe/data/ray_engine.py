@@ -1,7 +1,7 @@
-"""Shard jobs as Ray tasks: the data step's work on a Ray cluster (`[run] engine = "ray"`).
+"""The data step's jobs as Ray tasks: its work on a Ray cluster (`[run] engine = "ray"`).
 
-The tasks are the local engine's jobs (llmrecipe.data.shardwork.run_shard), handed the same ShardJob and
-answered in the same order, so the outputs are the local engine's bytes. A job reads and writes files in the
+The tasks are the local engine's jobs (shard jobs and dedup stage jobs: llmrecipe.data.shardwork, corpusjobs),
+handed the same job objects and answered in the same order, so the outputs are the local engine's bytes. A job reads and writes files in the
 step's work folder, which every node must see at the same path (a shared filesystem such as NFS); results come
 back through Ray's object store. Ray retries a task whose worker died (a job run twice writes the same files).
 
@@ -12,9 +12,9 @@ one thread. Tasks are spread over the nodes, and about two per CPU of the cluste
 from __future__ import annotations
 
 from collections import Counter, deque
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
-from llmrecipe.data.shardwork import ShardJob, ShardResult, run_shard
+from llmrecipe.data.workers import Job
 from llmrecipe.errors import StepError
 
 AHEAD = 2
@@ -25,11 +25,11 @@ RETRIES = 3
 """Times Ray re-runs a task whose worker or node died."""
 
 
-def run_on_node(job: ShardJob) -> tuple[str, ShardResult]:
+def run_on_node(job: Job) -> tuple[str, Any]:
     """The job's result, and the Ray node that ran it (for the log)."""
     import ray
 
-    return ray.get_runtime_context().get_node_id(), run_shard(job)
+    return ray.get_runtime_context().get_node_id(), job.run()
 
 
 class RayWorkers:
@@ -61,7 +61,7 @@ class RayWorkers:
                 runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1"}})
         return self._task
 
-    def run(self, jobs: Iterable[ShardJob]) -> Iterator[tuple[ShardJob, ShardResult]]:
+    def run(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, Any]]:
         """Each job with its result, in job order; jobs are taken from `jobs` as room frees up."""
         import ray
 
@@ -75,7 +75,7 @@ class RayWorkers:
         while window:
             yield self._result(*window.popleft())
 
-    def _result(self, job: ShardJob, reference) -> tuple[ShardJob, ShardResult]:
+    def _result(self, job: Job, reference) -> tuple[Job, Any]:
         import ray
 
         node, result = ray.get(reference)

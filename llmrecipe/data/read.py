@@ -22,6 +22,7 @@ import polars as pl
 
 from llmrecipe.data.decode import decode
 from llmrecipe.data.fetch import fetch
+from llmrecipe.data.remote import open_binary
 from llmrecipe.data.formats import file_format, missing_column, split_compression
 from llmrecipe.errors import StepError
 from llmrecipe.plan.plan import ExternalFile
@@ -121,11 +122,11 @@ class Reader:
         )
 
     def _file_documents(self, file: ExternalFile) -> Iterator[pl.DataFrame]:
-        path = fetch(file.path, file.sha256, self._downloads()) if self.source.url else Path(file.path)
+        path = str(fetch(file.path, file.sha256, self._downloads())) if self.source.url else file.path
         _, compression = split_compression(file.name)
         fmt = file_format(self.source.format, file.name)
         try:
-            raw = open(path, "rb")
+            raw = open_binary(path)
         except OSError as error:
             raise StepError(f"cannot read source file {path}: {error.strerror}; restore it or re-plan") from error
         with raw:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import json
 import os
@@ -26,8 +25,10 @@ import numpy as np
 import polars as pl
 
 from llmrecipe.data.ledger import Ledger, LedgerPart, Stage
+from llmrecipe.data.mixing import kept
 from llmrecipe.data.mismatch import ProfilePart, word_buckets
-from llmrecipe.data.ops import CORPUS_OPS, DOCUMENT_OPS
+from llmrecipe.data.corpusjobs import Observing, shard_drops
+from llmrecipe.data.ops import DOCUMENT_OPS
 from llmrecipe.data.split import SPLITS, Bounds, positions, split_codes
 from llmrecipe.data.words import WordHashes, lowercase_word_hashes
 from llmrecipe.recipe.data import DataOp
@@ -40,23 +41,43 @@ class PendingSlice:
     label: str
     op: str
     reason: str
-    keep: np.ndarray
-    """bool per row of the shard as read (rows an earlier slice of the same job drops are True)."""
+    shard: int
+    """The shard's number in its pass (names its documents' positions)."""
+    decided: Path | None = None
+    """A dedup decision's folder, read for the shard's drops (corpusjobs.shard_drops)."""
+    mix: tuple[int, list] | None = None
+    """A mix's seed and per-source cutoffs (llmrecipe.data.mixing.kept)."""
+    keep: np.ndarray | None = None
+    """bool per row of the shard as read (rows an earlier slice of the same job drops are True): `loaded` sets it."""
     duplicate_of: pl.Series | None = None
     """For each dropped row (in row order) the id of the document kept in its place, when the decision says."""
+
+    def loaded(self, frame: pl.DataFrame) -> "PendingSlice":
+        """The slice with `keep` (and `duplicate_of`) for the shard's rows (`frame`, as read)."""
+        if self.mix is not None:
+            seed, cutoff = self.mix
+            keep = kept(frame, seed, self.shard, cutoff)
+            return PendingSlice(self.label, self.op, self.reason, self.shard, keep=keep)
+        dropped, duplicate_of = shard_drops(self.decided, self.shard)
+        keep = np.ones(len(frame), dtype=bool)
+        keep[dropped] = False
+        return PendingSlice(self.label, self.op, self.reason, self.shard, keep=keep, duplicate_of=duplicate_of)
 
 
 @dataclass
 class ShardJob:
-    source: Path
+    source: list[Path]
+    """The shard's files (read blocks, or the previous pass's output), read as one frame."""
     target: Path
     """The next generation's shard, or in a split pass the stem of the split parts."""
     pending: list[PendingSlice]
     """Corpus decisions to apply, in order."""
     ops: list[tuple[int, DataOp]]
     """Document ops with their index in the recipe's `ops`."""
-    observe: list[DataOp] = field(default_factory=list)
-    """The corpus ops whose observations of the surviving documents are wanted."""
+    number: int = 0
+    """The job's place in its pass (the number of the shard it writes)."""
+    observe: list[Observing] = field(default_factory=list)
+    """The corpus ops that observe the surviving documents."""
     split_bounds: dict[int, Bounds] | None = None
     """Set in the last pass: write split parts instead of a shard."""
     save_words: bool = False
@@ -65,14 +86,15 @@ class ShardJob:
     """The source shard has its word buckets saved and its texts reach the split parts unchanged: the split
     profiles count them instead of splitting the texts into words again."""
 
+    def run(self) -> ShardResult:
+        return run_shard(self)
+
 
 @dataclass
 class ShardResult:
     rows: int
     """Documents that survived the pass (0: nothing was written)."""
     ledger: LedgerPart
-    observations: list[Any] = field(default_factory=list)
-    """One per op in the job's `observe`."""
     parts: dict[str, Path] = field(default_factory=dict)
     profiles: dict[str, ProfilePart] = field(default_factory=dict)
 
@@ -86,11 +108,12 @@ def run_shard(job: ShardJob) -> ShardResult:
 
 def shard_result(job: ShardJob) -> ShardResult:
     frame = pl.read_parquet(job.source)
-    words = load_words(job.source) if job.reuse_words and not job.ops else None
+    words = load_words(job.source[0]) if job.reuse_words and not job.ops else None
     ledger = Ledger(None)
+    as_read = frame
     alive = np.arange(len(frame))  # the rows of the shard as read that are still in `frame`
     for piece in job.pending:
-        frame, alive = apply_pending(frame, piece, alive, ledger)
+        frame, alive = apply_pending(frame, piece.loaded(as_read), alive, ledger)
     if len(frame):  # ops need at least a row to say anything
         frame = apply_document_ops(frame, job.ops, ledger)
     result = ShardResult(len(frame), ledger.part())
@@ -99,7 +122,8 @@ def shard_result(job: ShardJob) -> ShardResult:
     elif len(frame):
         text = frame["text"]
         lowered = lowercase_word_hashes(text) if job.save_words else None  # split once, used twice
-        result.observations = [CORPUS_OPS[op.op].observation(op, text, lowered) for op in job.observe]
+        for observing in job.observe:
+            observing.observe(job.number, text, lowered)
         frame.write_parquet(job.target, compression="uncompressed")  # read back once, soon: speed over size
         if lowered is not None:
             save_words(job.target, lowered, len(frame))
@@ -116,14 +140,14 @@ def save_result(result: ShardResult, folder: Path) -> None:
     staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    arrays = {f"observation-{i}-{j}": array for i, parts in enumerate(result.observations) for j, array in enumerate(parts)}
+    arrays = {}
     for name, profile in result.profiles.items():
         arrays.update({f"profile-{name}-{field}": getattr(profile, field) for field in ("lengths", "buckets", "counts")})
     np.savez(staging / "arrays.npz", **arrays)
     ledger = result.ledger
     if ledger.dropped:
         pl.concat(ledger.dropped).write_parquet(staging / "dropped.parquet")
-    meta = {"rows": result.rows, "observations": [len(parts) for parts in result.observations],
+    meta = {"rows": result.rows,
             "parts": {name: path.name for name, path in result.parts.items()},
             "profiles": {name: [profile.docs, profile.chars] for name, profile in result.profiles.items()},
             "stages": [stage.as_dict() for stage in ledger.stages], "samples": ledger.samples}
@@ -140,11 +164,10 @@ def load_result(folder: Path) -> ShardResult:
         arrays = {key: saved[key] for key in saved.files}
     dropped = [pl.read_parquet(folder / "dropped.parquet")] if (folder / "dropped.parquet").exists() else []
     ledger = LedgerPart([Stage.from_dict(stage) for stage in meta["stages"]], dropped, meta["samples"])
-    observations = [tuple(arrays[f"observation-{i}-{j}"] for j in range(count)) for i, count in enumerate(meta["observations"])]
     profiles = {name: ProfilePart(docs, chars, *(arrays[f"profile-{name}-{field}"] for field in ("lengths", "buckets", "counts")))
                 for name, (docs, chars) in meta["profiles"].items()}
     parts = {name: folder.parent / file for name, file in meta["parts"].items()}
-    return ShardResult(meta["rows"], ledger, observations, parts, profiles)
+    return ShardResult(meta["rows"], ledger, parts, profiles)
 
 
 def words_path(shard: Path) -> Path:

@@ -61,7 +61,7 @@ class WordSet:
         self.index[slots] = np.arange(len(members))
 
     def _slot(self, hashes: np.ndarray, shift: np.uint64) -> np.ndarray:
-        return ((hashes >> shift) & self.mask).astype(np.int64)
+        return ((hashes >> shift) & self.mask).view(np.int64)  # below 2**bits: a view, no copy
 
     def lookup(self, hashes: np.ndarray) -> np.ndarray:
         """int64 per hash: the index of the member it is, or -1."""

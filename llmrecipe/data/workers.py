@@ -1,8 +1,9 @@
-"""Shard jobs run by worker processes, results handed back in job order.
+"""The data step's jobs (shard jobs, dedup stage jobs: anything with a `run()`) run by worker processes, results
+handed back in job order.
 
 The ops are CPU-bound Python/numpy/polars code that holds one core per batch, so separate processes (not
 threads) use the machine. Workers are spawned, not forked: a fork copies polars' thread pool in whatever
-state it is and can deadlock. A pass with a single shard, or a step asked for one worker, runs in-process.
+state it is and can deadlock. A stage with a single job, or a step asked for one worker, runs in-process.
 
 Each worker gets an equal share of the cores for polars' thread pool (one each when there are as many
 workers as cores): a pool per worker sized to the whole machine oversubscribes the cores, and its idle
@@ -16,9 +17,8 @@ import os
 from collections import deque
 from itertools import chain, islice
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
-from llmrecipe.data.shardwork import ShardJob, ShardResult, run_shard
 from llmrecipe.host import core_count
 
 THREADS_VARIABLE = "POLARS_MAX_THREADS"
@@ -28,8 +28,17 @@ AHEAD = 2
 finished results waiting their turn stay a handful of batches."""
 
 
+class Job(Protocol):
+    def run(self) -> Any:
+        """Does the job's work; the result crosses back to the step's process."""
+
+
+def run_job(job: Job) -> Any:
+    return job.run()
+
+
 def engine_workers(engine: str, count: int, ray_address: str | None, batch_mb: int):
-    """What runs a step's shard jobs: local worker processes, or Ray tasks (`llmrecipe.data.ray_engine`, imported
+    """What runs a step's jobs: local worker processes, or Ray tasks (`llmrecipe.data.ray_engine`, imported
     only then). Both answer `run(jobs)` with each job's result in job order."""
     if engine == "ray":
         from llmrecipe.data.ray_engine import RayWorkers
@@ -49,19 +58,19 @@ class Workers:
         self._pool: ProcessPoolExecutor | None = None
         self._saved_threads: str | None = None
 
-    def run(self, jobs: Iterable[ShardJob]) -> Iterator[tuple[ShardJob, ShardResult]]:
+    def run(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, Any]]:
         """Each job with its result, in job order. Jobs are taken from `jobs` as room frees up, so they may be
         made (their shards read) while earlier ones run."""
         jobs = iter(jobs)
         first = list(islice(jobs, 2))
         if self.count <= 1 or len(first) <= 1:
             for job in chain(first, jobs):
-                yield job, run_shard(job)
+                yield job, job.run()
             return
         pool = self._start()
-        window: deque[tuple[ShardJob, Future]] = deque()
+        window: deque[tuple[Job, Future]] = deque()
         for job in chain(first, jobs):
-            window.append((job, pool.submit(run_shard, job)))
+            window.append((job, pool.submit(run_job, job)))
             if len(window) >= AHEAD * self.count:
                 done, future = window.popleft()
                 yield done, future.result()

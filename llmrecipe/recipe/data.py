@@ -20,7 +20,8 @@ class Source(Section):
     downloaded from `url` and pinned by its `sha256`."""
 
     path: str | None = None
-    """A file, a directory, or a glob pattern; relative paths are relative to the recipe file."""
+    """A file, a directory, or a glob pattern; relative paths are relative to the recipe file. A path with a
+    protocol (`s3://bucket/corpus`, `gs://...`, `file:///...`) is read through fsspec (the `remote` extra)."""
     package: str | None = None
     """An installed Python package whose shipped data files are read (no network)."""
     url: str | None = None
