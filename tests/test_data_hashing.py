@@ -16,7 +16,7 @@ from llmrecipe.data.hashing import xxh64
 from llmrecipe.data.minhash import band_keys, signatures
 from llmrecipe.data.words import lowercase_word_hashes
 from llmrecipe.steps import EXECUTORS
-from tests.data_helpers import decisions_digest, planted_corpus, run_step, spec_for
+from tests.data_helpers import assert_same_outputs, decisions_digest, outputs_of, planted_corpus, run_step, spec_for
 
 TEXTS = pl.Series(["", "a", "The quick brown fox jumps over the lazy dog", "naïve café 日本語"])
 
@@ -51,8 +51,18 @@ def test_step_decisions_are_pinned(tmp_path):
     """What the standard ops keep, drop (and for which duplicate) and where they split, by content."""
     files = planted_corpus(tmp_path / "src")
     out = run_step(tmp_path / "run", files, spec_for(tmp_path / "src"))
-    # moved when dedup_near began keeping each cluster's earliest document in source order (data executor 5)
-    assert decisions_digest(out) == "44143beea8e19dc1b23df868680f884bacd5ab1bb07c7e7534bf3d00a450db6f"
+    # moved when dropped.parquet began listing stage by stage, whatever the batch size (data executor 6)
+    assert decisions_digest(out) == "d2da0b460194cbf4b6e592b7de2be97c2e02f942b7d67ff1804a042ae29350f1"
+
+
+def test_the_batch_size_changes_no_output(tmp_path):
+    """`batch_mb` is an execution choice left out of the fingerprint: shards of another size give the same
+    splits, stats and dropped rows (dropped.parquet lists stage by stage, not in the shards' interleaving)."""
+    files = planted_corpus(tmp_path / "src")
+    small = outputs_of(run_step(tmp_path / "one", files, spec_for(tmp_path / "src", batch_mb=1)))
+    large = outputs_of(run_step(tmp_path / "two", files, spec_for(tmp_path / "src", batch_mb=2)))
+    assert small["dropped"]["stage"].n_unique() >= 3
+    assert_same_outputs(small, large)
 
 
 def test_no_unstable_hash_in_the_data_step():

@@ -60,9 +60,11 @@ class Ledger:
         self.stages: list[Stage] = []
         self.samples: list[dict] = []
         self._sampled: Counter = Counter()
-        self._pending: list[pl.DataFrame] = []
+        self._pending: dict[str, list[pl.DataFrame]] = {}
+        """Dropped rows not yet flushed, by stage label."""
         self._pending_rows = 0
-        self.dropped_parts: list[Path] = []
+        self.dropped_parts: dict[str, list[Path]] = {}
+        """Flushed dropped rows, by stage label, in flush order."""
 
     def stage(self, label: str, op: str) -> Stage:
         stage = Stage(label, op)
@@ -70,7 +72,7 @@ class Ledger:
         return stage
 
     def part(self) -> LedgerPart:
-        return LedgerPart(self.stages, self._pending, self.samples)
+        return LedgerPart(self.stages, [rows for parts in self._pending.values() for rows in parts], self.samples)
 
     def merge(self, part: LedgerPart) -> None:
         """Add a shard's ledger part to the stages of the same labels. Parts merged in shard order give the
@@ -114,7 +116,10 @@ class Ledger:
         self._keep_rows(dropped.select(id="id", stage=pl.lit(stage.label), reason="reason", duplicate_of="duplicate_of"))
 
     def _keep_rows(self, rows: pl.DataFrame) -> None:
-        self._pending.append(rows)
+        # Kept apart by stage: within a stage rows arrive in corpus order whatever the shard boundaries, while
+        # the interleaving of stages follows the shards (and so the batch size, which is not fingerprinted).
+        for (label,), part in rows.partition_by("stage", maintain_order=True, as_dict=True).items():
+            self._pending.setdefault(label, []).append(part)
         self._pending_rows += len(rows)
         if self.work is not None and self._pending_rows >= FLUSH_ROWS:
             self._flush()
@@ -132,18 +137,21 @@ class Ledger:
                                      "duplicate_of": row.get("duplicate_of"), "text": row["text"][:SAMPLE_CHARS]})
 
     def _flush(self) -> None:
-        if self._pending:
-            path = self.work / f"dropped-{len(self.dropped_parts)}.parquet"
-            pl.concat(self._pending).write_parquet(path)
-            self.dropped_parts.append(path)
-        self._pending, self._pending_rows = [], 0
+        for label, parts in self._pending.items():
+            flushed = self.dropped_parts.setdefault(label, [])
+            path = self.work / f"dropped-{sum(map(len, self.dropped_parts.values()))}.parquet"
+            pl.concat(parts).write_parquet(path)
+            flushed.append(path)
+        self._pending, self._pending_rows = {}, 0
 
     def write_dropped(self, path: Path) -> None:
-        """Every dropped document's id, stage, reason (and the id kept in its place for duplicates)."""
+        """Every dropped document's id, stage, reason (and the id kept in its place for duplicates): stage by stage
+        in pipeline order, each stage's rows in corpus order."""
         self._flush()
-        if self.dropped_parts:
+        parts = [part for stage in self.stages for part in self.dropped_parts.get(stage.label, [])]
+        if parts:
             # small row groups: the writer holds one in memory, and the default size would hold them all
-            pl.scan_parquet(self.dropped_parts, low_memory=True).sink_parquet(path, row_group_size=FLUSH_ROWS)
+            pl.scan_parquet(parts, low_memory=True).sink_parquet(path, row_group_size=FLUSH_ROWS)
         else:
             pl.DataFrame(schema=DROPPED_SCHEMA).write_parquet(path)
 

@@ -30,8 +30,8 @@ class Executor:
 
 
 EXECUTORS: dict[str, Executor] = {
-    # 5: dedup_near keeps the earliest copy in source order; stats.json has what each source kept
-    "data": Executor("llmrecipe.steps.data", version=5),
+    # 6: dropped.parquet lists its rows stage by stage (its order no longer follows the batch size)
+    "data": Executor("llmrecipe.steps.data", version=6),
     "tokenizer": Executor("llmrecipe.steps.tokenizer", version=1),
     "tokenize": Executor("llmrecipe.steps.tokenize", version=1),
     # 6: the one trainer (loss.png drawn by llmrecipe/plots.py, checkpoint digests)
