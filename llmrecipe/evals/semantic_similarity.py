@@ -33,7 +33,7 @@ METRICS = {name: _mean(name) for name in SCORES}
 def run(config: SemanticSimilaritySuite, env: SuiteEnv) -> SuiteResult:
     rows = read_jsonl(env.data_path, *required_keys(config, suite_key(env.ctx.name, env.name)), limit=config.limit)
     prompts = [config.template.replace("{prompt}", row[config.prompt_field]) for row in rows]
-    references = [row[config.reference_field].strip() for row in rows]
+    references = [row[config.reference_field] for row in rows]
     predictions, prompts_cut = generate_all(env, prompts, config.decoding)
     encoder = suite_encoder(config, env)
     layer = encoder.layers if config.layer is None else config.layer
@@ -65,8 +65,8 @@ def suite_encoder(config: SemanticSimilaritySuite, env: SuiteEnv) -> TextEncoder
 def score_pairs(encoder: TextEncoder, predictions: list[str], references: list[str], layer: int, idf: bool,
                 batch_size: int) -> dict[str, np.ndarray]:
     """Per example: the four scores, `count` (1) and `cut` (1 when either text was longer than the encoder's
-    context)."""
-    texts = predictions + references
+    context). Texts are stripped first, as bert-score strips them."""
+    texts = [text.strip() for text in predictions + references]
     final = encoder.token_states(texts, batch_size=batch_size)
     matched = final if layer == encoder.layers else encoder.token_states(texts, layer, batch_size)
     candidates, wanted = matched[: len(predictions)], matched[len(predictions) :]
