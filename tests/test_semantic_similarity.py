@@ -180,3 +180,70 @@ def test_encoder_mistakes_are_recipe_errors(tmp_path, settings, expected):
     with pytest.raises(RecipeError, match="steps.eval.suites.meaning") as error:
         plan_with(tmp_path, settings)
     assert expected in str(error.value)
+
+
+# ---- end to end ---------------------------------------------------------------------------------------------------
+
+SUITES = """
+[steps.enc]
+kind = "import"
+path = "ckpt"
+
+[steps.eval]
+kind = "evaluate"
+model = "base"
+worst = 3
+bootstrap = 200
+
+[steps.eval.suites.meaning]
+type = "semantic_similarity"
+data = "pairs.jsonl"
+encoder = "enc"
+idf = true
+decoding = { max_new_tokens = 6, stop = [] }
+
+[steps.eval.suites.own]
+type = "semantic_similarity"
+data = "pairs.jsonl"
+layer = 1
+decoding = { max_new_tokens = 6, stop = [] }
+"""
+
+
+@pytest.mark.e2e
+def test_a_recipe_scores_generations_by_meaning_in_the_report_and_compare(tmp_path, capsys):
+    from llmrecipe.cli import main
+    from tests.conftest import OBJECTS, SUBJECTS, VERBS
+
+    make_checkpoint("bert", tmp_path / "ckpt")
+    rows = [{"prompt": f"{s.capitalize()} {v}", "response": f"{o}."} for s, v, o in zip(SUBJECTS * 2, VERBS[::-1] * 2, OBJECTS * 2)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = write_tiny_recipe(tmp_path, steps=20, extra=SUITES)
+    assert main(["run", str(recipe)]) == 0
+    capsys.readouterr()
+
+    plan = api.compile(api.load(recipe))
+    results = json.loads((api.artifact(plan, "eval") / "results.json").read_text())["suites"]
+    for name in ("meaning", "own"):
+        summary = results[name]
+        assert summary["examples"] == 16 and len(summary["worst"]) == 3
+        for metric in ("cosine", "bertscore_precision", "bertscore_recall", "bertscore_f1"):
+            low, high = summary["intervals"][metric]
+            assert -1 <= low <= summary["metrics"][metric] <= high <= 1
+        worst_f1 = [example["bertscore_f1"] for example in summary["worst"]]
+        assert worst_f1 == sorted(worst_f1) and {"prompt", "reference", "prediction"} <= set(summary["worst"][0])
+    assert results["meaning"]["extra"]["layer"] == 2 and results["own"]["extra"]["layer"] == 1
+    assert results["meaning"]["extra"]["empty_generations"] < 16
+
+    assert main(["status", str(recipe), "--json"]) == 0
+    report = Path(json.loads(capsys.readouterr().out)["report"])
+    markdown = report.read_text()
+    assert "### meaning (semantic_similarity, 16 examples)" in markdown and "| bertscore_f1 |" in markdown
+    images = [line[line.index("(") + 1 : -1] for line in markdown.splitlines() if line.startswith("![")]
+    plot = next(image for image in images if image.endswith("meaning.png"))
+    assert (report.parent / plot).read_bytes()[:4] == b"\x89PNG"
+
+    assert main(["compare", report.parent.name, str(api.artifact(plan, "eval")), "--workdir", plan.workdir, "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)["rows"]
+    metrics = {(row["suite"], row["metric"]): row["verdict"] for row in compared}
+    assert metrics[("meaning", "bertscore_f1")] == metrics[("own", "cosine")] == "no significant difference"
