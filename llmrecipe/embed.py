@@ -42,12 +42,12 @@ class TokenStates:
 class TextEncoder:
     """A model with transformer blocks (a `bert` encoder, or a decoder's own states) reading whole texts."""
 
-    def __init__(self, model: "torch.nn.Module", tokenizer: Any, device: str = "cpu", name: str = "model"):
+    def __init__(self, model: "torch.nn.Module", tokenizer: Any, device: str = "cpu"):
         from tokenizers import Tokenizer
 
         from llmrecipe.models.registry import family
 
-        self.model, self.shape, self.device, self.name = model, model.shape, device, name
+        self.model, self.shape, self.device = model, model.shape, device
         self.bidirectional = not family(self.shape.arch).causal
         self.tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's tokenizer is not truncated
         self.tokenizer.no_padding()
@@ -65,7 +65,7 @@ class TextEncoder:
         model, shape = load_trained(folder, device)
         if not family(shape.arch).embeds_texts:
             raise ArtifactError(f"{folder} holds a `{shape.arch}` model; embeddings come from encoders (`bert`)")
-        return cls(model, Tokenizer.from_file(str(folder / "tokenizer.json")), device, folder.name)
+        return cls(model, Tokenizer.from_file(str(folder / "tokenizer.json")), device)
 
     @property
     def layers(self) -> int:

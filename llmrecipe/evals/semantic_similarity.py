@@ -37,8 +37,9 @@ def run(config: SemanticSimilaritySuite, env: SuiteEnv) -> SuiteResult:
     predictions, prompts_cut = generate_all(env, prompts, config.decoding)
     encoder = suite_encoder(config, env)
     layer = encoder.layers if config.layer is None else config.layer
-    env.ctx.log(f"suite {env.name}: meaning read by {encoder.name} ({encoder.layers} blocks; BERTScore on block "
-                f"{layer}{', idf-weighted' if config.idf else ''})")
+    reader = f"encoder '{config.encoder}'" if config.encoder else "the evaluated model's own states"
+    env.ctx.log(f"suite {env.name}: meaning read by {reader} ({encoder.layers} blocks; BERTScore on block {layer}"
+                f"{', idf-weighted' if config.idf else ''})")
     columns = score_pairs(encoder, predictions, references, layer, config.idf, env.batch_size)
     examples = [
         {"prompt": row[config.prompt_field], "reference": reference, "prediction": prediction}
@@ -55,11 +56,8 @@ def run(config: SemanticSimilaritySuite, env: SuiteEnv) -> SuiteResult:
 def suite_encoder(config: SemanticSimilaritySuite, env: SuiteEnv) -> TextEncoder:
     """The suite's encoder step (its artifact is an input of the evaluate step), or the evaluated model itself."""
     if config.encoder is None:
-        return TextEncoder(env.model, env.tokenizer, env.device, name="the evaluated model")
-    encoder = TextEncoder.load(env.ctx.inputs[encoder_input(config.encoder)], env.device)
-    encoder.model.float()  # scores in fp32, whatever dtype the import holds its weights in
-    encoder.name = f"'{config.encoder}'"
-    return encoder
+        return TextEncoder(env.model, env.tokenizer, env.device)
+    return TextEncoder.load(env.ctx.inputs[encoder_input(config.encoder)], env.device)  # fp32 weights
 
 
 def score_pairs(encoder: TextEncoder, predictions: list[str], references: list[str], layer: int, idf: bool,
