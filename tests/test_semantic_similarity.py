@@ -131,6 +131,25 @@ def test_cosine_equals_sentence_transformers_and_identical_texts_score_one(check
     assert empty["cosine"].tolist() == empty["bertscore_f1"].tolist() == [0.0, 0.0]
 
 
+def test_a_decoders_own_states_are_what_its_output_layer_reads_and_it_stays_a_language_model():
+    from tests.hf_checkpoints import make_tokenizer
+    from tests.test_evaluate_export import tiny_model
+
+    model, tokenizer = tiny_model(2, vocab_size=320), make_tokenizer("decoder")
+    texts = ["the king walks to the castle", "a soldier waits", ""]
+    ids = torch.tensor([tokenizer.encode(texts[0]).ids])
+    with torch.no_grad():
+        logits = model(ids)  # (1, T, V)
+    encoder = TextEncoder(model, tokenizer)
+    last, first = encoder.token_states(texts, batch_size=2), encoder.token_states(texts, layer=0)
+    with torch.no_grad():
+        assert torch.allclose(model.lm_head(last[0].states), logits[0], atol=1e-5)  # the final norm's output
+        assert torch.allclose(first[0].states, model.norm(model.embed(ids))[0], atol=1e-6)  # embeddings, normed
+        assert torch.equal(model(ids), logits)  # the blocks and output layer are back in place
+    assert [len(text.ids) for text in last] == [len(tokenizer.encode(t).ids) for t in texts] and last[2].states.shape == (0, 32)
+    assert not any(text.cut or any(text.special) for text in last)  # a decoder's tokenizer adds nothing
+
+
 # ---- the plan -----------------------------------------------------------------------------------------------------
 
 EVALUATE = """
