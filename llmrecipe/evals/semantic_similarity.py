@@ -15,19 +15,14 @@ from llmrecipe.embed import TextEncoder, mean_embedding
 from llmrecipe.evals.generation import generate_all
 from llmrecipe.evals.jsonl import read_jsonl, required_keys, suite_key
 from llmrecipe.evals.meaning import bertscore, cosine_similarity, idf_of
-from llmrecipe.evals.stats import Metric
-from llmrecipe.evals.suite import SuiteEnv, SuiteResult
+from llmrecipe.evals.suite import SuiteEnv, SuiteResult, mean
 from llmrecipe.recipe.evaluate import SemanticSimilaritySuite, encoder_input
 
 SCORES = ("cosine", "bertscore_precision", "bertscore_recall", "bertscore_f1")
 """Per-example columns, each averaged over the examples into the metric of the same name."""
 
 
-def _mean(column: str) -> Metric:
-    return Metric(lambda sums: sums[column] / sums["count"], higher_is_better=True)
-
-
-METRICS = {name: _mean(name) for name in SCORES}
+METRICS = {name: mean(name) for name in SCORES}
 
 
 def run(config: SemanticSimilaritySuite, env: SuiteEnv) -> SuiteResult:

