@@ -104,7 +104,10 @@ def minilm(tmp_path_factory) -> tuple[Path, TextEncoder]:
     return Path(plan.step("enc").spec["folder"]), encoder
 
 
-@pytest.mark.parametrize("checkpoint", ["tiny_bert", "minilm"])
+CHECKPOINTS = ["tiny_bert", pytest.param("minilm", marks=pytest.mark.slow)]  # MiniLM: about 20 s a test on 2 cores
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
 @pytest.mark.parametrize("idf", [False, True], ids=["no-idf", "idf"])
 def test_bertscore_equals_the_bert_score_package(checkpoint, idf, request):
     bert_score = pytest.importorskip("bert_score", reason="bert-score is not installed: pip install 'llmrecipe[test]'")
@@ -117,7 +120,7 @@ def test_bertscore_equals_the_bert_score_package(checkpoint, idf, request):
             assert abs(ours[name] - column.numpy()).max() < 1e-4, (layer, name)
 
 
-@pytest.mark.parametrize("checkpoint", ["tiny_bert", "minilm"])
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
 def test_cosine_equals_sentence_transformers_and_identical_texts_score_one(checkpoint, request):
     folder, encoder = request.getfixturevalue(checkpoint)
     columns = score_pairs(encoder, CANDIDATES, REFERENCES, encoder.layers, idf=False, batch_size=2)
