@@ -190,7 +190,7 @@ def test_v1_embeddings_of_an_encoder_are_unit_mean_states_whatever_the_batch(tmp
 
     folder = encoder_artifact(tmp_path / "bert")
     assert is_encoder_artifact(folder)
-    app = create_embeddings_app(TextEncoder(folder), ServeSettings(model_name="enc"))
+    app = create_embeddings_app(TextEncoder.load(folder), ServeSettings(model_name="enc"))
     texts = ["the king walks", "a soldier weeps for the sea tonight", "the storm " * 10]
     with background_app(app) as url:
         batch = httpx.post(f"{url}/v1/embeddings", json={"model": "enc", "input": texts}).json()
@@ -202,7 +202,7 @@ def test_v1_embeddings_of_an_encoder_are_unit_mean_states_whatever_the_batch(tmp
     assert [row["text_cut"] for row in batch["data"]] == [False, False, True]  # 100 characters, context 40
     model, _ = load_trained(folder)
     model.lm_head = torch.nn.Identity()
-    ids = torch.tensor([TextEncoder(folder).tokenizer.encode(texts[1]).ids])
+    ids = torch.tensor([TextEncoder.load(folder).tokenizer.encode(texts[1]).ids])
     with torch.no_grad():
         mean = model(ids)[0].mean(0)
     assert torch.allclose(vectors[1], mean / mean.norm(), atol=1e-5)

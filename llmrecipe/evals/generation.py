@@ -7,7 +7,7 @@ import numpy as np
 from llmrecipe.evals.decoding import complete, prompt_is_cut, suite_engine
 from llmrecipe.evals.jsonl import read_jsonl, required_keys, suite_key
 from llmrecipe.evals.stats import Metric
-from llmrecipe.evals.suite import SuiteEnv, SuiteResult, progress_bar
+from llmrecipe.evals.suite import SuiteEnv, SuiteResult, mean, progress_bar
 from llmrecipe.evals.text_metrics import (
     bleu_from_statistics,
     bleu_statistics,
@@ -24,14 +24,10 @@ BLEU_COLUMNS = [f"bleu_{i}" for i in range(10)]
 CHRF_COLUMNS = [f"chrf_{i}" for i in range(18)]
 
 
-def _mean(column: str) -> Metric:
-    return Metric(lambda sums: sums[column] / sums["count"], higher_is_better=True)
-
-
 METRICS = {
-    "exact_match": _mean("exact_match"),
-    "f1": _mean("f1"),
-    "rouge_l": _mean("rouge_l"),
+    "exact_match": mean("exact_match"),
+    "f1": mean("f1"),
+    "rouge_l": mean("rouge_l"),
     "bleu": Metric(lambda sums: bleu_from_statistics([sums[c] for c in BLEU_COLUMNS]), higher_is_better=True),
     "chrf": Metric(lambda sums: chrf_from_statistics([sums[c] for c in CHRF_COLUMNS]), higher_is_better=True),
 }

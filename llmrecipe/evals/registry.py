@@ -12,6 +12,7 @@ SUITES: dict[str, str] = {
     "perplexity": "llmrecipe.evals.perplexity_suite",
     "multiple_choice": "llmrecipe.evals.multiple_choice",
     "generation": "llmrecipe.evals.generation",
+    "semantic_similarity": "llmrecipe.evals.semantic_similarity",
     "qa_factuality": "llmrecipe.evals.qa",
     "classification": "llmrecipe.evals.classification_suite",
     "samples": "llmrecipe.evals.samples_suite",

@@ -62,6 +62,11 @@ def progress_bar(env: SuiteEnv, total: int, unit: str):
     return env.ctx.progress(total=total, unit=unit)
 
 
-def proportion(column: str) -> Metric:
-    """A share of examples: sum of a 0/1 column over the example count."""
+def mean(column: str) -> Metric:
+    """The mean of a per-example score, higher better: the column's sum over the example count."""
     return Metric(lambda sums: sums[column] / sums["count"] if sums["count"] else float("nan"), higher_is_better=True)
+
+
+def proportion(column: str) -> Metric:
+    """A share of examples: the mean of a 0/1 column."""
+    return mean(column)

@@ -96,6 +96,9 @@ class Family(ABC):
     """MLP width per `d_model` when `model.ffn_mult` is unset."""
     lora_targets: ClassVar[tuple[str, ...]] = ()
     """Default LoRA targets (the attention projections, as in Hu et al., 2021); empty: no adapters for this family."""
+    hidden_states: ClassVar[bool] = True
+    """Its forward pass runs the embeddings, then `blocks`, then (pre-norm) a final norm and `lm_head`: the states
+    after any block can be read (semantic similarity matches them token by token)."""
     fsdp_unit: ClassVar[str | None] = "blocks"
     """The module list whose entries FSDP shards (and compiles) one by one; None: the whole model is one unit."""
     decodes: ClassVar[bool] = False
@@ -119,6 +122,12 @@ class Family(ABC):
     hf_unused: ClassVar[tuple[str, ...]] = ()
     """Suffixes of checkpoint tensors a model of this family does not use (buffers saved by old versions, a
     pooler), skipped on import rather than refused."""
+
+    @property
+    def embeds_texts(self) -> bool:
+        """A bidirectional stack of blocks (`bert`): its states embed whole texts (serve's /v1/embeddings, the
+        encoder of semantic similarity)."""
+        return self.hidden_states and not self.causal
 
     # --- shape --------------------------------------------------------------------------------------------------
 

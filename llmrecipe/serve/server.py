@@ -43,7 +43,7 @@ def serve_reader(folder: Path, *, classifier: bool, host: str, port: int, api_ke
     else:
         from llmrecipe.embed import TextEncoder
 
-        app = encoders.create_embeddings_app(TextEncoder(folder), settings)
+        app = encoders.create_embeddings_app(TextEncoder.load(folder), settings)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

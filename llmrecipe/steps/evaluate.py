@@ -30,11 +30,13 @@ from llmrecipe.run.context import StepContext
 from llmrecipe.tokenizer.bytes import load_tokenizer
 from llmrecipe.training.device import prepare_device
 
-PLOTTED = {"multiple_choice": ("accuracy", "accuracy_norm"), "qa_factuality": ("accuracy", "hallucination_rate")}
+PLOTTED = {"multiple_choice": ("accuracy", "accuracy_norm"), "qa_factuality": ("accuracy", "hallucination_rate"),
+           "semantic_similarity": ("cosine", "bertscore_precision", "bertscore_recall", "bertscore_f1")}
 """Suite type -> the metrics drawn as bars with their intervals."""
-ENCODER_DECODER_SUITES = ("generation", "qa_factuality", "samples", "multiple_choice")
-"""Suite types that run on encoder-decoders too: those that generate (through the decoding engine), and multiple
-choice (the decoder's log-likelihood of each choice given the encoded context)."""
+ENCODER_DECODER_SUITES = ("generation", "semantic_similarity", "qa_factuality", "samples", "multiple_choice")
+"""Suite types that run on encoder-decoders too: those that generate (through the decoding engine; semantic
+similarity with an encoder of its own), and multiple choice (the decoder's log-likelihood of each choice given the
+encoded context)."""
 
 
 def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:

@@ -10,6 +10,7 @@ class LSTM(Family):
     name = "lstm"
     module_path = "llmrecipe.models.lstm.model:LSTM"
     attention = False
+    hidden_states = False  # one fused recurrent module: no blocks to stop after
     fsdp_unit = None  # one fused recurrent module: the whole model is one FSDP unit
 
     def parameter_count(self, shape: ModelShape) -> int:

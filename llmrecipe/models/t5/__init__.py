@@ -55,6 +55,7 @@ class T5(Family):
     encoder_decoder = True
     decodes = True
     causal = False  # the encoder sees both sides: no packed SFT or left-to-right scoring of one stack
+    hidden_states = False  # two stacks (encoder, decoder), neither of them `blocks`
     ffn_mult = 8 / 3  # gated GELU's three matrices at 8/3 hold the parameters of a 4x GELU MLP
     hf_architecture = "T5ForConditionalGeneration"
     hf_auto_class = "AutoModelForSeq2SeqLM"
