@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from llmrecipe.recipe.augment import AugmentOp
 from llmrecipe.recipe.base import MAX_SEQ_LEN, MAX_WIDTH, Section, StepName
 from llmrecipe.recipe.pretrain import Budget, OptimConfig
 from llmrecipe.recipe.training import TrainingControls
@@ -34,6 +35,10 @@ class DatasetConfig(Section):
     messages_field: str = "messages"
     """`sft`: a list of `{"role", "content"}` turns (system/user/assistant); used by rows that have it instead of a
     prompt/response pair."""
+    augment: list[AugmentOp] = Field(default=[], max_length=16)
+    """`classify` and `sft`: ops that make more train rows, in order (validation and test rows are never touched),
+    e.g. `[{ op = "eda", rate = 0.1 }, { op = "char_noise", rate = 0.03 }, { op = "oversample", target = 1.0 }]`.
+    `classify` alters the text; `sft` alters the user's turns and keeps the responses it learns to write intact."""
 
 
 class LoraConfig(Section):
@@ -125,6 +130,12 @@ class FinetuneStep(TrainingControls):
                 raise ValueError(f"task = '{self.task}' needs its examples: add [steps.NAME.dataset] with a `path`")
             if self.data is not None:
                 raise ValueError(f"task = '{self.task}' reads `dataset` (a JSONL file); `data` is for 'continue'")
+        augmented = {op.op for op in self.dataset.augment} if self.dataset else set()
+        if augmented and self.task not in ("classify", "sft"):
+            raise ValueError(f"dataset.augment is for task = 'classify' or 'sft', not '{self.task}'; remove it")
+        if "oversample" in augmented and self.task != "classify":
+            raise ValueError("the `oversample` augment op balances labels, which only task = 'classify' has; remove "
+                             "it (or use `eda` / `char_noise` to make more rows)")
         if self.chat_template is not None and self.end_of_turn is None:
             raise ValueError("an inline `chat_template` needs `end_of_turn`: the token that ends an assistant turn")
         if self.end_of_turn is not None and self.end_of_turn not in self.special_tokens:
