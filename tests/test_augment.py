@@ -25,6 +25,7 @@ from llmrecipe.recipe.finetune import DatasetConfig
 from llmrecipe.run.context import StepContext
 from llmrecipe.run.reporter import LineReporter
 from llmrecipe.steps.finetune.classify import run_classify
+from llmrecipe.steps.finetune.sft import run_sft
 from llmrecipe.training.distributed import World
 from tests.test_classify import SHAPE, labelled_rows, make_spec, tokenizer, write_jsonl  # noqa: F401
 from tests.test_evaluate_export import save_model_folder
@@ -163,3 +164,35 @@ def test_augment_enters_the_fingerprint_and_misplaced_ops_are_recipe_errors(tmp_
     with pytest.raises(RecipeError, match="op"):
         api.load(recipe, ['steps.clf.dataset.augment=[{op="back_translate"}]'])
 
+
+
+def test_the_sft_step_augments_train_rows_only_and_reports_the_counts(tmp_path):
+    from tests.test_finetune import CHATML_TOKENS, tiny_sft_spec, write_pairs
+    from tests.test_finetune import chat_tokenizer as tokenizer_with_chatml
+
+    tokenizer = tokenizer_with_chatml()
+    (tmp_path / "tok").mkdir()
+    tokenizer.save(str(tmp_path / "tok" / "tokenizer.json"))
+    (tmp_path / "tok" / "meta.json").write_text(json.dumps({"type": "bpe", "vocab_size": 300,
+                                                            "eot_id": tokenizer.token_to_id("<|endoftext|>")}))
+    shape = tiny_sft_spec().model.model_copy(update={"vocab_size": 320})
+    torch.manual_seed(0)
+    inputs = {"model": save_model_folder(build_model(shape), tmp_path / "init"), "tokenizer": tmp_path / "tok"}
+    data = write_pairs(tmp_path, count=30)
+
+    def sft(name: str, augment_ops: list[dict]) -> dict:
+        ctx = StepContext(name=name, inputs=inputs, out_dir=tmp_path / name / "out",
+                          scratch_dir=tmp_path / name / "scratch", device="cpu", reporter=LineReporter())
+        ctx.out_dir.mkdir(parents=True)
+        ctx.scratch_dir.mkdir()
+        dataset = DatasetConfig(path="pairs.jsonl", val_fraction=0.3, augment=OPS.validate_python(augment_ops))
+        spec = tiny_sft_spec(init_model=shape, model=shape, dataset=dataset, dataset_file=str(data), total_steps=2,
+                             special_tokens=CHATML_TOKENS)
+        return run_sft(spec, ctx, World())
+
+    summary, plain = sft("augmented", [{"op": "char_noise", "rate": 0.2, "copies": 2}]), sft("plain", [])
+    assert summary["val_examples"] == plain["val_examples"] > 0  # validation rows are never augmented
+    rows = lambda s: s["train_rows_intact"] + s["train_rows_prompt_trimmed"] + s["train_rows_dropped"]  # noqa: E731
+    assert summary["augment_rows_in"] == rows(plain) and summary["augment_char_noise_rows_made"] == 2 * rows(plain)
+    assert rows(summary) == summary["augment_rows_out"] == 3 * rows(plain)  # then fitted like every row
+    assert summary["val_target_tokens"] == plain["val_target_tokens"]
