@@ -1,6 +1,7 @@
 """`finetune` with `task = "classify"`: a classification head trained on a pre-trained model.
 
-Reads the labelled JSONL, checks its labels against the recipe before training, trains (optionally LoRA
+Reads the labelled JSONL, checks its labels against the recipe before training, augments the train rows when the
+dataset lists `augment` ops (llmrecipe/finetune/augment.py), trains (optionally LoRA
 adapters with the head) and writes the classify artifact: model.safetensors, config.json (the model shape
 plus `task`, `labels`, `pooling`), tokenizer.json + meta.json, metrics.jsonl, loss.png, best/ and, for LoRA
 runs, adapter.safetensors + adapter_config.json (the head always trains in full).
