@@ -23,7 +23,7 @@ class Question:
     unknown: int
     """The index of the "unknown" choice."""
     polarity: str | None
-    """The row's `polarity` (whether the question is negative), kept for the examples file when present."""
+    """The row's polarity (whether the question is negative), kept for the examples file when present."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def read_questions(path: Path, suite: BiasSuite, key: str, limit: int | None = N
             wanted = "the \"unknown\" choice" if ambiguous else "a person, not the \"unknown\" choice"
             raise StepError(f"{where}: in a {condition!r} context the answer must be {wanted}, but it is "
                             f"{choices[answer]!r}; check the row's {suite.condition_field} and {suite.answer_field}")
-        polarity = row.get("polarity")
+        polarity = row.get(suite.polarity_field)
         questions.append(Question(row[suite.context_field], choices, answer, row[suite.category_field], ambiguous,
                                   unknown[0], polarity if isinstance(polarity, str) else None))
     return questions

@@ -47,6 +47,9 @@ class BiasSuite(Section):
     """Whether the context is ambiguous (`ambiguous_value`) or names the person (`disambiguated_value`)."""
     category_field: str = "category"
     """The kind of bias the row probes (age, gender identity, ...): each gets its own rows in the report."""
+    polarity_field: str = "polarity"
+    """Whether the question is negative or not (BBQ's `neg`/`nonneg`), copied into the examples file when a row
+    has it."""
     ambiguous_value: str = "ambig"
     disambiguated_value: str = "disambig"
     unknown_answers: list[str] = Field(default=list(UNKNOWN_ANSWERS), min_length=1)
