@@ -44,7 +44,7 @@ def grouped_bars(series: dict[str, dict[str, tuple[float, float, float]]], path:
     plt = pyplot()
     groups = list(dict.fromkeys(group for values in series.values() for group in values))
     width = 0.8 / max(len(series), 1)
-    figure, axes = plt.subplots(figsize=(max(5.0, 0.5 * len(groups) * len(series) + 2.0), 4.0))
+    figure, axes = plt.subplots(figsize=(max(5.0, 0.35 * len(groups) * len(series) + 2.0), 4.0))
     for index, (name, values) in enumerate(series.items()):
         shown = [g for g in groups if g in values]
         positions = [groups.index(g) + (index - (len(series) - 1) / 2) * width for g in shown]
