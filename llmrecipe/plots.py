@@ -37,6 +37,32 @@ def bar_with_intervals(values: dict[str, tuple[float, float, float]], path: Path
     return path
 
 
+def grouped_bars(series: dict[str, dict[str, tuple[float, float, float]]], path: Path, title: str,
+                 reference: tuple[float, str] | None = None) -> Path:
+    """Bars of series name -> group -> (value, low, high) with their confidence intervals: the groups along the x axis
+    (e.g. categories), one coloured bar per series in each, on a 0-1 scale; a dashed (value, label) reference line."""
+    plt = pyplot()
+    groups = list(dict.fromkeys(group for values in series.values() for group in values))
+    width = 0.8 / max(len(series), 1)
+    figure, axes = plt.subplots(figsize=(max(5.0, 0.35 * len(groups) * len(series) + 2.0), 4.0))
+    for index, (name, values) in enumerate(series.items()):
+        shown = [g for g in groups if g in values]
+        positions = [groups.index(g) + (index - (len(series) - 1) / 2) * width for g in shown]
+        heights = [values[g][0] for g in shown]
+        errors = [[values[g][0] - values[g][1] for g in shown], [values[g][2] - values[g][0] for g in shown]]
+        axes.bar(positions, heights, width=width, yerr=errors, capsize=3, label=name)
+    if reference is not None:
+        axes.axhline(reference[0], linestyle="--", color="grey", label=reference[1])
+    axes.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
+    axes.set_ylim(0, 1)
+    axes.set_title(title)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(figure)
+    return path
+
+
 def loss_curves(series: dict[str, tuple[list[float], list[float]]], path: Path, title: str,
                 ylabel: str = "loss (nats per token)") -> Path:
     """Lines of name -> (steps, losses): training and validation loss against the optimizer step."""

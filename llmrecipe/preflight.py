@@ -23,6 +23,7 @@ from llmrecipe.data.formats import file_format, missing_column, split_compressio
 from llmrecipe.data.patterns import pattern_problem
 from llmrecipe.data.remote import open_binary
 from llmrecipe.errors import RecipeError, StepError
+from llmrecipe.evals.bias_data import read_pairs, read_questions
 from llmrecipe.evals.jsonl import check_choices, read_jsonl, required_keys, suite_key
 from llmrecipe.finetune.chat_data import conversation, row_split
 from llmrecipe.finetune.classify_data import Fields, foreign_labels, labelled_rows, unknown_labels
@@ -195,6 +196,10 @@ def suite_check(suite, key: str, path: Path, labels: list[str] | None) -> None:
         problem = foreign_labels({e.label for e in examples}, labels, path.name, key) if labels else None
         if problem:
             raise StepError(problem)
+    elif suite.type == "bias":
+        read_questions(path, suite, key, SAMPLE_ROWS)
+    elif suite.type == "bias_pairs":
+        read_pairs(path, suite, key, SAMPLE_ROWS)
     else:
         rows = read_jsonl(path, *required_keys(suite, key), limit=SAMPLE_ROWS)
         if suite.type == "multiple_choice":

@@ -26,8 +26,22 @@ METRICS = {
 def run(config: MultipleChoiceSuite, env: SuiteEnv) -> SuiteResult:
     rows = read_jsonl(env.data_path, *required_keys(config, suite_key(env.ctx.name, env.name)), limit=config.limit)
     check_choices(rows, env.data_path.name)
+    examples, cut = score_choices(rows, config.delimiter, env)
+    columns = {
+        "correct": np.array([e["prediction"] == e["answer"] for e in examples], dtype=np.float64),
+        "correct_norm": np.array([e["prediction_norm"] == e["answer"] for e in examples], dtype=np.float64),
+        "chance": np.array([1.0 / len(row["choices"]) for row in rows]),
+        "count": np.ones(len(rows)),
+    }
+    return SuiteResult(columns=columns, examples=examples, worst=confident_mistakes(examples, env.worst),
+                       extra={"contexts_cut": cut})
+
+
+def score_choices(rows: list[dict], delimiter: str, env: SuiteEnv) -> tuple[list[dict], int]:
+    """`rank_choices` of every row ({"context", "choices", "answer"}), each choice scored as the continuation
+    `delimiter + choice`; and how many (context, choice) requests lost the start of their context to the window."""
     requests = [
-        encode_pair(env.tokenizer, row["context"], config.delimiter + choice, env.eot_id)
+        encode_pair(env.tokenizer, row["context"], delimiter + choice, env.eot_id)
         for row in rows
         for choice in row["choices"]
     ]
@@ -39,14 +53,7 @@ def run(config: MultipleChoiceSuite, env: SuiteEnv) -> SuiteResult:
         scores = log_likelihoods[offset : offset + len(row["choices"])]
         offset += len(row["choices"])
         examples.append(rank_choices(row, scores))
-    columns = {
-        "correct": np.array([e["prediction"] == e["answer"] for e in examples], dtype=np.float64),
-        "correct_norm": np.array([e["prediction_norm"] == e["answer"] for e in examples], dtype=np.float64),
-        "chance": np.array([1.0 / len(row["choices"]) for row in rows]),
-        "count": np.ones(len(rows)),
-    }
-    return SuiteResult(columns=columns, examples=examples, worst=confident_mistakes(examples, env.worst),
-                       extra={"contexts_cut": cut_requests(requests, env.model.shape.seq_len)})
+    return examples, cut_requests(requests, env.model.shape.seq_len)
 
 
 def rank_choices(row: dict, log_likelihoods: np.ndarray) -> dict:

@@ -16,6 +16,8 @@ SUITES: dict[str, str] = {
     "qa_factuality": "llmrecipe.evals.qa",
     "classification": "llmrecipe.evals.classification_suite",
     "samples": "llmrecipe.evals.samples_suite",
+    "bias": "llmrecipe.evals.bias",
+    "bias_pairs": "llmrecipe.evals.bias_pairs",
 }
 
 

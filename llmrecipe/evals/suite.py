@@ -35,6 +35,8 @@ class SuiteEnv:
     seed: int
     worst: int
     """How many worst examples to return."""
+    bootstrap: int
+    """Bootstrap resamples behind an interval the suite computes itself (per category, say)."""
     out_dir: Path
     """The step's output folder, for plots."""
     ctx: StepContext

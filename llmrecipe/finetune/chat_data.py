@@ -173,13 +173,41 @@ def load_examples(path: Path, dataset: DatasetConfig, tokenizer: Tokenizer, temp
                   key: str = "dataset") -> tuple[dict[str, list[Example]], dict[str, FitCounts]]:
     """Every row of the file checked, fitted into `limit` tokens (see llmrecipe/finetune/fit.py; None: no limit) and
     encoded, per split, before any training starts; with what fitting did to each split's rows."""
+    return encode_conversations(conversations(path, dataset, key), path.name, tokenizer, template, end_of_turn, limit,
+                                truncation)
+
+
+Conversations = dict[str, list[tuple[int, list[dict[str, str]]]]]
+"""Split -> (line number, messages) per row."""
+
+
+def conversations(path: Path, dataset: DatasetConfig, key: str = "dataset") -> Conversations:
+    """Every row of the file checked and read as messages, per split."""
+    return {split: [(number, conversation(row, dataset, path.name, number, key)) for number, row in rows]
+            for split, rows in read_rows(path, dataset).items()}
+
+
+def user_turns(row: tuple[int, list[dict[str, str]]]) -> list[str]:
+    """The texts of a conversation's user turns: what augmentation alters (the responses it learns stay intact)."""
+    return [m["content"] for m in row[1] if m["role"] == "user"]
+
+
+def with_user_turns(row: tuple[int, list[dict[str, str]]], texts: list[str]) -> tuple[int, list[dict[str, str]]]:
+    """The conversation with its user turns' texts replaced, in order."""
+    replacements = iter(texts)
+    return row[0], [{**m, "content": next(replacements)} if m["role"] == "user" else m for m in row[1]]
+
+
+def encode_conversations(splits: Conversations, file: str, tokenizer: Tokenizer, template: str, end_of_turn: str,
+                         limit: int | None = None,
+                         truncation: Truncation = "left") -> tuple[dict[str, list[Example]], dict[str, FitCounts]]:
+    """The conversations fitted and encoded per split, with what fitting did to each split's rows."""
     encoded: dict[str, list[Example]] = {}
     counts: dict[str, FitCounts] = {}
-    for split, rows in read_rows(path, dataset).items():
+    for split, rows in splits.items():
         encoded[split], counts[split] = [], FitCounts()
-        for number, row in rows:
-            where = f"{path.name} line {number}"
-            messages = conversation(row, dataset, path.name, number, key)
+        for number, messages in rows:
+            where = f"{file} line {number}"
 
             def example_of(turns: list[dict[str, str]]) -> Example:
                 return encode_example(tokenizer, *assistant_spans(template, turns, end_of_turn, where))
@@ -195,7 +223,7 @@ def load_examples(path: Path, dataset: DatasetConfig, tokenizer: Tokenizer, temp
                 encoded[split].append(example)
     if not counts["train"].rows:
         if not any(c.rows for c in counts.values()):
-            raise StepError(f"{path.name} has no rows: the file is empty (or only blank lines)")
-        raise StepError(f"{path.name} has no train rows ({counts['val'].rows} validation, {counts['test'].rows} test); "
+            raise StepError(f"{file} has no rows: the file is empty (or only blank lines)")
+        raise StepError(f"{file} has no train rows ({counts['val'].rows} validation, {counts['test'].rows} test); "
                         f"check dataset.split_field and dataset.val_fraction")
     return encoded, counts

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from llmrecipe.recipe.base import MAX_BATCH, MAX_LAYERS, MAX_SEQ_LEN, Section, StepName
+from llmrecipe.recipe.bias import BiasPairsSuite, BiasSuite
 
 
 class SamplesConfig(Section):
@@ -146,16 +147,16 @@ class SamplesSuite(SamplesConfig):
 
 SuiteConfig = Annotated[
     Union[PerplexitySuite, MultipleChoiceSuite, GenerationSuite, SemanticSimilaritySuite, QaFactualitySuite,
-          ClassificationSuite, SamplesSuite],
+          ClassificationSuite, SamplesSuite, BiasSuite, BiasPairsSuite],
     Field(discriminator="type"),
 ]
 
 SUITE_TYPES = ("perplexity", "multiple_choice", "generation", "semantic_similarity", "qa_factuality", "classification",
-               "samples")
+               "samples", "bias", "bias_pairs")
 """Every suite type a recipe can declare (the registry in llmrecipe/evals/registry.py runs each)."""
 
 SUITES_WITH_DATA = {"multiple_choice": "data", "generation": "data", "qa_factuality": "data", "perplexity": "file",
-                    "classification": "data", "semantic_similarity": "data"}
+                    "classification": "data", "semantic_similarity": "data", "bias": "data", "bias_pairs": "data"}
 """Suite type -> the field that names a file outside the store (its content enters the fingerprint)."""
 
 
@@ -171,7 +172,7 @@ def _list_or_tables(schema: dict) -> None:
 
 class EvaluateStep(Section):
     """Run evaluation suites on a trained model: perplexity, multiple choice, generation, semantic similarity,
-    closed-book QA, classification, samples.
+    closed-book QA, classification, samples, bias (BBQ-style questions and stereotype sentence pairs).
 
     `suites` is either a list of `"perplexity"` / `"samples"` (held-out splits and samples, set by the
     fields before it) or tables of named suites, e.g. `[steps.eval.suites.siqa]` with `type = "multiple_choice"`.

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from llmrecipe.recipe.augment import AugmentOp
 from llmrecipe.recipe.base import MAX_SEQ_LEN, MAX_WIDTH, Section, StepName
 from llmrecipe.recipe.pretrain import Budget, OptimConfig
 from llmrecipe.recipe.training import TrainingControls
@@ -44,6 +45,10 @@ class DatasetConfig(Section):
     """`preference`: the preferred response."""
     rejected_field: str = "rejected"
     """`preference`: the response that lost to `chosen`."""
+    augment: list[AugmentOp] = Field(default=[], max_length=16)
+    """`classify` and `sft`: ops that make more train rows, in order (validation and test rows are never touched),
+    e.g. `[{ op = "eda", rate = 0.1 }, { op = "char_noise", rate = 0.03 }, { op = "oversample", target = 1.0 }]`.
+    `classify` alters the text; `sft` alters the user's turns and keeps the responses it learns to write intact."""
 
 
 class LoraConfig(Section):
@@ -160,6 +165,12 @@ class FinetuneStep(TrainingControls):
         if self.method != "simpo" and "gamma" in self.model_fields_set:
             raise ValueError(f"gamma is SimPO's target margin; method = '{self.method}' has none: remove gamma or "
                              "set method = \"simpo\"")
+        augmented = {op.op for op in self.dataset.augment} if self.dataset else set()
+        if augmented and self.task not in ("classify", "sft"):
+            raise ValueError(f"dataset.augment is for task = 'classify' or 'sft', not '{self.task}'; remove it")
+        if "oversample" in augmented and self.task != "classify":
+            raise ValueError("the `oversample` augment op balances labels, which only task = 'classify' has; remove "
+                             "it (or use `eda` / `char_noise` to make more rows)")
         if self.chat_template is not None and self.end_of_turn is None:
             raise ValueError("an inline `chat_template` needs `end_of_turn`: the token that ends an assistant turn")
         if self.end_of_turn is not None and self.end_of_turn not in self.special_tokens:

@@ -52,7 +52,8 @@ def run(raw_spec: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
             name=name, model=model, tokenizer=tokenizer, eot_id=tokenizer_meta["eot_id"],
             vocab_size=tokenizer_meta["vocab_size"], tokens_dir=ctx.inputs.get("tokens"),  # none for an import
             data_path=Path(files[index].path) if index in files else None, batch_size=spec.batch_size,
-            device=spec.device, seed=spec.seed, worst=spec.worst, out_dir=ctx.out_dir, ctx=ctx,
+            device=spec.device, seed=spec.seed, worst=spec.worst, bootstrap=spec.bootstrap, out_dir=ctx.out_dir,
+            ctx=ctx,
         )
         results[name] = run_suite(config, env, spec)
         results[name]["data_sha256"] = files[index].sha256 if index in files else None  # compare pairs on equal data

@@ -1,6 +1,7 @@
 """`finetune` with `task = "classify"`: a classification head trained on a pre-trained model.
 
-Reads the labelled JSONL, checks its labels against the recipe before training, trains (optionally LoRA
+Reads the labelled JSONL, checks its labels against the recipe before training, augments the train rows when the
+dataset lists `augment` ops (llmrecipe/finetune/augment.py), trains (optionally LoRA
 adapters with the head) and writes the classify artifact: model.safetensors, config.json (the model shape
 plus `task`, `labels`, `pooling`), tokenizer.json + meta.json, metrics.jsonl, loss.png, best/ and, for LoRA
 runs, adapter.safetensors + adapter_config.json (the head always trains in full).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 from tokenizers import Tokenizer
 
 from llmrecipe.errors import StepError
+from llmrecipe.finetune.augment import augment, label_counts
 from llmrecipe.finetune.classify_data import Fields, class_weights, encode, label_set, read_splits
 from llmrecipe.models.classifier import Classifier, classifier_from_language_model
 from llmrecipe.models.lora import apply_lora
@@ -42,6 +45,11 @@ def run_classify(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str
                         f"rows '{dataset.split_field}': 'train' or lower steps.{ctx.name}.dataset.val_fraction")
     labels = label_set(splits["train"], splits["val"] + splits["test"], spec.labels)
     ctx.log(f"{len(splits['train'])} train / {len(splits['val'])} validation examples; labels {labels}")
+    augmented = None
+    if dataset.augment:  # train rows only: validation and test rows stay as the file has them
+        splits["train"], augmented = augment(splits["train"], dataset.augment, spec.seed, lambda e: [e.text],
+                                             lambda e, texts: replace(e, text=texts[0]), lambda e: e.label)
+        ctx.log(f"{augmented.sentence()}; rows per label {label_counts(splits['train'], lambda e: e.label)}")
     (train, train_cut), (val, val_cut) = (encoded(tokenizer, splits[name], labels, spec.seq_len, marker, spec.pooling)
                                           for name in ("train", "val"))
     if train_cut or val_cut:
@@ -60,7 +68,8 @@ def run_classify(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str
         for name in ("tokenizer.json", "meta.json"):  # the tokenizer comes with the model
             shutil.copy(ctx.inputs["tokenizer"] / name, ctx.out_dir / name)
     return {**summary, "labels": labels, "train_examples": len(train), "val_examples": len(val),
-            "trained_parameters": trained, "train_texts_cut": train_cut, "val_texts_cut": val_cut}
+            "trained_parameters": trained, "train_texts_cut": train_cut, "val_texts_cut": val_cut,
+            **(augmented.as_metrics() if augmented else {})}
 
 
 def encoded(tokenizer: Tokenizer, examples: list, labels: list[str], seq_len: int, marker: int,

@@ -16,7 +16,8 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer
 
 from llmrecipe.errors import StepError
-from llmrecipe.finetune.chat_data import load_examples
+from llmrecipe.finetune.augment import augment
+from llmrecipe.finetune.chat_data import conversations, encode_conversations, user_turns, with_user_turns
 from llmrecipe.finetune.fit import FitCounts
 from llmrecipe.plan.specs import FinetuneSpec
 from llmrecipe.run.context import StepContext
@@ -30,9 +31,15 @@ def run_sft(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str, Any
     tokenizer, meta = load_tokenizer(ctx.inputs["tokenizer"])
     known = tokenizer.get_vocab_size(with_added_tokens=True)
     new_ids = add_special_tokens(tokenizer, spec.special_tokens, spec.model.vocab_size)
-    examples, counts = load_examples(Path(spec.dataset_file), spec.dataset, tokenizer, spec.chat_template,
-                                     spec.end_of_turn, spec.seq_len + 1, spec.truncation,
-                                     f"steps.{ctx.name}.dataset")  # +1: inputs and next token
+    path = Path(spec.dataset_file)
+    splits = conversations(path, spec.dataset, f"steps.{ctx.name}.dataset")
+    augmented = None
+    if spec.dataset.augment:  # train rows only: validation and test rows stay as the file has them
+        splits["train"], augmented = augment(splits["train"], spec.dataset.augment, spec.seed, user_turns,
+                                             with_user_turns)
+        ctx.log(augmented.sentence())
+    examples, counts = encode_conversations(splits, path.name, tokenizer, spec.chat_template, spec.end_of_turn,
+                                            spec.seq_len + 1, spec.truncation)  # +1: inputs and next token
     ctx.log(f"fitting into max_seq_len = {spec.seq_len} (truncation = {spec.truncation!r}): train "
             f"{counts['train'].sentence()}; validation {counts['val'].sentence()}")
     require_targets(counts["train"], spec)
@@ -50,7 +57,7 @@ def run_sft(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[str, Any
         write_chat_tokenizer(tokenizer, meta, spec, ctx.out_dir)
     return {**summary, "train_examples": len(examples["train"]), "val_examples": len(examples["val"]),
             "packed_rows": len(train), "trained_parameters": trained, **counts["train"].as_metrics("train"),
-            **counts["val"].as_metrics("val")}
+            **counts["val"].as_metrics("val"), **(augmented.as_metrics() if augmented else {})}
 
 
 def require_targets(counts: FitCounts, spec: FinetuneSpec) -> None:
