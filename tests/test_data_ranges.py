@@ -4,9 +4,11 @@ whole, wherever the range boundaries fall, and the same step outputs."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 
+import fsspec
 import polars as pl
 import pytest
 
@@ -14,6 +16,7 @@ from llmrecipe.data import pipeline
 from llmrecipe.data.read import Reader
 from llmrecipe.data.readjobs import ReadJob, merged_log, read_jobs
 from llmrecipe.errors import StepError
+from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.recipe.data import Source
 from tests.data_helpers import assert_same_outputs, outputs_of, planted_corpus, run_step, spec_for
 from tests.test_data_step import external, write_files
@@ -33,7 +36,10 @@ MIXED = (b'{"text": "caf\xc3\xa9 \xe2\x82\xac one", "lang": "fr"}\r\n'  # multi-
 def read_whole_and_ranged(folder, content: bytes, block_bytes: int, range_bytes: int, policy: str = "skip"):
     """(documents, log as JSON) read by one reader, then by the range jobs; and the number of range jobs."""
     write_files(folder, {"big.jsonl": content})
-    files = external(folder, ["big.jsonl"])
+    return same_documents(external(folder, ["big.jsonl"]), folder, block_bytes, range_bytes, policy)
+
+
+def same_documents(files, folder, block_bytes: int, range_bytes: int, policy: str = "skip"):
     source = Source(path=str(folder))
     whole = Reader(source, 0, policy, ["lang"], block_bytes=block_bytes)
     frame = pl.concat(list(whole.documents(files)))
@@ -67,6 +73,15 @@ def test_boundaries_right_after_and_on_newlines(tmp_path):
         frame, _, jobs = read_whole_and_ranged(tmp_path, lines, block_bytes, 2 * block_bytes)
         assert jobs == -(-len(lines) // (2 * block_bytes))
         assert frame["id"].to_list() == [f"0:big.jsonl#{k}" for k in range(40)]
+
+
+def test_a_file_on_an_fsspec_file_system_is_read_in_ranges(tmp_path):
+    path = f"memory://ranges-{tmp_path.name}/big.jsonl"
+    fsspec.filesystem("memory").pipe(path, MIXED)
+    files = [ExternalFile(source=0, name="big.jsonl", sha256=hashlib.sha256(MIXED).hexdigest(), size=len(MIXED),
+                          path=path)]
+    frame, _, jobs = same_documents(files, tmp_path, 16, 48)
+    assert jobs == 14 and len(frame) == 17
 
 
 def test_a_bad_line_fails_with_the_line_number_the_whole_file_gives(tmp_path):

@@ -28,6 +28,7 @@ class Settings:
 
 SETTINGS: dict[str, Settings] = {
     "cli_latency": Settings(quick=("--repeat", "1"), recipes=("recipes/quickstart.toml",)),
+    "data_one_file": Settings(quick=("--docs", "2000", "--rounds", "1"), needs="../shared/data (real texts)"),
     "data_pipeline": Settings(quick=("--docs", "2000", "--skip-stream"), peers=("datatrove", "orjson", "xxhash", "ray"),
                               needs="../shared/data (real texts)"),
     "eval_acceptance": Settings(quick=("--steps", "2", "--limit", "10", "--models", "random"),

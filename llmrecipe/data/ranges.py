@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from llmrecipe.data.formats import file_format, split_compression
-from llmrecipe.data.remote import open_binary
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.recipe.data import Source
 
@@ -49,10 +48,10 @@ def file_ranges(source: Source, file: ExternalFile, range_bytes: int, block_byte
 def indexed_ranges(file: ExternalFile, step: int, block_bytes: int) -> list[ByteRange] | None:
     """One pass over the file: its ranges of `step` bytes with their first lines, after checking its sha256;
     None if the file is binary or holds only whitespace (the reader reports such a file once, reading it whole)."""
-    from llmrecipe.data.read import SNIFF_BYTES, changed_after_plan, looks_binary  # read imports this module
+    from llmrecipe.data.read import SNIFF_BYTES, changed_after_plan, looks_binary, opened  # read imports this module
 
     digest, starts, newlines, head, head_done, blank = hashlib.sha256(), [], 0, b"", False, True
-    with open_binary(file.path) as stream:
+    with opened(file.path) as stream:
         offset = 0
         while piece := stream.read(block_bytes):
             if offset % step == 0:

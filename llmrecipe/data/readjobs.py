@@ -1,8 +1,8 @@
 """Reading the sources in jobs: each job reads a slice of a source's files (one file, or a byte range of a large
-JSONL file; all of them for a source with `max_docs`, which counts across its files) where the engine runs it, and writes each block it parses as a Parquet
-file in the work folder. The step's process then only groups the blocks, in source and file order, into shards of
-about a batch (`Pipeline.shards_read`): the same blocks and the same shards as one process reading every file in
-turn, so the same bytes out.
+JSONL file, `llmrecipe.data.ranges`; all of them for a source with `max_docs`, which counts across its files) where
+the engine runs it, and writes each block it parses as a Parquet file in the work folder. The step's process then
+only groups the blocks, in source and file order, into shards of about a batch (`Pipeline.shards_read`): the same
+blocks and the same shards as one process reading every file in turn, so the same bytes out.
 
 A job's result (its blocks and its source log) is saved as JSON next to its blocks, renamed into place last: a
 re-run skips jobs whose result exists.
@@ -56,8 +56,8 @@ class ReadJob:
         return self.folder / f"read-{self.number:06d}.json"
 
     def run(self) -> ReadResult:
-        reader = Reader(self.source, self.index, self.policy, self.metadata, self.downloads, block_bytes=self.block_bytes,
-                        span=self.span)
+        reader = Reader(self.source, self.index, self.policy, self.metadata, self.downloads,
+                        block_bytes=self.block_bytes, span=self.span)
         blocks = []
         for frame in reader.documents(self.files):
             path = self.folder / f"read-{self.number:06d}-{len(blocks):06d}.parquet"
