@@ -34,12 +34,13 @@ MIXED = (b'{"text": "caf\xc3\xa9 \xe2\x82\xac one", "lang": "fr"}\r\n'  # multi-
 
 
 def read_whole_and_ranged(folder, content: bytes, block_bytes: int, range_bytes: int, policy: str = "skip"):
-    """(documents, log as JSON) read by one reader, then by the range jobs; and the number of range jobs."""
     write_files(folder, {"big.jsonl": content})
     return same_documents(external(folder, ["big.jsonl"]), folder, block_bytes, range_bytes, policy)
 
 
 def same_documents(files, folder, block_bytes: int, range_bytes: int, policy: str = "skip"):
+    """One reader's documents and log, and the number of range jobs, once the range jobs gave the same documents
+    and, merged, the same log."""
     source = Source(path=str(folder))
     whole = Reader(source, 0, policy, ["lang"], block_bytes=block_bytes)
     frame = pl.concat(list(whole.documents(files)))
