@@ -26,7 +26,7 @@ def test_per_file_jobs_log_what_one_reader_logs(tmp_path):
     source = Source(path=str(tmp_path))
     whole = Reader(source, 0, "skip", [])
     frames = list(whole.documents(files))
-    jobs = read_jobs([source], [files], folder=tmp_path, policy="skip", metadata=[], downloads=None,
+    jobs = read_jobs([source], [files], 1 << 30, folder=tmp_path, policy="skip", metadata=[], downloads=None,
                      block_bytes=1 << 20)
     assert len(jobs) == 3
     merged = merged_log([job.run().log for job in jobs])
@@ -37,7 +37,7 @@ def test_per_file_jobs_log_what_one_reader_logs(tmp_path):
 def test_a_source_with_max_docs_is_read_by_one_job_in_file_order(tmp_path):
     write_files(tmp_path, {f"f{k}.jsonl": json.dumps({"text": "x"}) + "\n" for k in range(3)})
     files = external(tmp_path, ["f0.jsonl", "f1.jsonl", "f2.jsonl"])
-    jobs = read_jobs([Source(path=str(tmp_path), max_docs=2), Source(path=str(tmp_path))], [files, files],
+    jobs = read_jobs([Source(path=str(tmp_path), max_docs=2), Source(path=str(tmp_path))], [files, files], 1 << 30,
                      folder=tmp_path, policy="skip", metadata=[], downloads=None, block_bytes=1 << 20)
     assert [(job.index, len(job.files)) for job in jobs] == [(0, 3), (1, 1), (1, 1), (1, 1)]
     assert jobs[0].run().log.docs == 2

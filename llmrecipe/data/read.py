@@ -22,6 +22,7 @@ import polars as pl
 
 from llmrecipe.data.decode import decode
 from llmrecipe.data.fetch import fetch
+from llmrecipe.data.ranges import ByteRange, range_pieces
 from llmrecipe.data.remote import open_binary
 from llmrecipe.data.formats import file_format, missing_column, split_compression
 from llmrecipe.errors import StepError
@@ -80,6 +81,8 @@ class Reader:
     """Metadata columns of the whole step (every source's frames carry them all, null where absent)."""
     downloads_dir: Path | None = None
     block_bytes: int = BLOCK_BYTES
+    span: ByteRange | None = None
+    """Read only this range of the one file given (`llmrecipe.data.ranges`)."""
 
     def __post_init__(self) -> None:
         self.log = SourceLog(self.index)
@@ -88,7 +91,7 @@ class Reader:
         """Frames of documents in file order, then in order inside each file; stops after `max_docs`."""
         left = self.source.max_docs
         for file in files:
-            self.log.files += 1
+            self.log.files += self.span is None or self.span.start == 0  # a file's ranges count it once
             for frame in self._file_documents(file):
                 if left is not None:
                     frame = frame.head(left)
@@ -125,10 +128,12 @@ class Reader:
         path = str(fetch(file.path, file.sha256, self._downloads())) if self.source.url else file.path
         _, compression = split_compression(file.name)
         fmt = file_format(self.source.format, file.name)
-        try:
-            raw = open_binary(path)
-        except OSError as error:
-            raise StepError(f"cannot read source file {path}: {error.strerror}; restore it or re-plan") from error
+        raw = opened(path)
+        if self.span is not None:  # the file's sha256, binary and empty checks were made with its ranges
+            with raw:
+                yield from self._jsonl(blocks(range_pieces(raw, self.span, self.block_bytes), b"\n",
+                                              tail=self.span.last), file)
+            return
         with raw:
             hashing = HashingReader(raw)
             stream = decompressed(hashing, compression)
@@ -138,7 +143,7 @@ class Reader:
                 self.bad("corrupt_archive", file, "", f"{compression} stream: {error}")
             hashing.drain()
         if not self.source.url and hashing.hexdigest() != file.sha256:
-            raise StepError(f"source file {file.path} changed after the plan was made; run again to re-plan with its new content")
+            raise changed_after_plan(file.path)
 
     def _downloads(self) -> Path:
         if self.downloads_dir is None:
@@ -157,7 +162,7 @@ class Reader:
             yield pl.DataFrame({"id": [file.name], "text": [decode(content, self.log.repaired)]})
         elif fmt in ("text", "jsonl"):
             separator = b"\n\n" if fmt == "text" and self.source.unit == "paragraph" else b"\n"
-            chunks = blocks(stream, separator, self.block_bytes)
+            chunks = blocks(iter(lambda: stream.read(self.block_bytes), b""), separator)
             first = next(chunks, b"")
             if looks_binary(first[:SNIFF_BYTES]):
                 self.bad("binary_file", file, "", binary_excerpt(first))
@@ -188,7 +193,7 @@ class Reader:
             self.bad("empty_file", file, "", "")
 
     def _jsonl(self, chunks: Iterator[bytes], file: ExternalFile) -> Iterator[pl.DataFrame]:
-        first_line = 0
+        first_line = 0 if self.span is None else self.span.first_line
         any_line = False
         for chunk in chunks:
             lines = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
@@ -198,7 +203,7 @@ class Reader:
                 if rows is not None:
                     yield from self._rows_to_documents(rows, file)
             first_line += lines
-        if not any_line:
+        if not any_line and self.span is None:
             self.bad("empty_file", file, "", "")
 
     def _json_rows(self, chunk: bytes, file: ExternalFile, first_line: int) -> pl.DataFrame | None:
@@ -284,6 +289,17 @@ class Reader:
         yield from self._rows_to_documents(table.with_columns(_line=pl.int_range(pl.len())), file)
 
 
+def opened(path: str) -> BinaryIO:
+    try:
+        return open_binary(path)
+    except OSError as error:
+        raise StepError(f"cannot read source file {path}: {error.strerror}; restore it or re-plan") from error
+
+
+def changed_after_plan(path: str) -> StepError:
+    return StepError(f"source file {path} changed after the plan was made; run again to re-plan with its new content")
+
+
 def looks_binary(sample: bytes) -> bool:
     """Whether the start of a file is binary data rather than text (see MAX_BINARY_SHARE)."""
     if not sample:
@@ -345,10 +361,12 @@ def decompressed(stream: io.RawIOBase, compression: str | None) -> BinaryIO:
     return buffered
 
 
-def blocks(stream: BinaryIO, separator: bytes, size: int) -> Iterator[bytes]:
-    """The stream in pieces of about `size` bytes, each ending just after a `separator` (the last one may not)."""
+def blocks(pieces: Iterator[bytes], separator: bytes, tail: bool = True) -> Iterator[bytes]:
+    """The bytes of `pieces` regrouped to end just after a `separator`: each block is what follows the previous
+    one up to the last separator of the piece read so far. `tail`: whether the bytes after the last separator
+    come last (false for a byte range that leaves them to the next)."""
     rest = b""
-    while chunk := stream.read(size):
+    for chunk in pieces:
         data = rest + chunk
         cut = data.rfind(separator)
         if cut < 0:
@@ -356,5 +374,5 @@ def blocks(stream: BinaryIO, separator: bytes, size: int) -> Iterator[bytes]:
             continue
         yield data[: cut + len(separator)]
         rest = data[cut + len(separator) :]
-    if rest:
+    if rest and tail:
         yield rest

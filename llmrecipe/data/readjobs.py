@@ -1,8 +1,8 @@
-"""Reading the sources in jobs: each job reads a slice of a source's files (one file; all of them for a source with
-`max_docs`, which counts across its files) where the engine runs it, and writes each block it parses as a Parquet
-file in the work folder. The step's process then only groups the blocks, in source and file order, into shards of
-about a batch (`Pipeline.shards_read`): the same blocks and the same shards as one process reading every file in
-turn, so the same bytes out.
+"""Reading the sources in jobs: each job reads a slice of a source's files (one file, or a byte range of a large
+JSONL file, `llmrecipe.data.ranges`; all of them for a source with `max_docs`, which counts across its files) where
+the engine runs it, and writes each block it parses as a Parquet file in the work folder. The step's process then
+only groups the blocks, in source and file order, into shards of about a batch (`Pipeline.shards_read`): the same
+blocks and the same shards as one process reading every file in turn, so the same bytes out.
 
 A job's result (its blocks and its source log) is saved as JSON next to its blocks, renamed into place last: a
 re-run skips jobs whose result exists.
@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmrecipe.data.ranges import ByteRange, file_ranges
 from llmrecipe.data.read import BAD_SAMPLES, Reader, SourceLog
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.recipe.data import Source
@@ -48,12 +49,15 @@ class ReadJob:
     metadata: list[str]
     downloads: Path | None
     block_bytes: int
+    span: ByteRange | None = None
+    """The byte range of its one file the job reads; None: all of it."""
 
     def result_path(self) -> Path:
         return self.folder / f"read-{self.number:06d}.json"
 
     def run(self) -> ReadResult:
-        reader = Reader(self.source, self.index, self.policy, self.metadata, self.downloads, block_bytes=self.block_bytes)
+        reader = Reader(self.source, self.index, self.policy, self.metadata, self.downloads,
+                        block_bytes=self.block_bytes, span=self.span)
         blocks = []
         for frame in reader.documents(self.files):
             path = self.folder / f"read-{self.number:06d}-{len(blocks):06d}.parquet"
@@ -75,14 +79,18 @@ class ReadJob:
                           SourceLog.from_dict(saved["log"]))
 
 
-def read_jobs(sources: list[Source], groups: list[list[ExternalFile]], **settings) -> list[ReadJob]:
-    """The jobs reading every source's files, in source and file order. `settings`: ReadJob's folder, policy,
-    metadata, downloads and block_bytes."""
+def read_jobs(sources: list[Source], groups: list[list[ExternalFile]], range_bytes: int, **settings) -> list[ReadJob]:
+    """The jobs reading every source's files, in source and file order, a large JSONL file in ranges of about
+    `range_bytes`. `settings`: ReadJob's folder, policy, metadata, downloads and block_bytes."""
     jobs: list[ReadJob] = []
     for index, (source, files) in enumerate(zip(sources, groups)):
-        slices = [files] if source.max_docs is not None else [[file] for file in files]
-        for part in slices or [[]]:
-            jobs.append(ReadJob(source, index, part, len(jobs), **settings))
+        if source.max_docs is not None or not files:
+            slices: list[tuple[list[ExternalFile], ByteRange | None]] = [(files, None)]
+        else:
+            slices = [([file], span) for file in files
+                      for span in file_ranges(source, file, range_bytes, settings["block_bytes"])]
+        for part, span in slices:
+            jobs.append(ReadJob(source, index, part, len(jobs), **settings, span=span))
     return jobs
 
 
