@@ -30,7 +30,7 @@ def test_a_correction_gives_correction_chosen_and_the_answer_rejected_with_the_c
 
     assert pairs.rows == [{"prompt": [{"role": "user", "content": "What is AI?"}],
                            "chosen": "The science of thinking machines.", "rejected": "A fish.",
-                           "rule": "correction", "completion_ids": ["c1"]}]
+                           "rule": "correction", "completion_ids": ["c1"], "line": 1}]
     assert pairs.built == {"correction": 1}
     assert pairs.lines == 2 and not pairs.skipped
 
@@ -136,7 +136,7 @@ def test_a_log_without_usable_pairs_stops_with_the_reasons_and_the_fix(tmp_path)
         require_pairs(read_feedback_pairs(path), path.name, "steps.tuned.dataset")
     message = str(error.value)
     assert message.startswith("serve-log.jsonl: no usable preference pairs in this serve log (3 lines; ")
-    assert f"1 {NO_FEEDBACK}" in message and f"1 {UNPAIRED_RATING}" in message
+    assert "1 completion without feedback" in message and "1 rated but no differently rated answer" in message
     assert "--log FILE" in message and "POST /v1/feedback" in message and "steps.tuned.dataset.path" in message
 
 

@@ -29,23 +29,27 @@ from llmrecipe.errors import StepError
 CORRECTION, RATING = "correction", "rating"
 """The two rules, as counted in `FeedbackPairs.built`."""
 
-UNREADABLE = "unreadable line (not a JSON object)"
-UNKNOWN_KIND = "neither a completion nor a feedback line"
-BAD_COMPLETION = "completion line without a string prompt and completion"
-BAD_FEEDBACK = "feedback line without a completion_id, or with a rating outside -1/0/1"
-ORPHAN_FEEDBACK = "feedback for a completion that is not in the log"
-NO_FEEDBACK = "completion without feedback"
-EMPTY_FEEDBACK = "feedback with neither a rating nor a correction"
-EMPTY_CORRECTION = "correction is empty"
-SAME_CORRECTION = "correction is the same as the completion"
-UNPAIRED_RATING = "rated, but no other completion of the same prompt has a different rating"
-SAME_TEXT = "differently rated completions with the same text"
-DUPLICATE = "pair already built from another line"
+# Why a line (or, for the rating and duplicate reasons, a completion or a pair) was left out; the step reports
+# them as `rows_skipped_<reason>`, and messages show them with spaces.
+UNREADABLE = "unreadable_line"
+UNKNOWN_KIND = "neither_completion_nor_feedback"
+BAD_COMPLETION = "completion_without_prompt_or_text"
+BAD_FEEDBACK = "feedback_without_completion_id_or_rating_outside_-1_to_1"
+ORPHAN_FEEDBACK = "feedback_for_a_completion_not_in_the_log"
+NO_FEEDBACK = "completion_without_feedback"
+EMPTY_FEEDBACK = "feedback_without_rating_or_correction"
+EMPTY_CORRECTION = "empty_correction"
+SAME_CORRECTION = "correction_same_as_the_completion"
+UNPAIRED_RATING = "rated_but_no_differently_rated_answer_to_the_prompt"
+SAME_TEXT = "differently_rated_answers_with_the_same_text"
+DUPLICATE = "pair_already_built"
 
 
 @dataclass
 class Completion:
     id: str
+    line: int
+    """Its line in the log (1-based), named in messages about the pair."""
     prompt: str | list[dict[str, str]]
     """The conversation (chat) or the text the model continued (completions)."""
     text: str
@@ -57,7 +61,8 @@ class Completion:
 @dataclass
 class FeedbackPairs:
     rows: list[dict[str, Any]]
-    """`{prompt, chosen, rejected, rule, completion_ids}` in log order; `prompt` is a message list for chat."""
+    """`{prompt, chosen, rejected, rule, completion_ids, line}`: `prompt` is a message list for chat, `line` the
+    first log line of the completions the pair comes from; corrections first, then ratings, each in log order."""
     lines: int
     """Non-blank lines read."""
     built: Counter = field(default_factory=Counter)
@@ -68,7 +73,7 @@ class FeedbackPairs:
     def summary(self) -> str:
         """One line for the step's log: what was built, and why the rest was not used."""
         built = ", ".join(f"{count} by {rule}" for rule, count in sorted(self.built.items())) or "none"
-        skipped = "; ".join(f"{count} {reason}" for reason, count in self.skipped.most_common()) or "nothing skipped"
+        skipped = reasons(self.skipped) or "nothing skipped"
         return f"{len(self.rows)} pairs from {self.lines} serve-log lines ({built}); skipped: {skipped}"
 
 
@@ -82,16 +87,16 @@ def read_feedback_pairs(path: Path) -> FeedbackPairs:
 
 def feedback_pairs(lines) -> FeedbackPairs:
     """The pairs of an iterable of serve-log lines (strings or already parsed objects)."""
-    records = [record for record in map(parsed, lines) if record is not None]
+    records = [(number, record) for number, line in enumerate(lines, start=1) if (record := parsed(line)) is not None]
     skipped: Counter = Counter()
     completions: dict[str, Completion] = {}
     # Completions first: the server learns an id before its line is written, so a quick client's feedback line can
     # come just before the completion it rates.
-    for record in records:
-        reason = take_completion(record, completions)
+    for number, record in records:
+        reason = take_completion(record, number, completions)
         if reason:
             skipped[reason] += 1
-    for record in records:
+    for _, record in records:
         if isinstance(record, dict) and record.get("kind") == "feedback":
             reason = apply_feedback(record, completions)
             if reason:
@@ -99,14 +104,15 @@ def feedback_pairs(lines) -> FeedbackPairs:
     result = FeedbackPairs(rows=[], lines=len(records), skipped=skipped)
     seen: set[str] = set()
     candidates = [*correction_pairs(completions.values(), skipped), *rating_pairs(completions.values(), skipped)]
-    for rule, pair, ids in candidates:
+    for rule, pair, sources in candidates:
         key = json.dumps([pair["prompt"], pair["chosen"], pair["rejected"]], ensure_ascii=False)
         if key in seen:
             skipped[DUPLICATE] += 1
             continue
         seen.add(key)
         result.built[rule] += 1
-        result.rows.append({**pair, "rule": rule, "completion_ids": ids})
+        result.rows.append({**pair, "rule": rule, "completion_ids": [c.id for c in sources],
+                            "line": min(c.line for c in sources)})
     skipped[NO_FEEDBACK] += sum(c.feedback_lines == 0 for c in completions.values())
     result.skipped = +skipped  # reasons that never happened are not reported as 0
     return result
@@ -125,12 +131,12 @@ def parsed(line: str | dict) -> dict | str | None:
     return record if isinstance(record, dict) else UNREADABLE
 
 
-def take_completion(record: dict | str, completions: dict[str, Completion]) -> str | None:
+def take_completion(record: dict | str, number: int, completions: dict[str, Completion]) -> str | None:
     """Record a completion line; the reason when a line is neither usable completion nor feedback."""
     if isinstance(record, str):
         return record
     if record.get("kind") == "completion":
-        completion = completion_of(record)
+        completion = completion_of(record, number)
         if completion is None:
             return BAD_COMPLETION
         completions[completion.id] = completion
@@ -138,7 +144,7 @@ def take_completion(record: dict | str, completions: dict[str, Completion]) -> s
     return None if record.get("kind") == "feedback" else UNKNOWN_KIND
 
 
-def completion_of(record: dict) -> Completion | None:
+def completion_of(record: dict, number: int) -> Completion | None:
     prompt, text, identity = record.get("prompt"), record.get("completion"), record.get("id")
     if not (isinstance(prompt, str) and isinstance(text, str) and isinstance(identity, str)):
         return None
@@ -147,7 +153,7 @@ def completion_of(record: dict) -> Completion | None:
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
     ):
         prompt = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return Completion(id=identity, prompt=prompt, text=text)
+    return Completion(id=identity, line=number, prompt=prompt, text=text)
 
 
 def apply_feedback(record: dict, completions: dict[str, Completion]) -> str | None:
@@ -169,7 +175,7 @@ def apply_feedback(record: dict, completions: dict[str, Completion]) -> str | No
 
 
 def correction_pairs(completions, skipped: Counter):
-    """(CORRECTION, pair, ids) for every corrected completion whose correction says something new."""
+    """(rule, pair, its completion) for every corrected completion whose correction says something new."""
     for completion in completions:
         if completion.correction is None:
             continue
@@ -179,11 +185,11 @@ def correction_pairs(completions, skipped: Counter):
             skipped[SAME_CORRECTION] += 1
         else:
             pair = {"prompt": completion.prompt, "chosen": completion.correction, "rejected": completion.text}
-            yield CORRECTION, pair, [completion.id]
+            yield CORRECTION, pair, [completion]
 
 
 def rating_pairs(completions, skipped: Counter):
-    """(RATING, pair, ids) for every two completions of one prompt with different ratings, higher chosen.
+    """(rule, pair, its two completions) for every two completions of one prompt rated differently, higher chosen.
 
     A rated completion that no other completion of its prompt out- or under-rates is counted as unpaired, unless
     its correction already made a pair of it."""
@@ -202,7 +208,7 @@ def rating_pairs(completions, skipped: Counter):
                     skipped[SAME_TEXT] += 1
                     continue
                 pair = {"prompt": better.prompt, "chosen": better.text, "rejected": worse.text}
-                yield RATING, pair, [better.id, worse.id]
+                yield RATING, pair, [better, worse]
         skipped[UNPAIRED_RATING] += sum(c.id not in paired and not corrected(c) for c in rated)
 
 
@@ -215,10 +221,26 @@ def require_pairs(pairs: FeedbackPairs, file: str, key: str) -> None:
     """Stop with the fix when a serve log gives no pair at all (`key`: the recipe's dataset table)."""
     if pairs.rows:
         return
-    reasons = "; ".join(f"{count} {reason}" for reason, count in pairs.skipped.most_common()) or "it is empty"
     raise StepError(
-        f"{file}: no usable preference pairs in this serve log ({pairs.lines} lines; {reasons}). Pairs come from "
+        f"{file}: no usable preference pairs in this serve log ({pairs.lines} lines; "
+        f"{reasons(pairs.skipped) or 'it is empty'}). Pairs come from "
         "completions that were corrected, or from two completions of one prompt rated differently: serve the model "
         "with `llmrecipe serve RECIPE STEP --log FILE`, rate (`rating` -1/0/1) or correct (`correction`) its answers "
         f"with POST /v1/feedback, then point {key}.path at that log"
     )
+
+
+def split_key(pair: dict[str, Any]) -> str:
+    """The text whose digest holds a pair out (or not): its conversation's first user turn, as the SFT step keys a
+    conversation, else its prompt; so every pair of one question lands on the same side and validation questions
+    are unseen in training."""
+    prompt = pair["prompt"]
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[0] if users else json.dumps(prompt, ensure_ascii=False)
+
+
+def reasons(skipped: Counter) -> str:
+    """`3 completion without feedback; 1 empty correction`, most frequent first."""
+    return "; ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in skipped.most_common())
