@@ -25,6 +25,7 @@ from llmrecipe.errors import RecipeError, StepError
 from llmrecipe.evals.jsonl import check_choices, read_jsonl, required_keys, suite_key
 from llmrecipe.finetune.chat_data import conversation, row_split
 from llmrecipe.finetune.classify_data import Fields, foreign_labels, labelled_rows, unknown_labels
+from llmrecipe.finetune.preference_data import check_sample
 from llmrecipe.jsonl import json_objects
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.recipe.data import DataStep, Source
@@ -147,6 +148,8 @@ def dataset_check(name: str, step: FinetuneStep, path: Path) -> None:
         for number, row in rows:
             row_split(row, dataset, path.name, number)
             conversation(row, dataset, path.name, number, key)
+    elif step.task == "preference":
+        check_sample(path, dataset, SAMPLE_ROWS, key)
     elif step.task == "classify":
         fields = Fields(dataset.text_field, dataset.label_field, dataset.split_field, key)
         examples = [example for example, _ in labelled_rows(path, fields, SAMPLE_ROWS)]

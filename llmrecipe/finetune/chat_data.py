@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -40,11 +40,18 @@ class Example:
 
 def read_rows(path: Path, dataset: DatasetConfig) -> dict[str, list[tuple[int, dict[str, Any]]]]:
     """(line number, row) per split: `train`, `val`, `test` (by the split field, else a stable hash of the row)."""
+    return split_rows(json_objects(path), dataset, path.name, lambda row: held_out(row, dataset))
+
+
+def split_rows(rows: Iterable[tuple[int, dict[str, Any]]], dataset: DatasetConfig, file: str,
+               hold_out: Callable[[dict[str, Any]], bool]) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """(line number, row) per split, by the split field; when no row is marked for validation, the train rows for
+    which `hold_out` is true are."""
     splits: dict[str, list[tuple[int, dict[str, Any]]]] = {"train": [], "val": [], "test": []}
-    for number, row in json_objects(path):
-        splits[row_split(row, dataset, path.name, number)].append((number, row))
+    for number, row in rows:
+        splits[row_split(row, dataset, file, number)].append((number, row))
     if not splits["val"]:  # no validation rows given: hold out a hashed share of the train rows
-        held = [held_out(row, dataset) for _, row in splits["train"]]
+        held = [hold_out(row) for _, row in splits["train"]]
         splits["val"] = [r for r, h in zip(splits["train"], held) if h]
         splits["train"] = [r for r, h in zip(splits["train"], held) if not h]
     return splits
@@ -59,8 +66,13 @@ def held_out(row: dict[str, Any], dataset: DatasetConfig) -> bool:
         users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"] \
             if isinstance(messages, list) else []
         prompt = users[0] if users else json.dumps(row, sort_keys=True, ensure_ascii=False)
-    digest = hashlib.sha256(str(prompt).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < dataset.val_fraction
+    return in_held_out_share(str(prompt), dataset.val_fraction)
+
+
+def in_held_out_share(prompt: str, fraction: float) -> bool:
+    """Whether a digest of the prompt falls in the held-out `fraction`: stable across machines, runs and row order."""
+    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def row_split(row: dict[str, Any], dataset: DatasetConfig, file: str, number: int) -> str:
@@ -80,17 +92,11 @@ def conversation(row: dict[str, Any], dataset: DatasetConfig, file: str, number:
     and the recipe's setting (`key`: where the dataset table is, e.g. `steps.chat.dataset`)."""
     where = f"{file} line {number}"
     if dataset.messages_field in row:
-        messages = row[dataset.messages_field]
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise StepError(f"{where}: `{dataset.messages_field}` must be a list of {{\"role\", \"content\"}} objects")
-        for m in messages:
-            if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise StepError(f"{where}: every message needs a role ({', '.join(ROLES)}) and a string content; "
-                                f"found {json.dumps(m)[:80]}")
+        messages = checked_messages(row[dataset.messages_field], dataset.messages_field, where)
         if not any(m["role"] == "assistant" for m in messages):
             raise StepError(f"{where}: `{dataset.messages_field}` has no assistant turn, so nothing to learn; every "
                             "conversation needs at least one message with role \"assistant\"")
-        return [{"role": m["role"], "content": m["content"]} for m in messages]
+        return messages
     missing = [f for f in (dataset.prompt_field, dataset.response_field) if not isinstance(row.get(f), str)]
     if missing:
         labelled = dataset.text_field in row and dataset.label_field in row
@@ -103,6 +109,17 @@ def conversation(row: dict[str, Any], dataset: DatasetConfig, file: str, number:
         )
     return [{"role": "user", "content": row[dataset.prompt_field]},
             {"role": "assistant", "content": row[dataset.response_field]}]
+
+
+def checked_messages(value: Any, field: str, where: str) -> list[dict[str, str]]:
+    """`value` as a list of {"role", "content"} messages (extra keys dropped), or an error naming the field."""
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        raise StepError(f"{where}: `{field}` must be a list of {{\"role\", \"content\"}} objects")
+    for m in value:
+        if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise StepError(f"{where}: every message needs a role ({', '.join(ROLES)}) and a string content; "
+                            f"found {json.dumps(m)[:80]}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
 def render(template: str, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:

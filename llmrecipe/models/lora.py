@@ -3,12 +3,15 @@
 `apply_lora` swaps each target nn.Linear for a `LoraLinear` that keeps the original weight (same state-dict
 name, frozen) and adds `lora_A` (r, in) and `lora_B` (out, r). B starts at zero, so the wrapped model computes
 exactly what the original did until training moves it. `merge_lora` folds B A into W and puts plain nn.Linear
-layers back, so exporters and loaders see an ordinary model.
+layers back, so exporters and loaders see an ordinary model. `adapters_disabled` runs the wrapped model as the
+original for a while: preference tuning's reference model is the same weights without their adapters, not a copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +36,12 @@ class LoraLinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))  # (out, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear and the LoRA paper's code
         self.adapter_dropout = nn.Dropout(dropout)
+        self.adapters_enabled = True
+        """False inside `adapters_disabled`: the layer computes the frozen base weight's output alone."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.adapters_enabled:
+            return F.linear(x, self.weight, self.bias)
         update = F.linear(F.linear(self.adapter_dropout(x), self.lora_A), self.lora_B)  # (..., out)
         return F.linear(x, self.weight, self.bias) + self.scale * update
 
@@ -69,6 +76,20 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> int:
         owner = model.get_submodule(parent) if parent else model
         setattr(owner, child, LoraLinear(getattr(owner, child), config.rank, config.alpha, config.dropout))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block every LoRA layer of `model` computes its base weight's output alone: the model as it was
+    before `apply_lora`, with no second copy of its weights. A model without adapters is unchanged."""
+    layers = [module for module in model.modules() if isinstance(module, LoraLinear)]
+    for layer in layers:
+        layer.adapters_enabled = False
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.adapters_enabled = True
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

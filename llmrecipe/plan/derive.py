@@ -14,8 +14,8 @@ from llmrecipe.models.family import ShapeError, matches_target, round_up
 from llmrecipe.models.registry import family
 from llmrecipe.models.shape import ModelShape
 from llmrecipe.plan.plan import CheckpointFacts, Host
-from llmrecipe.plan.specs import DataSpec, FinetuneSpec, ImportSpec, PretrainSpec
-from llmrecipe.recipe.finetune import CHAT_TEMPLATES, FinetuneStep
+from llmrecipe.plan.specs import DataSpec, FinetuneSpec, ImportSpec, PreferenceSpec, PretrainSpec
+from llmrecipe.recipe.finetune import CHAT_TASKS, CHAT_TEMPLATES, DEFAULT_BETA, FinetuneStep
 from llmrecipe.recipe.import_step import ImportStep
 from llmrecipe.recipe.pretrain import OptimConfig, PretrainStep
 from llmrecipe.recipe.tokenizer import TokenizerStep
@@ -260,20 +260,20 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
     """`init` is the starting model's shape, `token_bound` an upper bound of its tokenizer's ids, `own_template` the
     chat template an imported init model brings and its end-of-turn token."""
     arch = family(init.arch)
-    if step.task in ("sft", "continue", "classify") and arch.encoder_decoder:
+    if step.task != "seq2seq" and arch.encoder_decoder:
         raise DerivationError(f"task = '{step.task}' trains a single-stack model; the init model is a `{init.arch}` "
                               "encoder-decoder: use task = 'seq2seq' (text in, text out)")
     if step.task == "seq2seq" and not arch.encoder_decoder:
         raise DerivationError(f"task = 'seq2seq' trains an encoder-decoder (`t5`); the init model is a "
                               f"`{init.arch}`: use task = 'sft' for prompt/response pairs")
-    if step.task in ("sft", "continue") and not arch.causal:
+    if step.task in ("sft", "continue", "preference") and not arch.causal:
         raise DerivationError(f"task = '{step.task}' trains a decoder that reads left to right; the init model is a "
                               f"`{init.arch}`, which sees both sides")
     if step.task == "classify" and step.pooling == "first" and arch.causal:
         raise DerivationError(f"pooling = 'first' on a `{init.arch}` decoder: its first state sees only the first "
                               "token, so every text would look alike; use 'last' (or 'auto')")
     template, specials, end_of_turn = _chat_template(step, own_template)
-    added = len(specials) if step.task == "sft" else 0  # an upper bound: tokens the tokenizer has already are kept
+    added = len(specials) if step.task in CHAT_TASKS else 0  # an upper bound: tokens the tokenizer has already are kept
     # Rows only when the added tokens need them: an imported checkpoint keeps its exact vocabulary size.
     rows = init.vocab_size if token_bound + added <= init.vocab_size else round_up(token_bound + added, 64)
     model = init.model_copy(update={"vocab_size": rows})
@@ -288,13 +288,20 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
         truncation=step.truncation,
         labels=step.labels, class_weighting=step.class_weighting,
         pooling=("last" if arch.causal else "first") if step.pooling == "auto" else step.pooling,
-        lora=_resolved_lora(step, model),
+        lora=_resolved_lora(step, model), preference=_preference(step),
         **training_controls(step, model, seq_len, step.batch_size, device, host, seed, nproc),
     )
 
 
+def _preference(step: FinetuneStep) -> PreferenceSpec | None:
+    if step.task != "preference":
+        return None
+    beta = step.beta if step.beta is not None else DEFAULT_BETA[step.method]
+    return PreferenceSpec(method=step.method, beta=beta, gamma=step.gamma if step.method == "simpo" else 0.0)
+
+
 def _chat_template(step: FinetuneStep, own: tuple[str, str | None] | None) -> tuple[str | None, list[str], str | None]:
-    if step.task != "sft":
+    if step.task not in CHAT_TASKS:
         return None, [], None
     if step.chat_template is not None:
         return step.chat_template, list(step.special_tokens), step.end_of_turn
@@ -356,7 +363,22 @@ def finetune_summary(spec: FinetuneSpec) -> dict[str, Any]:
     }
     if spec.lora is not None:
         summary["lora_targets"] = spec.lora.targets
+    if spec.preference is not None:
+        summary.update(_preference_summary(spec))
     if spec.task == "classify":
         summary["pooling"] = spec.pooling
         summary["trainable_params"] = f"{trainable} + the classification head"
+    return summary
+
+
+def _preference_summary(spec: FinetuneSpec) -> dict[str, Any]:
+    """The objective as it will run, and where its reference comes from."""
+    preference = spec.preference
+    summary: dict[str, Any] = {"method": preference.method, "beta": preference.beta}
+    if preference.method == "simpo":
+        summary["gamma"] = preference.gamma
+        summary["reference"] = "none (SimPO)"
+    else:
+        starting = "the starting model with its adapters off" if spec.lora is not None else "the starting model"
+        summary["reference"] = f"{starting}: log-probs computed once before training"
     return summary

@@ -125,36 +125,47 @@ class PretrainSpec(TrainingSpec):
     """Batches of non-overlapping validation windows on which the best weights are scored at the end (None: not done)."""
 
 
+class PreferenceSpec(Frozen):
+    """A `preference` step's objective with its beta resolved (the method's default when the recipe leaves it)."""
+
+    method: Literal["dpo", "ipo", "simpo"]
+    beta: float
+    gamma: float
+    """SimPO's target reward margin (0 for the methods that have none)."""
+
+
 class FinetuneSpec(TrainingSpec):
     """A `finetune` step resolved: the starting model's shape, the output shape, the chat template text, the LoRA
     targets and the batch arithmetic. The dataset is named by its file name; its content digest is in the step's
     external files (see llmrecipe/finetune/locate.py)."""
 
-    task: Literal["sft", "classify", "continue", "seq2seq"]
+    task: Literal["sft", "classify", "continue", "seq2seq", "preference"]
     init_model: ModelShape
     """The shape of the starting model (its config.json)."""
     model: ModelShape
     """The shape of the output model: `init_model` with embedding rows for the added special tokens."""
     dataset: DatasetConfig | None
-    """`sft`, `classify`, `seq2seq`: the dataset settings, `path` cut to the file's name."""
+    """`sft`, `preference`, `classify`, `seq2seq`: the dataset settings, `path` cut to the file's name."""
     dataset_file: str | None
     """The dataset's absolute path on this machine."""
     chat_template: str | None
-    """`sft`: the Jinja chat template (the preset's text or the recipe's inline one)."""
+    """`sft`, `preference`: the Jinja chat template (the preset's text or the recipe's inline one)."""
     special_tokens: list[str]
-    """`sft`: tokens the template needs, added to the tokenizer when it lacks them."""
+    """`sft`, `preference`: tokens the template needs, added to the tokenizer when it lacks them."""
     end_of_turn: str | None
-    """`sft`: the token that ends an assistant turn (in the loss; generation stops there)."""
+    """`sft`, `preference`: the token that ends an assistant turn (in the loss; generation stops there)."""
     seq_len: int
     """Tokens per training sequence: a packed sequence (`sft`), a window (`continue`), the longest input (`classify`)."""
     truncation: Literal["left", "drop"] = "left"
-    """`sft`: how a conversation longer than `seq_len` is fitted (see llmrecipe/finetune/fit.py)."""
+    """`sft`, `preference`: how a conversation longer than `seq_len` is fitted (see llmrecipe/finetune/fit.py)."""
     labels: list[str] | None
     class_weighting: Literal["none", "balanced"]
     pooling: Literal["last", "first"]
     """`classify`: `auto` resolved by the architecture (last token for decoders, first for `bert`)."""
     lora: LoraConfig | None
     """Adapters with their `targets` resolved to module-name suffixes; None for full fine-tuning."""
+    preference: PreferenceSpec | None = None
+    """`preference`: the objective; None for the other tasks."""
 
     NOT_FINGERPRINTED: ClassVar[frozenset[str]] = TrainingSpec.NOT_FINGERPRINTED | frozenset(
         {"dataset_file"}  # where the file lies on this machine; its content digest is fingerprinted instead

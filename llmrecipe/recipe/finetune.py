@@ -12,7 +12,8 @@ from llmrecipe.recipe.training import TrainingControls
 
 
 class DatasetConfig(Section):
-    """A JSONL file of labelled examples (`sft`, `classify`); its content digest is part of the step's identity."""
+    """A JSONL file of labelled examples (`sft`, `classify`, `seq2seq`) or of preference pairs (`preference`); its
+    content digest is part of the step's identity."""
 
     path: str
     """The JSONL file, relative to the recipe; override it with `--set steps.NAME.dataset.path=PATH`."""
@@ -28,12 +29,21 @@ class DatasetConfig(Section):
     label_field: str = "label"
     """`classify`: the label of the text."""
     prompt_field: str = "prompt"
-    """`sft`: the user's turn of a prompt/response pair; `seq2seq`: the input text."""
+    """`sft`: the user's turn of a prompt/response pair; `seq2seq`: the input text; `preference`: the prompt both
+    responses answer (a user turn, or a list of messages)."""
     response_field: str = "response"
     """`sft`: the assistant's turn of a prompt/response pair; `seq2seq`: the output text."""
     messages_field: str = "messages"
     """`sft`: a list of `{"role", "content"}` turns (system/user/assistant); used by rows that have it instead of a
     prompt/response pair."""
+    format: Literal["pairs"] = "pairs"
+    """`preference`: how rows become pairs. `pairs`: each row is one pair, `{prompt, chosen, rejected}` (field names
+    below), the responses as strings or as lists of assistant messages; without a prompt field, `chosen` and
+    `rejected` are whole conversations that share all but their last assistant turn."""
+    chosen_field: str = "chosen"
+    """`preference`: the preferred response."""
+    rejected_field: str = "rejected"
+    """`preference`: the response that lost to `chosen`."""
 
 
 class LoraConfig(Section):
@@ -65,40 +75,56 @@ class FinetuneOptim(OptimConfig):
 
 class FinetuneStep(TrainingControls):
     """Continue training a `pretrain` or `finetune` step's model on a task: instruction/chat tuning (`sft`),
-    classification (`classify`) or more pre-training on a domain corpus (`continue`)."""
+    learning from preferred and rejected answers (`preference`), classification (`classify`) or more pre-training on
+    a domain corpus (`continue`)."""
 
     kind: Literal["finetune"]
     init: StepName
     """The `pretrain`, `import` or `finetune` step whose model (and tokenizer) this step starts from."""
-    task: Literal["sft", "classify", "continue", "seq2seq"]
-    """`sft`: learn to answer in a chat format, loss on the assistant's tokens only; `classify`: a classification
+    task: Literal["sft", "classify", "continue", "seq2seq", "preference"]
+    """`sft`: learn to answer in a chat format, loss on the assistant's tokens only; `preference`: learn from pairs of
+    a chosen and a rejected answer to one prompt (`method`: DPO, IPO or SimPO), in the chat format; `classify`: a classification
     head on the model; `continue`: next-token training on the tokens of a `data` step (domain adaptation);
     `seq2seq`: text-to-text for an encoder-decoder (`t5`): the prompt to the encoder, the loss on the response."""
     data: StepName | None = None
     """`continue` only: the `data` step whose train split is tokenized with the init model's tokenizer."""
     dataset: DatasetConfig | None = None
-    """`sft`, `classify` and `seq2seq`: the JSONL examples."""
+    """`sft`, `preference`, `classify` and `seq2seq`: the JSONL examples."""
     template: Literal["chatml"] | None = None
-    """`sft`: the chat format preset. `chatml`: `<|im_start|>role\\ncontent<|im_end|>\\n` turns. Unset: the init
+    """`sft`, `preference`: the chat format preset. `chatml`: `<|im_start|>role\\ncontent<|im_end|>\\n` turns. Unset: the init
     model's own chat template when it is an imported model that brings one (its end-of-sequence token ends a
     turn), else `chatml`."""
     chat_template: str | None = None
-    """`sft`: an inline Jinja chat template (Hugging Face style: `messages`, `add_generation_prompt`) used instead
+    """`sft`, `preference`: an inline Jinja chat template (Hugging Face style: `messages`, `add_generation_prompt`) used instead
     of the preset; give its `special_tokens` and `end_of_turn` too."""
     special_tokens: list[str] = []
-    """`sft` with `chat_template`: the template's special tokens, added to the tokenizer (embeddings resized)."""
+    """`sft`, `preference` with `chat_template`: the template's special tokens, added to the tokenizer (embeddings resized)."""
     end_of_turn: str | None = None
-    """`sft` with `chat_template`: the token that ends an assistant turn (one of `special_tokens`); the model learns
+    """`sft`, `preference` with `chat_template`: the token that ends an assistant turn (one of `special_tokens`); the model learns
     to produce it, and generation stops there."""
     max_seq_len: int | None = Field(default=None, ge=2, le=MAX_SEQ_LEN)
     """Tokens per training sequence, at most the init model's `seq_len` (the default): the length of a packed row
-    for `sft` (longer examples are fitted by `truncation`), of a window for `continue`, and of each side of a
+    for `sft` (longer examples are fitted by `truncation`), of a prompt with either response for `preference`, of a window for `continue`, and of each side of a
     `seq2seq` pair."""
     truncation: Literal["left", "drop"] = "left"
-    """`sft`: what happens to a conversation longer than `max_seq_len`. `left`: its beginning goes (earlier turns,
+    """`sft`, `preference`: what happens to a conversation longer than `max_seq_len`. `left`: its beginning goes (earlier turns,
     then the start of the prompt; system messages and the template's markers stay) so the last response is whole,
     and a row whose response alone is too long is dropped; `drop`: every over-long row is left out. The counts are
-    in the step's metrics and log; a step where fewer than half the train rows keep their response fails."""
+    in the step's metrics and log; a step where fewer than half the train rows keep their response fails. A
+    preference pair is fitted as one: its prompt is cut until the longer response fits."""
+    method: Literal["dpo", "ipo", "simpo"] = "dpo"
+    """`preference`: the objective. `dpo` (Rafailov et al., 2023): -log sigmoid(beta * h), h the gap between the
+    chosen and the rejected response's log-probability ratios to the starting model (summed over response tokens);
+    `ipo` (Azar et al., 2023): (h - 1 / (2 beta))^2, which stops at a margin instead of pushing without bound;
+    `simpo` (Meng et al., 2024): -log sigmoid(beta * (mean log-prob of chosen - of rejected) - gamma), per-token
+    means and no reference model. The starting model's log-probabilities (dpo, ipo) are computed once before
+    training; with LoRA the reference is the same weights with the adapters off."""
+    beta: float | None = Field(default=None, gt=0)
+    """`preference`: the reward scale. Unset: the method's own (`DEFAULT_BETA`: 0.1 for `dpo` and `ipo`, 2.0 for
+    `simpo`, each paper's setting)."""
+    gamma: float = Field(default=0.5, ge=0)
+    """`preference` with `method = "simpo"`: the target reward margin between chosen and rejected, in reward units
+    (the paper's gamma; its gamma/beta ratio is gamma / beta)."""
     labels: list[str] | None = Field(default=None, min_length=2)
     """`classify`: the expected label set, in order; data whose labels differ fail before training. Unset: the sorted
     labels of the train split, recorded in the output."""
@@ -125,6 +151,13 @@ class FinetuneStep(TrainingControls):
                 raise ValueError(f"task = '{self.task}' needs its examples: add [steps.NAME.dataset] with a `path`")
             if self.data is not None:
                 raise ValueError(f"task = '{self.task}' reads `dataset` (a JSONL file); `data` is for 'continue'")
+        preference_settings = sorted({"method", "beta", "gamma"} & self.model_fields_set)
+        if self.task != "preference" and preference_settings:
+            raise ValueError(f"{', '.join(preference_settings)}: settings of task = 'preference'; remove them or set "
+                             "task = \"preference\"")
+        if self.method != "simpo" and "gamma" in self.model_fields_set:
+            raise ValueError(f"gamma is SimPO's target margin; method = '{self.method}' has none: remove gamma or "
+                             "set method = \"simpo\"")
         if self.chat_template is not None and self.end_of_turn is None:
             raise ValueError("an inline `chat_template` needs `end_of_turn`: the token that ends an assistant turn")
         if self.end_of_turn is not None and self.end_of_turn not in self.special_tokens:
@@ -134,6 +167,12 @@ class FinetuneStep(TrainingControls):
                              "`template` brings its own")
         return self
 
+
+CHAT_TASKS = ("sft", "preference")
+"""Tasks whose rows are conversations rendered with the chat template (whose tokens join the tokenizer)."""
+
+DEFAULT_BETA: dict[str, float] = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0}
+"""`preference`: beta when the recipe leaves it unset, by method; the plan shows the value used."""
 
 CHAT_TEMPLATES: dict[str, tuple[str, list[str], str]] = {
     "chatml": (

@@ -230,13 +230,15 @@ class Trainer:
         """The loop's counters, from the newest intact checkpoint or fresh; saved in every checkpoint."""
         counters: dict[str, Any] = {"step": 0, "tokens": 0, "train_seconds": 0.0, "best_val_loss": None,
                                     "best_step": None, "evals_without_improvement": 0, "skip_steps": [],
-                                    "unlogged_losses": [], "base_val_loss": None}
+                                    "unlogged_losses": [], "base_val_loss": None,
+                                    "base_scores": {}}
         if (checkpoint := latest_checkpoint(self.checkpoints, self.io.log)) is not None:
             counters.update(load_checkpoint(checkpoint, model, optimizer, self.config.device, self.world))
             self.io.log(f"resumed from checkpoint at step {counters['step']}")
             return counters
         if self.config.score_start and (scores := self.evaluate(runner, self.task.validation_batches())):
             counters["base_val_loss"] = scores["val_loss"]  # the starting model, for comparison
+            counters["base_scores"] = scores
         if self.config.on_nonfinite == "rollback":
             save_checkpoint(self.checkpoints, model, optimizer, counters, self.world)  # something to roll back to
         return counters
@@ -285,6 +287,9 @@ class Trainer:
             summary["mfu_capped"] = True
         if self.config.score_start:
             summary["base_val_loss"] = counters["base_val_loss"]
+            # the starting model's other validation metrics too (a preference step's reward accuracy, ...)
+            summary.update({f"base_{name}": value for name, value in counters["base_scores"].items()
+                            if name != "val_loss"})
         return summary
 
     def score_best(self) -> float | None:

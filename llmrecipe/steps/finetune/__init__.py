@@ -1,4 +1,4 @@
-"""Executor of `finetune`: a trained model adapted by SFT, classification, text-to-text (seq2seq) or continued pre-training, maybe with LoRA,
+"""Executor of `finetune`: a trained model adapted by SFT, preference pairs (DPO, IPO, SimPO), classification, text-to-text (seq2seq) or continued pre-training, maybe with LoRA,
 trained by the one trainer in one process, in `nproc` processes, or in a torchrun launch's group.
 
 Outputs: model.safetensors + config.json, tokenizer.json + meta.json (with chat_template.jinja and
@@ -32,6 +32,8 @@ def finetune_in_group(raw_spec: dict[str, Any], ctx: StepContext, world: World) 
         from llmrecipe.steps.finetune.classify import run_classify as task
     elif spec.task == "sft":
         from llmrecipe.steps.finetune.sft import run_sft as task
+    elif spec.task == "preference":
+        from llmrecipe.steps.finetune.preference import run_preference as task
     elif spec.task == "seq2seq":
         from llmrecipe.steps.finetune.seq2seq import run_seq2seq as task
     else:
