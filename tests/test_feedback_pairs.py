@@ -9,7 +9,8 @@ import pytest
 from llmrecipe.errors import StepError
 from llmrecipe.finetune.feedback_pairs import (
     BAD_COMPLETION, BAD_FEEDBACK, DUPLICATE, EMPTY_CORRECTION, EMPTY_FEEDBACK, NO_FEEDBACK, ORPHAN_FEEDBACK,
-    SAME_CORRECTION, SAME_TEXT, UNKNOWN_KIND, UNPAIRED_RATING, UNREADABLE, feedback_pairs, read_feedback_pairs,
+    PLAIN_PROMPT, SAME_CORRECTION, SAME_TEXT, UNKNOWN_KIND, UNPAIRED_RATING, UNREADABLE, feedback_pairs,
+    read_feedback_pairs,
     require_pairs,
 )
 from llmrecipe.serve.feedback import ServeLog
@@ -133,16 +134,29 @@ def test_a_log_without_usable_pairs_stops_with_the_reasons_and_the_fix(tmp_path)
         {"kind": "feedback", "completion_id": "a", "rating": 1},
     ]) + "\n")
     with pytest.raises(StepError) as error:
-        require_pairs(read_feedback_pairs(path), path.name, "steps.tuned.dataset")
+        require_pairs(read_feedback_pairs(path), path.name)
     message = str(error.value)
     assert message.startswith("serve-log.jsonl: no usable preference pairs in this serve log (3 lines; ")
     assert "1 completion without feedback" in message and "1 rated but no differently rated answer" in message
-    assert "--log FILE" in message and "POST /v1/feedback" in message and "steps.tuned.dataset.path" in message
+    assert "--log FILE" in message and "POST /v1/feedback" in message and "dataset.path" in message
 
 
 def test_an_empty_log_and_a_missing_log_say_so(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(StepError, match=r"\(0 lines; it is empty\)"):
-        require_pairs(read_feedback_pairs(tmp_path / "empty.jsonl"), "empty.jsonl", "steps.tuned.dataset")
+        require_pairs(read_feedback_pairs(tmp_path / "empty.jsonl"), "empty.jsonl")
     with pytest.raises(StepError, match="does not exist"):
         read_feedback_pairs(tmp_path / "missing.jsonl")
+
+
+def test_for_a_chat_task_pairs_of_plain_completions_are_counted_out():
+    lines = [
+        {"kind": "completion", "id": "a", "prompt": "raw text", "completion": "x"},
+        {"kind": "completion", "id": "b", "prompt": "<user>hi", "completion": "y",
+         "messages": [{"role": "user", "content": "hi"}]},
+        {"kind": "feedback", "completion_id": "a", "correction": "better"},
+        {"kind": "feedback", "completion_id": "b", "correction": "hello"},
+    ]
+    chat = feedback_pairs(lines).conversations_only()
+    assert [row["chosen"] for row in chat.rows] == ["hello"]
+    assert chat.built == {"correction": 1} and chat.skipped == {PLAIN_PROMPT: 1}

@@ -43,6 +43,7 @@ SAME_CORRECTION = "correction_same_as_the_completion"
 UNPAIRED_RATING = "rated_but_no_differently_rated_answer_to_the_prompt"
 SAME_TEXT = "differently_rated_answers_with_the_same_text"
 DUPLICATE = "pair_already_built"
+PLAIN_PROMPT = "pair_of_plain_completions_not_chat"
 
 
 @dataclass
@@ -69,6 +70,15 @@ class FeedbackPairs:
     """Pairs built, by rule (`correction`, `rating`)."""
     skipped: Counter = field(default_factory=Counter)
     """Lines (or, for rating and duplicate reasons, completions and pairs) left out, by reason."""
+
+    def conversations_only(self) -> "FeedbackPairs":
+        """The pairs whose prompt is a conversation (chat completions); plain completions' pairs counted as skipped,
+        for a task that renders prompts with a chat template (a plain prompt would be trained as a user turn it
+        never was)."""
+        kept = [row for row in self.rows if not isinstance(row["prompt"], str)]
+        plain = Counter(row["rule"] for row in self.rows if isinstance(row["prompt"], str))
+        skipped = self.skipped + Counter({PLAIN_PROMPT: sum(plain.values())})
+        return FeedbackPairs(rows=kept, lines=self.lines, built=self.built - plain, skipped=skipped)
 
     def summary(self) -> str:
         """One line for the step's log: what was built, and why the rest was not used."""
@@ -217,8 +227,8 @@ def corrected(completion: Completion) -> bool:
         and completion.correction != completion.text
 
 
-def require_pairs(pairs: FeedbackPairs, file: str, key: str) -> None:
-    """Stop with the fix when a serve log gives no pair at all (`key`: the recipe's dataset table)."""
+def require_pairs(pairs: FeedbackPairs, file: str) -> None:
+    """Stop with the fix when a serve log gives no pair at all."""
     if pairs.rows:
         return
     raise StepError(
@@ -226,19 +236,9 @@ def require_pairs(pairs: FeedbackPairs, file: str, key: str) -> None:
         f"{reasons(pairs.skipped) or 'it is empty'}). Pairs come from "
         "completions that were corrected, or from two completions of one prompt rated differently: serve the model "
         "with `llmrecipe serve RECIPE STEP --log FILE`, rate (`rating` -1/0/1) or correct (`correction`) its answers "
-        f"with POST /v1/feedback, then point {key}.path at that log"
+        "with POST /v1/feedback, then point the step's dataset.path at that log"
     )
 
-
-def split_key(pair: dict[str, Any]) -> str:
-    """The text whose digest holds a pair out (or not): its conversation's first user turn, as the SFT step keys a
-    conversation, else its prompt; so every pair of one question lands on the same side and validation questions
-    are unseen in training."""
-    prompt = pair["prompt"]
-    if isinstance(prompt, str):
-        return prompt
-    users = [m["content"] for m in prompt if m["role"] == "user"]
-    return users[0] if users else json.dumps(prompt, ensure_ascii=False)
 
 
 def reasons(skipped: Counter) -> str:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from llmrecipe.errors import StepError
 from llmrecipe.finetune.chat_data import (Example, assistant_spans, checked_messages, encode_example, in_held_out_share,
                                           row_split, split_rows)
+from llmrecipe.finetune.feedback_pairs import read_feedback_pairs, require_pairs
 from llmrecipe.finetune.fit import FitCounts, Truncation, fit_messages
 from llmrecipe.jsonl import json_objects
 from llmrecipe.recipe.finetune import DatasetConfig
@@ -83,7 +84,18 @@ def jsonl_rows(path: Path, dataset: DatasetConfig, limit: int | None = None) -> 
     return SourceRows(list(islice(json_objects(path), limit)))
 
 
-ROW_SOURCES: dict[str, Callable[[Path, DatasetConfig, int | None], SourceRows]] = {"pairs": jsonl_rows}
+def serve_log_rows(path: Path, dataset: DatasetConfig, limit: int | None = None) -> SourceRows:
+    """`format = "serve_log"`: the pairs people's ratings and corrections make of a serve log (the first `limit`:
+    a sample). The whole log is read either way: an answer and its feedback can be far apart."""
+    pairs = read_feedback_pairs(path).conversations_only()
+    require_pairs(pairs, path.name)
+    rows = [(pair["line"], {dataset.prompt_field: pair["prompt"], dataset.chosen_field: pair["chosen"],
+                            dataset.rejected_field: pair["rejected"]}) for pair in pairs.rows[:limit]]
+    return SourceRows(rows, dict(pairs.skipped))
+
+
+ROW_SOURCES: dict[str, Callable[[Path, DatasetConfig, int | None], SourceRows]] = {
+    "pairs": jsonl_rows, "serve_log": serve_log_rows}
 """`dataset.format` -> the function that reads its file as rows of pairs, `(path, dataset, limit)`; `limit` bounds
 what it reads (for the sample `validate` checks), None reads it all."""
 
