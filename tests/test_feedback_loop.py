@@ -88,6 +88,7 @@ def test_a_preference_step_trains_on_a_serve_log_and_reports_its_pairs(tmp_path)
     assert summary["train_pairs"] + summary["val_pairs"] == 24 and summary["val_pairs"] > 0
     assert summary["rows_skipped_pair_of_plain_completions_not_chat"] == 1
     assert summary["rows_skipped_completion_without_feedback"] == 1
+    assert summary["pairs_by_correction"] == 24
     assert "val_reward_accuracy" in summary
 
 

@@ -55,6 +55,8 @@ class SourceRows:
     rows: Rows
     skipped: dict[str, int] = field(default_factory=dict)
     """Rows the source read but could not make a pair of, by reason (for the step's report)."""
+    built: dict[str, int] = field(default_factory=dict)
+    """Pairs the source made, by the rule that made them, when it has rules (`serve_log`: correction, rating)."""
 
 
 @dataclass
@@ -64,18 +66,23 @@ class PairCounts:
 
     splits: dict[str, FitCounts]
     skipped: dict[str, int]
+    built: dict[str, int] = field(default_factory=dict)
+    """The source's pairs by rule (see SourceRows.built)."""
 
     def as_metrics(self) -> dict[str, int]:
         metrics = {f"{split}_pairs": counts.kept for split, counts in self.splits.items() if split != "test"}
         for split in ("train", "val"):
             metrics.update(self.splits[split].as_metrics(split))
-        return {**metrics, **{f"rows_skipped_{reason}": count for reason, count in self.skipped.items()}}
+        return {**metrics, **{f"pairs_by_{rule}": count for rule, count in self.built.items()},
+                **{f"rows_skipped_{reason}": count for reason, count in self.skipped.items()}}
 
     def sentence(self) -> str:
         train, val = self.splits["train"], self.splits["val"]
         skipped = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in self.skipped.items())
+        built = ", ".join(f"{count} by {rule}" for rule, count in self.built.items())
         return (f"built {train.kept} train and {val.kept} validation pairs (train: {train.sentence()}; validation: "
                 f"{val.sentence()}); dropped rows did not fit max_seq_len"
+                + (f"; the source's pairs: {built}" if built else "")
                 + (f"; rows skipped by the source: {skipped}" if skipped else ""))
 
 
@@ -91,7 +98,7 @@ def serve_log_rows(path: Path, dataset: DatasetConfig, limit: int | None = None)
     require_pairs(pairs, path.name)
     rows = [(pair["line"], {dataset.prompt_field: pair["prompt"], dataset.chosen_field: pair["chosen"],
                             dataset.rejected_field: pair["rejected"]}) for pair in pairs.rows[:limit]]
-    return SourceRows(rows, dict(pairs.skipped))
+    return SourceRows(rows, dict(pairs.skipped), dict(pairs.built))
 
 
 ROW_SOURCES: dict[str, Callable[[Path, DatasetConfig, int | None], SourceRows]] = {
@@ -182,7 +189,7 @@ def pairs_from_rows(source: SourceRows, dataset: DatasetConfig, tokenizer: Token
             if pair is not None:
                 counts[split].target_tokens += sum(pair.chosen.targets[1:]) + sum(pair.rejected.targets[1:])
                 encoded[split].append(pair)
-    return encoded, PairCounts(counts, dict(source.skipped))
+    return encoded, PairCounts(counts, dict(source.skipped), dict(source.built))
 
 
 def encode_pair(pair: Pair, tokenizer: Tokenizer, template: str, end_of_turn: str, limit: int,
