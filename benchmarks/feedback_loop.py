@@ -31,8 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from llmrecipe import api
+from llmrecipe.evals.stats import confidence_interval
+from llmrecipe.evals.suite import proportion
 from llmrecipe.evals.text_metrics import token_f1
 from llmrecipe.finetune.chat_data import conversation, in_held_out_share, read_rows
 from llmrecipe.finetune.feedback_pairs import read_feedback_pairs
@@ -206,36 +209,55 @@ def compare(recipe: str, overrides: list[str], workdir: Path, tuned_run: str, sf
 
 
 def preference_metrics(plan) -> dict[str, float]:
-    """The preference step's last held-out (validation) metrics: reward accuracy, margin, log-probs."""
-    rows = [json.loads(line) for line in (api.artifact(plan, "tuned") / "metrics.jsonl").read_text().splitlines()]
-    held_out = [row for row in rows if any(key.startswith("val_") for key in row)]
-    return held_out[-1] if held_out else {}
+    """The preference step's summary: its pairs, and its held-out metrics at the start (`base_val_*`: the policy is
+    the reference, so reward accuracy is 0.5 by construction) and at the end (`val_*`)."""
+    return next(step for step in api.status(plan) if step["step"] == "tuned")["metrics"]
+
+
+def reward_accuracy_interval(accuracy: float, pairs: int) -> tuple[float, float]:
+    """95% percentile bootstrap interval of a share of `pairs` (the step logs the share, not each pair)."""
+    right = round(accuracy * pairs)
+    columns = {"right": np.array([1.0] * right + [0.0] * (pairs - right)), "count": np.ones(pairs)}
+    return confidence_interval(proportion("right"), columns, resamples=1000, seed=0)
+
+
+VERDICTS = {"A better": "tuned better", "B better": "sft better"}
 
 
 def report(args, driven, pairs, held, training, compared, sft_seconds, seconds) -> None:
     ratings = driven["ratings"]
-    print(f"SFT chat model (recipes/chat.toml, {args.sft_val_fraction:.0%} of ChatterBot held out): "
-          f"{sft_seconds:.0f} s (stored steps reused)")
+    low, high = reward_accuracy_interval(training["val_reward_accuracy"], training["val_pairs"])
+    print(f"SFT chat model (recipes/chat.toml, {args.sft_val_fraction:.0%} of ChatterBot held out, "
+          f"{args.sft_epochs:g} epochs): {sft_seconds:.0f} s (stored steps are reused)")
     print(f"user: {driven['questions']} held-out questions, {driven['answers']} answers in {driven['seconds']} s; "
           f"ratings good {ratings['1']}, neutral {ratings['0']}, bad {ratings['-1']}; "
           f"{driven['corrections']} corrected")
     print(f"serve log: {pairs.summary()}")
-    print(f"held out by the preference step: {held['held_out_pairs']} pairs, {held['held_out_questions']} questions")
-    print("preference step, held-out pairs at the end: " + ", ".join(
-        f"{key} {value:.4g}" for key, value in training.items() if key.startswith("val_")))
+    print(f"preference step: {training['train_pairs']} train pairs, {training['val_pairs']} held out "
+          f"({held['held_out_questions']} questions); held-out reward accuracy "
+          f"{training['base_val_reward_accuracy']:.4f} -> {training['val_reward_accuracy']:.4f} [95% CI {low:.4f}, {high:.4f}], margin "
+          f"{training['base_val_reward_margin']:.3g} -> {training['val_reward_margin']:.3g}; held-out log-probs chosen "
+          f"{training['base_val_chosen_logp']:.2f} -> {training['val_chosen_logp']:.2f}, rejected "
+          f"{training['base_val_rejected_logp']:.2f} -> {training['val_rejected_logp']:.2f}")
     figures = {row["suite"] + "." + row["metric"]: row for row in compared["rows"] if row["metric"] != "*"}
     for name, row in figures.items():
         print(f"  {name}: tuned {row['a']:.4f} vs sft {row['b']:.4f}, difference {row['difference']:+.4f} "
-              f"[95% CI {row['low']:+.4f}, {row['high']:+.4f}] -> {row['verdict']}")
+              f"[95% CI {row['low']:+.4f}, {row['high']:+.4f}] -> {VERDICTS.get(row['verdict'], row['verdict'])}")
+    held_out = ("loss", "reward_accuracy", "reward_margin", "chosen_logp", "rejected_logp")
     print(json.dumps({
         "questions": driven["questions"], "answers": driven["answers"], "ratings": ratings,
         "corrections": driven["corrections"], "serve_log_lines": pairs.lines, "pairs": len(pairs.rows),
         "pairs_by_rule": dict(pairs.built), "skipped": dict(pairs.skipped), **held,
-        "held_out_preference": {k: round(v, 4) for k, v in training.items() if k.startswith("val_")},
+        "train_pairs": training["train_pairs"], "val_pairs": training["val_pairs"],
+        "held_out_start": {name: round(training[f"base_val_{name}"], 4) for name in held_out},
+        "held_out_end": {name: round(training[f"val_{name}"], 4) for name in held_out},
+        "held_out_reward_accuracy_ci": [round(low, 4), round(high, 4)],
         "compare": {name: {"tuned": round(row["a"], 4), "sft": round(row["b"], 4),
                            "difference": round(row["difference"], 4), "low": round(row["low"], 4),
-                           "high": round(row["high"], 4), "verdict": row["verdict"]} for name, row in figures.items()},
-        "sft_val_fraction": args.sft_val_fraction, "max_tokens": args.max_tokens, "seconds": round(seconds, 1),
+                           "high": round(row["high"], 4), "verdict": VERDICTS.get(row["verdict"], row["verdict"])}
+                    for name, row in figures.items()},
+        "sft_val_fraction": args.sft_val_fraction, "sft_epochs": args.sft_epochs, "max_tokens": args.max_tokens,
+        "seconds": round(seconds, 1),
     }))
 
 
