@@ -235,7 +235,8 @@ def report(args, driven, pairs, held, training, compared, sft_seconds, seconds) 
     print(f"serve log: {pairs.summary()}")
     print(f"preference step: {training['train_pairs']} train pairs, {training['val_pairs']} held out "
           f"({held['held_out_questions']} questions); held-out reward accuracy "
-          f"{training['base_val_reward_accuracy']:.4f} -> {training['val_reward_accuracy']:.4f} [95% CI {low:.4f}, {high:.4f}], margin "
+          f"{training['base_val_reward_accuracy']:.4f} -> {training['val_reward_accuracy']:.4f} "
+          f"[95% CI {low:.4f}, {high:.4f}], margin "
           f"{training['base_val_reward_margin']:.3g} -> {training['val_reward_margin']:.3g}; held-out log-probs chosen "
           f"{training['base_val_chosen_logp']:.2f} -> {training['val_chosen_logp']:.2f}, rejected "
           f"{training['base_val_rejected_logp']:.2f} -> {training['val_rejected_logp']:.2f}")
