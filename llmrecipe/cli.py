@@ -98,8 +98,8 @@ def add_sweep_parser(commands) -> None:
 def add_model_target(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("target", metavar="RECIPE_OR_FOLDER", help="a recipe (then name STEP) or an artifact folder")
     sub.add_argument("step", nargs="?", metavar="STEP",
-                     help="the recipe's pretrain, import, finetune (sft, continue or seq2seq) or export step whose "
-                          "model to use")
+                     help="the recipe's pretrain, import, finetune (sft, preference, continue or seq2seq) or export "
+                          "step whose model to use")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     sub.add_argument("--workdir", help="the recipe's artifact store (default: [run] workdir, else ./.llmrecipe)")
     sub.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",

@@ -120,7 +120,8 @@ def pair_of(row: dict[str, Any], dataset: DatasetConfig, where: str, key: str = 
                         f"uses.{hint}")
     if prompt_key in row:
         prompt = row[prompt_key]
-        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else checked_messages(prompt, prompt_key, where)
+        prompt = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
+                  else checked_messages(prompt, prompt_key, where))
         chosen, rejected = (answer(row[f], f, where) for f in (chosen_key, rejected_key))
     else:
         prompt, chosen, rejected = split_conversations(row[chosen_key], row[rejected_key], dataset, where, key)
@@ -223,7 +224,8 @@ def load_pairs(path: Path, dataset: DatasetConfig, tokenizer: Tokenizer, templat
     """The dataset's pairs, per split; a file with no pair to train on is an error that says why."""
     source = ROW_SOURCES[dataset.format](path, dataset, None)
     check_usable(source, path.name, dataset)
-    pairs, counts = pairs_from_rows(source, dataset, tokenizer, template, end_of_turn, limit, truncation, path.name, key)
+    pairs, counts = pairs_from_rows(source, dataset, tokenizer, template, end_of_turn, limit, truncation, path.name,
+                                    key)
     if not pairs["train"]:
         train = counts.splits["train"]
         reason = (f"all {train.rows} train rows are longer than max_seq_len = {limit - 1} tokens even with their "

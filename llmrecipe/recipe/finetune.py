@@ -22,8 +22,8 @@ class DatasetConfig(Section):
     (left out of fine-tuning)."""
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     """When the file has no validation rows (no split field, or only train/test): the share of train rows held out
-    for validation, chosen by a stable hash of the text (`classify`) or the prompt (`sft`: rows repeating a prompt
-    stay on one side, so validation prompts are unseen)."""
+    for validation, chosen by a stable hash of the text (`classify`) or the prompt (`sft`, `preference`: rows repeating
+    a prompt stay on one side, so validation prompts are unseen)."""
     text_field: str = "text"
     """`classify`: the text to classify."""
     label_field: str = "label"
@@ -85,35 +85,37 @@ class FinetuneStep(TrainingControls):
     init: StepName
     """The `pretrain`, `import` or `finetune` step whose model (and tokenizer) this step starts from."""
     task: Literal["sft", "classify", "continue", "seq2seq", "preference"]
-    """`sft`: learn to answer in a chat format, loss on the assistant's tokens only; `preference`: learn from pairs of
-    a chosen and a rejected answer to one prompt (`method`: DPO, IPO or SimPO), in the chat format; `classify`: a classification
-    head on the model; `continue`: next-token training on the tokens of a `data` step (domain adaptation);
-    `seq2seq`: text-to-text for an encoder-decoder (`t5`): the prompt to the encoder, the loss on the response."""
+    """`sft`: learn to answer in a chat format, loss on the assistant's tokens only; `preference`: learn from pairs of a
+    chosen and a rejected answer to one prompt (`method`: DPO, IPO or SimPO), in the chat format; `classify`: a
+    classification head on the model; `continue`: next-token training on the tokens of a `data` step (domain
+    adaptation); `seq2seq`: text-to-text for an encoder-decoder (`t5`): the prompt to the encoder, the loss on the
+    response."""
     data: StepName | None = None
     """`continue` only: the `data` step whose train split is tokenized with the init model's tokenizer."""
     dataset: DatasetConfig | None = None
     """`sft`, `preference`, `classify` and `seq2seq`: the JSONL examples."""
     template: Literal["chatml"] | None = None
-    """`sft`, `preference`: the chat format preset. `chatml`: `<|im_start|>role\\ncontent<|im_end|>\\n` turns. Unset: the init
-    model's own chat template when it is an imported model that brings one (its end-of-sequence token ends a
+    """`sft`, `preference`: the chat format preset. `chatml`: `<|im_start|>role\\ncontent<|im_end|>\\n` turns. Unset:
+    the init model's own chat template when it is an imported model that brings one (its end-of-sequence token ends a
     turn), else `chatml`."""
     chat_template: str | None = None
-    """`sft`, `preference`: an inline Jinja chat template (Hugging Face style: `messages`, `add_generation_prompt`) used instead
-    of the preset; give its `special_tokens` and `end_of_turn` too."""
+    """`sft`, `preference`: an inline Jinja chat template (Hugging Face style: `messages`, `add_generation_prompt`)
+    used instead of the preset; give its `special_tokens` and `end_of_turn` too."""
     special_tokens: list[str] = []
-    """`sft`, `preference` with `chat_template`: the template's special tokens, added to the tokenizer (embeddings resized)."""
+    """`sft`, `preference` with `chat_template`: the template's special tokens, added to the tokenizer (embeddings
+    resized)."""
     end_of_turn: str | None = None
-    """`sft`, `preference` with `chat_template`: the token that ends an assistant turn (one of `special_tokens`); the model learns
-    to produce it, and generation stops there."""
+    """`sft`, `preference` with `chat_template`: the token that ends an assistant turn (one of `special_tokens`); the
+    model learns to produce it, and generation stops there."""
     max_seq_len: int | None = Field(default=None, ge=2, le=MAX_SEQ_LEN)
     """Tokens per training sequence, at most the init model's `seq_len` (the default): the length of a packed row
-    for `sft` (longer examples are fitted by `truncation`), of a prompt with either response for `preference`, of a window for `continue`, and of each side of a
-    `seq2seq` pair."""
+    for `sft` (longer examples are fitted by `truncation`), of a prompt with either response for `preference`, of a
+    window for `continue`, and of each side of a `seq2seq` pair."""
     truncation: Literal["left", "drop"] = "left"
-    """`sft`, `preference`: what happens to a conversation longer than `max_seq_len`. `left`: its beginning goes (earlier turns,
-    then the start of the prompt; system messages and the template's markers stay) so the last response is whole,
-    and a row whose response alone is too long is dropped; `drop`: every over-long row is left out. The counts are
-    in the step's metrics and log; a step where fewer than half the train rows keep their response fails. A
+    """`sft`, `preference`: what happens to a conversation longer than `max_seq_len`. `left`: its beginning goes
+    (earlier turns, then the start of the prompt; system messages and the template's markers stay) so the last response
+    is whole, and a row whose response alone is too long is dropped; `drop`: every over-long row is left out. The counts
+    are in the step's metrics and log; a step where fewer than half the train rows keep their response fails. A
     preference pair is fitted as one: its prompt is cut until the longer response fits."""
     method: Literal["dpo", "ipo", "simpo"] = "dpo"
     """`preference`: the objective. `dpo` (Rafailov et al., 2023): -log sigmoid(beta * h), h the gap between the

@@ -1,8 +1,9 @@
-"""Executor of `finetune`: a trained model adapted by SFT, preference pairs (DPO, IPO, SimPO), classification, text-to-text (seq2seq) or continued pre-training, maybe with LoRA,
-trained by the one trainer in one process, in `nproc` processes, or in a torchrun launch's group.
+"""Executor of `finetune`: a trained model adapted by SFT, preference pairs (DPO, IPO, SimPO), classification,
+text-to-text (seq2seq) or continued pre-training, maybe with LoRA, trained by the one trainer in one process, in
+`nproc` processes, or in a torchrun launch's group.
 
 Outputs: model.safetensors + config.json, tokenizer.json + meta.json (with chat_template.jinja and
-tokenizer_config.json for `sft`), metrics.jsonl, loss.png, best/ when validation ran, and adapter.safetensors +
+tokenizer_config.json for `sft` and `preference`), metrics.jsonl, loss.png, best/ when validation ran, and adapter.safetensors +
 adapter_config.json for LoRA runs.
 """
 

@@ -47,7 +47,8 @@ def run_preference(spec: FinetuneSpec, ctx: StepContext, world: World) -> dict[s
     ctx.log(f"training {trained:,} of {sum(p.numel() for p in model.parameters()):,} parameters")
     objective = spec.preference
     if USES_REFERENCE[objective.method]:
-        train.reference, val.reference = reference(model, {"train": train, "val": val}, spec, ctx, world).values()
+        saved = reference(model, {"train": train, "val": val}, spec, ctx, world)
+        train.reference, val.reference = saved["train"], saved["val"]
     if not len(val):
         ctx.log("no held-out pairs, so no validation and no reward metrics: raise dataset.val_fraction above 0 or "
                 "mark rows \"split\": \"validation\"")

@@ -104,7 +104,7 @@ class PreferenceObjective(nn.Module):
         margins = out.chosen_rewards - out.rejected_rewards  # (B,)
         wins = (margins > 0).float() + 0.5 * (margins == 0).float()
         where = F.one_hot(split, 2).float()  # (B, 2): a pair's split as a column
-        return {"loss": out.losses.sum(), "count": torch.tensor(float(B), device=inputs.device),
+        return {"loss": out.losses.sum(), "count": where.sum(),
                 "pairs": where.sum(dim=0), "pair_loss": where.T @ out.losses.detach(), "wins": where.T @ wins,
                 "margin": where.T @ margins.detach(), "chosen_logp": where.T @ logps[:, 0].detach(),
                 "rejected_logp": where.T @ logps[:, 1].detach()}
@@ -116,7 +116,8 @@ class PreferenceTask:
     def __init__(self, train: PairRows, val: PairRows | None, method: Method, beta: float, gamma: float, seed: int,
                  batch_size: int, eval_batches: int, micro_batch_size: int):
         self.train, self.val, self.method, self.beta, self.gamma = train, val, method, beta, gamma
-        self.seed, self.batch_size, self.eval_batches, self.micro_batch_size = seed, batch_size, eval_batches, micro_batch_size
+        self.seed, self.batch_size = seed, batch_size
+        self.eval_batches, self.micro_batch_size = eval_batches, micro_batch_size
         self.examples = len(train)
         self._orders: dict[int, torch.Tensor] = {}
 
