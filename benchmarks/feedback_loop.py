@@ -37,9 +37,9 @@ from llmrecipe import api
 from llmrecipe.evals.stats import confidence_interval
 from llmrecipe.evals.suite import proportion
 from llmrecipe.evals.text_metrics import token_f1
-from llmrecipe.finetune.chat_data import conversation, in_held_out_share, read_rows
+from llmrecipe.finetune.chat_data import conversation, read_rows
 from llmrecipe.finetune.feedback_pairs import read_feedback_pairs
-from llmrecipe.finetune.preference_data import first_user_turn, pair_of
+from llmrecipe.finetune.preference_data import held_out, pair_of
 from llmrecipe.plan.specs import FinetuneSpec
 from llmrecipe.serve.app import ServeSettings
 from llmrecipe.serve.server import background_server
@@ -116,8 +116,8 @@ def serve_and_drive(model_dir: Path, log: Path, questions: list[Question], max_t
 
 
 def step_holds_out(pair: dict, dataset) -> bool:
-    """Whether the preference step holds this pair out, by the step's own rule (its first user turn's digest)."""
-    return in_held_out_share(first_user_turn(pair_of(pair, dataset, "serve log")), dataset.val_fraction)
+    """Whether the preference step holds this pair out, by the step's own rule."""
+    return held_out(pair_of(pair, dataset, "serve log"), dataset)
 
 
 def held_out_files(pairs: list[dict], is_held_out, folder: Path) -> dict[str, int]:
@@ -244,14 +244,14 @@ def report(args, driven, pairs, held, training, compared, sft_seconds, seconds) 
     for name, row in figures.items():
         print(f"  {name}: tuned {row['a']:.4f} vs sft {row['b']:.4f}, difference {row['difference']:+.4f} "
               f"[95% CI {row['low']:+.4f}, {row['high']:+.4f}] -> {VERDICTS.get(row['verdict'], row['verdict'])}")
-    held_out = ("loss", "reward_accuracy", "reward_margin", "chosen_logp", "rejected_logp")
+    measured = ("loss", "reward_accuracy", "reward_margin", "chosen_logp", "rejected_logp")
     print(json.dumps({
         "questions": driven["questions"], "answers": driven["answers"], "ratings": ratings,
         "corrections": driven["corrections"], "serve_log_lines": pairs.lines, "pairs": len(pairs.rows),
         "pairs_by_rule": dict(pairs.built), "skipped": dict(pairs.skipped), **held,
         "train_pairs": training["train_pairs"], "val_pairs": training["val_pairs"],
-        "held_out_start": {name: round(training[f"base_val_{name}"], 4) for name in held_out},
-        "held_out_end": {name: round(training[f"val_{name}"], 4) for name in held_out},
+        "held_out_start": {name: round(training[f"base_val_{name}"], 4) for name in measured},
+        "held_out_end": {name: round(training[f"val_{name}"], 4) for name in measured},
         "held_out_reward_accuracy_ci": [round(low, 4), round(high, 4)],
         "compare": {name: {"tuned": round(row["a"], 4), "sft": round(row["b"], 4),
                            "difference": round(row["difference"], 4), "low": round(row["low"], 4),

@@ -167,6 +167,11 @@ def first_user_turn(pair: Pair) -> str:
     return users[0] if users else "".join(m["content"] for m in pair.prompt)
 
 
+def held_out(pair: Pair, dataset: DatasetConfig) -> bool:
+    """Whether a pair without a split field is held out for validation: by a digest of its first user turn."""
+    return in_held_out_share(first_user_turn(pair), dataset.val_fraction)
+
+
 def pairs_from_rows(source: SourceRows, dataset: DatasetConfig, tokenizer: Tokenizer, template: str,
                     end_of_turn: str, limit: int, truncation: Truncation, file: str,
                     key: str = "dataset") -> tuple[dict[str, list[EncodedPair]], PairCounts]:
@@ -174,11 +179,7 @@ def pairs_from_rows(source: SourceRows, dataset: DatasetConfig, tokenizer: Token
     tokens and encoded, before any training starts."""
     parsed = {number: pair_of(row, dataset, f"{file} line {number}", key) for number, row in source.rows}
 
-    def held_out(row: dict[str, Any]) -> bool:
-        prompt = first_user_turn(pair_of(row, dataset, file, key))
-        return in_held_out_share(prompt, dataset.val_fraction)
-
-    splits = split_rows(source.rows, dataset, file, held_out)
+    splits = split_rows(source.rows, dataset, file, lambda row: held_out(pair_of(row, dataset, file, key), dataset))
     encoded: dict[str, list[EncodedPair]] = {}
     counts: dict[str, FitCounts] = {}
     for split, rows in splits.items():
