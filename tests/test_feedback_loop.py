@@ -4,18 +4,21 @@ the serve log, and a log that gives no pair stops `validate` with the fix."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.feedback_loop import Question, held_out_files, rating, serve_and_drive
+from benchmarks.harness.suite import SETTINGS
 from llmrecipe import api
 from llmrecipe.cli import main
 from llmrecipe.errors import RecipeError
 from llmrecipe.finetune.feedback_pairs import read_feedback_pairs
 from llmrecipe.recipe.finetune import DatasetConfig
 from llmrecipe.serve.feedback import ServeLog
-from tests.conftest import write_tiny_recipe
+from tests.conftest import REPO, SHARED_DATA, write_tiny_recipe
 from tests.generate_helpers import lively_model, save_artifact, tiny_shape
 from tests.serve_helpers import CHAT_TEMPLATE
 from tests.test_preference import preference_spec, run_step
@@ -119,3 +122,23 @@ def test_a_serve_log_without_usable_pairs_stops_validate_with_the_fix(tmp_path, 
     assert main(["validate", str(path)]) == 2
     assert "no usable preference pairs" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()  # nothing ran
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_loop_benchmark_runs_end_to_end_with_tiny_budgets(tmp_path):
+    """Pre-train, SFT, serve, rate and correct, preference-tune, evaluate both, compare: the benchmark's quick run."""
+    if not (SHARED_DATA / "sft" / "chatterbot.jsonl").is_file():
+        pytest.skip("../shared/data is not there")
+    command = [sys.executable, str(REPO / "benchmarks" / "feedback_loop.py"), "--workdir", str(tmp_path),
+               *SETTINGS["feedback_loop"].quick]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert figures["answers"] == 2 * figures["questions"] and figures["corrections"] > 0
+    assert figures["pairs_by_rule"]["correction"] == figures["corrections"]
+    assert figures["train_pairs"] + figures["val_pairs"] == figures["pairs"] and figures["val_pairs"] > 0
+    assert figures["held_out_pairs"] == figures["val_pairs"]  # the evaluation files hold the step's own held-out pairs
+    assert figures["held_out_start"]["reward_accuracy"] == 0.5
+    assert {"answers.f1", "pairs.accuracy"} <= set(figures["compare"])
+    assert "$ llmrecipe compare" in run.stdout
