@@ -6,10 +6,13 @@
 2. That model is served on 127.0.0.1 with a serve log. The "user" asks each held-out question twice (a greedy
    answer and one sampled at temperature 1), rates both by token F1 against the file's answers (>= 0.5 good,
    >= 0.2 neutral, else bad) through POST /v1/feedback, and corrects the greedy answer with the file's answer.
-3. The recipe's preference step trains on the log (its `val_fraction` of the pairs held out by prompt); the rows of
-   those held-out pairs are written as the evaluation file, and the evaluate step scores the SFT model and the
-   tuned model on it: generated answers against the reference (exact match, F1, ROUGE-L, BLEU, chrF) and the pairs
-   as two-way multiple choice (does the model give the chosen answer a higher log-likelihood than the rejected?).
+3. The recipe's preference step (DPO against the SFT model) trains on the log. It holds a question out when a
+   digest of it falls below its `val_fraction`, as the SFT step does, so with half the SFT's fraction it holds out
+   about half the user's questions. Those held-out pairs are written as the evaluation files, and the evaluate step
+   scores the SFT model and the tuned model on them: generated answers against the reference (exact match, F1,
+   ROUGE-L, BLEU, chrF) and the pairs as two-way multiple choice (does the model give the chosen answer the higher
+   log-likelihood, summed (`accuracy`) or per character (`accuracy_norm`)?). Held-out reward accuracy (the step's
+   own metric, 0.5 at the start by construction) gets a bootstrap interval over the held-out pairs.
 4. `llmrecipe compare` sets the two evaluations side by side with paired bootstrap intervals.
 
     python benchmarks/feedback_loop.py                            # workdir ./.llmrecipe-feedback
@@ -17,7 +20,8 @@
 
 What it does not measure: a real user (the "user" here is the file's reference answers, and it rates by word
 overlap), or anything beyond this tiny model on a few hundred ChatterBot questions; with that few held-out pairs
-the intervals are wide. The last line printed is one JSON object with the figures.
+the intervals are wide. The rejected answers are the SFT model's own, often long and repetitive, so summed
+log-likelihood favours the shorter reference even before tuning. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
