@@ -403,6 +403,7 @@ def test_the_plan_resolves_each_methods_beta_and_says_where_the_reference_comes_
     assert step.derived["reference"] == ("the starting model with its adapters off: log-probs computed once before "
                                          "training")
     assert step.spec["special_tokens"] == CHATML_TOKENS  # rendered in the chat format, as sft is
+    assert step.spec["tokens_per_step"] == 4 * 2 * 96  # pairs x their two sequences x max_seq_len
     simpo = api.compile(api.load(tmp_path / "recipe.toml", ['steps.prefs.method="simpo"'])).step("prefs")
     assert simpo.spec["preference"] == {"method": "simpo", "beta": 2.0, "gamma": 0.5}
     assert simpo.derived["reference"] == "none (SimPO)"

@@ -289,7 +289,9 @@ def finetune_spec(step: FinetuneStep, init: ModelShape, token_bound: int, device
         labels=step.labels, class_weighting=step.class_weighting,
         pooling=("last" if arch.causal else "first") if step.pooling == "auto" else step.pooling,
         lora=_resolved_lora(step, model), preference=_preference(step),
-        **training_controls(step, model, seq_len, step.batch_size, device, host, seed, nproc),
+        # a preference example is a pair: two sequences of up to seq_len tokens each
+        **training_controls(step, model, seq_len * (2 if step.task == "preference" else 1), step.batch_size, device,
+                            host, seed, nproc),
     )
 
 
