@@ -16,6 +16,7 @@ from llmrecipe import api
 from llmrecipe.cli import main
 from llmrecipe.errors import RecipeError
 from llmrecipe.finetune.feedback_pairs import read_feedback_pairs
+from llmrecipe.finetune.preference_data import serve_log_rows
 from llmrecipe.recipe.finetune import DatasetConfig
 from llmrecipe.serve.feedback import ServeLog
 from tests.conftest import REPO, SHARED_DATA, write_tiny_recipe
@@ -81,6 +82,17 @@ def marker_log(path: Path, questions: int) -> Path:
     log.feedback("plain", rating=None, correction="glass", comment=None)
     log.completion("silent", "m", "unused", "lamp", "stop", [{"role": "user", "content": "hi"}])
     return path
+
+
+def test_an_answer_both_corrected_and_rated_against_another_gives_two_distinct_rows(tmp_path):
+    log = ServeLog(tmp_path / "serve-log.jsonl")
+    for identity, answer, rating in [("a", "worse", -1), ("b", "better", 1)]:
+        log.completion(identity, "m", "unused", answer, "stop", [{"role": "user", "content": "q"}])
+        log.feedback(identity, rating=rating, correction="best" if identity == "a" else None, comment=None)
+    source = serve_log_rows(tmp_path / "serve-log.jsonl", DatasetConfig(path="serve-log.jsonl", format="serve_log"))
+    assert [n for n, _ in source.rows] == [1, 2]  # numbers tell rows apart, though both pairs start on line 1
+    assert [(row["chosen"], row["rejected"]) for _, row in source.rows] == [("best", "worse"), ("better", "worse")]
+    assert source.built == {"correction": 1, "rating": 1}
 
 
 def test_a_preference_step_trains_on_a_serve_log_and_reports_its_pairs(tmp_path):

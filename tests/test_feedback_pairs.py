@@ -87,6 +87,8 @@ def test_every_line_left_out_is_counted_under_its_reason():
         "[1, 2]",
         '{"kind": "metrics"}',
         '{"kind": "completion", "id": "no-text", "prompt": "p"}',
+        '{"kind": "completion", "id": "tool", "prompt": "p", "completion": "c", '
+        '"messages": [{"role": "tool", "content": "x"}]}',
         '{"kind": "completion", "id": "silent", "prompt": "p", "completion": "s"}',
         '{"kind": "completion", "id": "same", "prompt": "q", "completion": "right"}',
         '{"kind": "completion", "id": "blank", "prompt": "q", "completion": "w"}',
@@ -103,10 +105,10 @@ def test_every_line_left_out_is_counted_under_its_reason():
     ]
     pairs = feedback_pairs(lines)
     assert [(r["chosen"], r["rejected"]) for r in pairs.rows] == [("good", "bad")]
-    assert pairs.lines == 18
-    assert pairs.skipped == {UNREADABLE: 2, UNKNOWN_KIND: 1, BAD_COMPLETION: 1, ORPHAN_FEEDBACK: 1, BAD_FEEDBACK: 1,
+    assert pairs.lines == 19
+    assert pairs.skipped == {UNREADABLE: 2, UNKNOWN_KIND: 1, BAD_COMPLETION: 2, ORPHAN_FEEDBACK: 1, BAD_FEEDBACK: 1,
                              EMPTY_FEEDBACK: 1, SAME_CORRECTION: 1, EMPTY_CORRECTION: 1, SAME_TEXT: 1, NO_FEEDBACK: 1}
-    assert "1 pairs from 18 serve-log lines (1 by correction)" in pairs.summary()
+    assert "1 pairs from 19 serve-log lines (1 by correction)" in pairs.summary()
 
 
 def test_feedback_written_before_its_completion_line_still_counts():

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrecipe.errors import StepError
+from llmrecipe.finetune.chat_data import ROLES
 
 CORRECTION, RATING = "correction", "rating"
 """The two rules, as counted in `FeedbackPairs.built`."""
@@ -33,7 +34,7 @@ CORRECTION, RATING = "correction", "rating"
 # them as `rows_skipped_<reason>`, and messages show them with spaces.
 UNREADABLE = "unreadable_line"
 UNKNOWN_KIND = "neither_completion_nor_feedback"
-BAD_COMPLETION = "completion_without_prompt_or_text"
+BAD_COMPLETION = "completion_without_prompt_text_or_valid_messages"
 BAD_FEEDBACK = "feedback_without_completion_id_or_valid_rating"
 ORPHAN_FEEDBACK = "feedback_for_a_completion_not_in_the_log"
 NO_FEEDBACK = "completion_without_feedback"
@@ -159,11 +160,15 @@ def completion_of(record: dict, number: int) -> Completion | None:
     if not (isinstance(prompt, str) and isinstance(text, str) and isinstance(identity, str)):
         return None
     messages = record.get("messages")
-    if isinstance(messages, list) and messages and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
-    ):
+    if messages is not None:
+        if not (isinstance(messages, list) and messages and all(map(is_message, messages))):
+            return None
         prompt = [{"role": m["role"], "content": m["content"]} for m in messages]
     return Completion(id=identity, line=number, prompt=prompt, text=text)
+
+
+def is_message(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("role") in ROLES and isinstance(value.get("content"), str)
 
 
 def apply_feedback(record: dict, completions: dict[str, Completion]) -> str | None:

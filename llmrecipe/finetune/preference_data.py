@@ -93,11 +93,14 @@ def jsonl_rows(path: Path, dataset: DatasetConfig, limit: int | None = None) -> 
 
 def serve_log_rows(path: Path, dataset: DatasetConfig, limit: int | None = None) -> SourceRows:
     """`format = "serve_log"`: the pairs people's ratings and corrections make of a serve log (the first `limit`:
-    a sample). The whole log is read either way: an answer and its feedback can be far apart."""
+    a sample). The whole log is read either way: an answer and its feedback can be far apart. A pair is numbered by
+    its position among the pairs, not by a log line: one answer can be in several pairs (corrected, and rated
+    against another answer), and rows are told apart by their numbers."""
     pairs = read_feedback_pairs(path).conversations_only()
     require_pairs(pairs, path.name)
-    rows = [(pair["line"], {dataset.prompt_field: pair["prompt"], dataset.chosen_field: pair["chosen"],
-                            dataset.rejected_field: pair["rejected"]}) for pair in pairs.rows[:limit]]
+    rows = [(number, {dataset.prompt_field: pair["prompt"], dataset.chosen_field: pair["chosen"],
+                      dataset.rejected_field: pair["rejected"]})
+            for number, pair in enumerate(pairs.rows[:limit], start=1)]
     return SourceRows(rows, dict(pairs.skipped), dict(pairs.built))
 
 
