@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from llmrecipe.errors import StepError
 from llmrecipe.finetune.chat_data import (Example, assistant_spans, checked_messages, encode_example, in_held_out_share,
                                           row_split, split_rows)
+from llmrecipe.finetune.feedback_pairs import read_feedback_pairs, require_pairs
 from llmrecipe.finetune.fit import FitCounts, Truncation, fit_messages
 from llmrecipe.jsonl import json_objects
 from llmrecipe.recipe.finetune import DatasetConfig
@@ -54,6 +55,8 @@ class SourceRows:
     rows: Rows
     skipped: dict[str, int] = field(default_factory=dict)
     """Rows the source read but could not make a pair of, by reason (for the step's report)."""
+    built: dict[str, int] = field(default_factory=dict)
+    """Pairs the source made, by the rule that made them, when it has rules (`serve_log`: correction, rating)."""
 
 
 @dataclass
@@ -63,18 +66,23 @@ class PairCounts:
 
     splits: dict[str, FitCounts]
     skipped: dict[str, int]
+    built: dict[str, int] = field(default_factory=dict)
+    """The source's pairs by rule (see SourceRows.built)."""
 
     def as_metrics(self) -> dict[str, int]:
         metrics = {f"{split}_pairs": counts.kept for split, counts in self.splits.items() if split != "test"}
         for split in ("train", "val"):
             metrics.update(self.splits[split].as_metrics(split))
-        return {**metrics, **{f"rows_skipped_{reason}": count for reason, count in self.skipped.items()}}
+        return {**metrics, **{f"pairs_by_{rule}": count for rule, count in self.built.items()},
+                **{f"rows_skipped_{reason}": count for reason, count in self.skipped.items()}}
 
     def sentence(self) -> str:
         train, val = self.splits["train"], self.splits["val"]
         skipped = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in self.skipped.items())
+        built = ", ".join(f"{count} by {rule}" for rule, count in self.built.items())
         return (f"built {train.kept} train and {val.kept} validation pairs (train: {train.sentence()}; validation: "
                 f"{val.sentence()}); dropped rows did not fit max_seq_len"
+                + (f"; the source's pairs: {built}" if built else "")
                 + (f"; rows skipped by the source: {skipped}" if skipped else ""))
 
 
@@ -83,7 +91,21 @@ def jsonl_rows(path: Path, dataset: DatasetConfig, limit: int | None = None) -> 
     return SourceRows(list(islice(json_objects(path), limit)))
 
 
-ROW_SOURCES: dict[str, Callable[[Path, DatasetConfig, int | None], SourceRows]] = {"pairs": jsonl_rows}
+def serve_log_rows(path: Path, dataset: DatasetConfig, limit: int | None = None) -> SourceRows:
+    """`format = "serve_log"`: the pairs people's ratings and corrections make of a serve log (the first `limit`:
+    a sample). The whole log is read either way: an answer and its feedback can be far apart. A pair is numbered by
+    its position among the pairs, not by a log line: one answer can be in several pairs (corrected, and rated
+    against another answer), and rows are told apart by their numbers."""
+    pairs = read_feedback_pairs(path).conversations_only()
+    require_pairs(pairs, path.name)
+    rows = [(number, {dataset.prompt_field: pair["prompt"], dataset.chosen_field: pair["chosen"],
+                      dataset.rejected_field: pair["rejected"]})
+            for number, pair in enumerate(pairs.rows[:limit], start=1)]
+    return SourceRows(rows, dict(pairs.skipped), dict(pairs.built))
+
+
+ROW_SOURCES: dict[str, Callable[[Path, DatasetConfig, int | None], SourceRows]] = {
+    "pairs": jsonl_rows, "serve_log": serve_log_rows}
 """`dataset.format` -> the function that reads its file as rows of pairs, `(path, dataset, limit)`; `limit` bounds
 what it reads (for the sample `validate` checks), None reads it all."""
 
@@ -148,6 +170,11 @@ def first_user_turn(pair: Pair) -> str:
     return users[0] if users else "".join(m["content"] for m in pair.prompt)
 
 
+def held_out(pair: Pair, dataset: DatasetConfig) -> bool:
+    """Whether a pair without a split field is held out for validation: by a digest of its first user turn."""
+    return in_held_out_share(first_user_turn(pair), dataset.val_fraction)
+
+
 def pairs_from_rows(source: SourceRows, dataset: DatasetConfig, tokenizer: Tokenizer, template: str,
                     end_of_turn: str, limit: int, truncation: Truncation, file: str,
                     key: str = "dataset") -> tuple[dict[str, list[EncodedPair]], PairCounts]:
@@ -155,11 +182,7 @@ def pairs_from_rows(source: SourceRows, dataset: DatasetConfig, tokenizer: Token
     tokens and encoded, before any training starts."""
     parsed = {number: pair_of(row, dataset, f"{file} line {number}", key) for number, row in source.rows}
 
-    def held_out(row: dict[str, Any]) -> bool:
-        prompt = first_user_turn(pair_of(row, dataset, file, key))
-        return in_held_out_share(prompt, dataset.val_fraction)
-
-    splits = split_rows(source.rows, dataset, file, held_out)
+    splits = split_rows(source.rows, dataset, file, lambda row: held_out(pair_of(row, dataset, file, key), dataset))
     encoded: dict[str, list[EncodedPair]] = {}
     counts: dict[str, FitCounts] = {}
     for split, rows in splits.items():
@@ -171,7 +194,7 @@ def pairs_from_rows(source: SourceRows, dataset: DatasetConfig, tokenizer: Token
             if pair is not None:
                 counts[split].target_tokens += sum(pair.chosen.targets[1:]) + sum(pair.rejected.targets[1:])
                 encoded[split].append(pair)
-    return encoded, PairCounts(counts, dict(source.skipped))
+    return encoded, PairCounts(counts, dict(source.skipped), dict(source.built))
 
 
 def encode_pair(pair: Pair, tokenizer: Tokenizer, template: str, end_of_turn: str, limit: int,

@@ -37,10 +37,13 @@ class DatasetConfig(Section):
     messages_field: str = "messages"
     """`sft`: a list of `{"role", "content"}` turns (system/user/assistant); used by rows that have it instead of a
     prompt/response pair."""
-    format: Literal["pairs"] = "pairs"
+    format: Literal["pairs", "serve_log"] = "pairs"
     """`preference`: how rows become pairs. `pairs`: each row is one pair, `{prompt, chosen, rejected}` (field names
     below), the responses as strings or as lists of assistant messages; without a prompt field, `chosen` and
-    `rejected` are whole conversations that share all but their last assistant turn."""
+    `rejected` are whole conversations that share all but their last assistant turn. `serve_log`: the log of
+    `llmrecipe serve --log`, where a corrected chat answer gives (correction chosen, answer rejected) and two answers
+    to one conversation rated differently through /v1/feedback give (higher rated chosen); the step counts the pairs
+    by rule and the lines left out by reason."""
     chosen_field: str = "chosen"
     """`preference`: the preferred response."""
     rejected_field: str = "rejected"
