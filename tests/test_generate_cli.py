@@ -55,7 +55,8 @@ def test_generate_help_says_the_defaults_and_the_steps_it_takes(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 0.8); 0 is greedy" in text and "pretrain, import, finetune (sft, continue or seq2seq) or export step" in text
+    assert "(default: 0.8); 0 is greedy" in text
+    assert "pretrain, import, finetune (sft, preference, continue or seq2seq) or export step" in text
     assert "seed + i" in text
 
 
