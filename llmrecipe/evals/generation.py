@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from llmrecipe.evals.decoding import complete, prompt_is_cut, suite_engine
@@ -18,7 +20,7 @@ from llmrecipe.evals.text_metrics import (
     token_f1,
 )
 from llmrecipe.generate.sampling import SamplingParams
-from llmrecipe.recipe.evaluate import DecodingConfig, GenerationSuite
+from llmrecipe.recipe.evaluate import DecodingConfig, GenerationSuite, SemanticSimilaritySuite
 
 BLEU_COLUMNS = [f"bleu_{i}" for i in range(10)]
 CHRF_COLUMNS = [f"chrf_{i}" for i in range(18)]
@@ -33,19 +35,37 @@ METRICS = {
 }
 
 
-def run(config: GenerationSuite, env: SuiteEnv) -> SuiteResult:
+@dataclass
+class Answers:
+    """A suite's generated answers with their references, and each example as the report shows it."""
+
+    references: list[str]
+    predictions: list[str]
+    examples: list[dict]
+    prompts_cut: int
+    """Prompts too long for the context that kept only their end."""
+
+
+def answer_prompts(config: GenerationSuite | SemanticSimilaritySuite, env: SuiteEnv) -> Answers:
+    """The suite file's prompts (through the suite's template) answered by the model, beside their references."""
     rows = read_jsonl(env.data_path, *required_keys(config, suite_key(env.ctx.name, env.name)), limit=config.limit)
     prompts = [config.template.replace("{prompt}", row[config.prompt_field]) for row in rows]
     references = [row[config.reference_field] for row in rows]
     predictions, cut = generate_all(env, prompts, config.decoding)
-    columns = text_columns(predictions, references)
     examples = [
         {"prompt": row[config.prompt_field], "reference": reference, "prediction": prediction}
         for row, reference, prediction in zip(rows, references, predictions)
     ]
+    return Answers(references, predictions, examples, cut)
+
+
+def run(config: GenerationSuite, env: SuiteEnv) -> SuiteResult:
+    answers = answer_prompts(config, env)
+    columns = text_columns(answers.predictions, answers.references)
     order = np.lexsort((columns["rouge_l"], columns["f1"]))[: env.worst]  # lowest F1 first, then lowest ROUGE-L
-    worst = [{**examples[i], "f1": round(float(columns["f1"][i]), 4)} for i in order]
-    return SuiteResult(columns=columns, examples=examples, worst=worst, extra={"prompts_cut": cut})
+    worst = [{**answers.examples[i], "f1": round(float(columns["f1"][i]), 4)} for i in order]
+    return SuiteResult(columns=columns, examples=answers.examples, worst=worst,
+                       extra={"prompts_cut": answers.prompts_cut})
 
 
 def text_columns(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:

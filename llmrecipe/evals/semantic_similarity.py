@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from llmrecipe.embed import TextEncoder, mean_embedding
-from llmrecipe.evals.generation import generate_all
-from llmrecipe.evals.jsonl import read_jsonl, required_keys, suite_key
+from llmrecipe.evals.generation import answer_prompts
 from llmrecipe.evals.meaning import bertscore, cosine_similarity, idf_of
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult, mean
 from llmrecipe.recipe.evaluate import SemanticSimilaritySuite, encoder_input
@@ -26,24 +25,18 @@ METRICS = {name: mean(name) for name in SCORES}
 
 
 def run(config: SemanticSimilaritySuite, env: SuiteEnv) -> SuiteResult:
-    rows = read_jsonl(env.data_path, *required_keys(config, suite_key(env.ctx.name, env.name)), limit=config.limit)
-    prompts = [config.template.replace("{prompt}", row[config.prompt_field]) for row in rows]
-    references = [row[config.reference_field] for row in rows]
-    predictions, prompts_cut = generate_all(env, prompts, config.decoding)
+    answers = answer_prompts(config, env)
+    examples, predictions = answers.examples, answers.predictions
     encoder = suite_encoder(config, env)
     layer = encoder.layers if config.layer is None else config.layer
     reader = f"encoder '{config.encoder}'" if config.encoder else "the evaluated model's own states"
     env.ctx.log(f"suite {env.name}: meaning read by {reader} ({encoder.layers} blocks; BERTScore on block {layer}"
                 f"{', idf-weighted' if config.idf else ''})")
-    columns = score_pairs(encoder, predictions, references, layer, config.idf, env.batch_size)
-    examples = [
-        {"prompt": row[config.prompt_field], "reference": reference, "prediction": prediction}
-        for row, reference, prediction in zip(rows, references, predictions)
-    ]
+    columns = score_pairs(encoder, predictions, answers.references, layer, config.idf, env.batch_size)
     order = np.lexsort((columns["cosine"], columns["bertscore_f1"]))[: env.worst]  # lowest F1 first, then cosine
     worst = [{**examples[i], **{name: round(float(columns[name][i]), 4) for name in ("bertscore_f1", "cosine")}}
              for i in order]
-    extra = {"prompts_cut": prompts_cut, "texts_cut": int(columns.pop("cut").sum()),
+    extra = {"prompts_cut": answers.prompts_cut, "texts_cut": int(columns.pop("cut").sum()),
              "empty_generations": sum(not p for p in predictions), "layer": layer}
     return SuiteResult(columns=columns, examples=examples, worst=worst, extra=extra)
 
