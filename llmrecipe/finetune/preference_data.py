@@ -181,6 +181,8 @@ def pairs_from_rows(source: SourceRows, dataset: DatasetConfig, tokenizer: Token
     """Every row checked, split (by the split field, else a stable share of prompts held out), fitted into `limit`
     tokens and encoded, before any training starts."""
     parsed = {number: pair_of(row, dataset, f"{file} line {number}", key) for number, row in source.rows}
+    if len(parsed) != len(source.rows):  # a row source's bug, not the user's: one pair would silently replace another
+        raise ValueError(f"{file}: the row source numbered two rows alike; each row needs its own number")
 
     splits = split_rows(source.rows, dataset, file, lambda row: held_out(pair_of(row, dataset, file, key), dataset))
     encoded: dict[str, list[EncodedPair]] = {}
