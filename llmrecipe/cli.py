@@ -400,10 +400,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from llmrecipe.models.classifier import is_classifier_artifact, is_encoder_artifact
 
-    if is_classifier_artifact(folder) or is_encoder_artifact(folder):  # models that read: /v1/classify, /v1/embeddings
+    classifier = is_classifier_artifact(folder)
+    if classifier or is_encoder_artifact(folder):  # models that read: /v1/classify, /v1/embeddings
         from llmrecipe.serve.server import serve_reader
 
-        serve_reader(folder, classifier=is_classifier_artifact(folder), host=args.host, port=args.port,
+        serve_reader(folder, classifier=classifier, host=args.host, port=args.port,
                      api_key=args.api_key, model_name=args.model_name or args.step or Path(args.target).name,
                      max_request_bytes=args.max_request_bytes)
         return 0

@@ -208,3 +208,15 @@ def test_v1_embeddings_of_an_encoder_are_unit_mean_states_whatever_the_batch(tmp
     assert torch.allclose(vectors[1], mean / mean.norm(), atol=1e-5)
     assert batch["usage"]["prompt_tokens"] == len("the king walks") + len(texts[1]) + 40
     assert empty.status_code == 400 and "no tokens" in empty.json()["error"]["message"]
+
+
+def test_only_text_embedding_encoders_are_served_as_readers(tmp_path):
+    """`serve` sends bert artifacts to /v1/embeddings; a t5 (bidirectional encoder, but a generator) and a causal
+    model go to the generating server."""
+    from llmrecipe.models.classifier import is_encoder_artifact
+
+    for arch, reads in (("bert", True), ("t5", False), ("llama", False)):
+        folder = tmp_path / arch
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"arch": arch}))
+        assert is_encoder_artifact(folder) is reads, arch

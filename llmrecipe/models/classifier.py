@@ -83,7 +83,7 @@ def is_classifier_artifact(folder: Path) -> bool:
 def is_encoder_artifact(folder: Path) -> bool:
     """A language model that reads both ways (`bert`): it embeds texts rather than continuing them."""
     config = json.loads((folder / "config.json").read_text())
-    return config.get("task") is None and "arch" in config and not family(config["arch"]).causal
+    return config.get("task") is None and "arch" in config and family(config["arch"]).embeds_texts
 
 
 def load_classifier(folder: Path, device: str = "cpu") -> Classifier:
