@@ -217,9 +217,8 @@ def encode_conversations(splits: Conversations, file: str, tokenizer: Tokenizer,
                 fitted, outcome = fit_messages(messages, lambda turns: len(example_of(turns).ids), limit, truncation,
                                                tokenizer)
                 example = example_of(fitted) if fitted is not None else None
-            setattr(counts[split], outcome, getattr(counts[split], outcome) + 1)
+            counts[split].add(outcome, sum(example.targets[1:]) if example else 0)  # the first is never predicted
             if example is not None:
-                counts[split].target_tokens += sum(example.targets[1:])  # the first token is never predicted
                 encoded[split].append(example)
     if not counts["train"].rows:
         if not any(c.rows for c in counts.values()):

@@ -37,6 +37,11 @@ class FitCounts:
     def rows(self) -> int:
         return self.intact + self.trimmed + self.dropped
 
+    def add(self, outcome: str, target_tokens: int) -> None:
+        """One row fitted with `outcome` (`intact`, `trimmed` or `dropped`), keeping `target_tokens` in the loss."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        self.target_tokens += target_tokens
+
     @property
     def kept(self) -> int:
         return self.intact + self.trimmed

@@ -192,9 +192,8 @@ def pairs_from_rows(source: SourceRows, dataset: DatasetConfig, tokenizer: Token
         for number, _ in rows:
             pair, outcome = encode_pair(parsed[number], tokenizer, template, end_of_turn, limit, truncation,
                                         f"{file} line {number}")
-            setattr(counts[split], outcome, getattr(counts[split], outcome) + 1)
+            counts[split].add(outcome, sum(pair.chosen.targets[1:]) + sum(pair.rejected.targets[1:]) if pair else 0)
             if pair is not None:
-                counts[split].target_tokens += sum(pair.chosen.targets[1:]) + sum(pair.rejected.targets[1:])
                 encoded[split].append(pair)
     return encoded, PairCounts(counts, dict(source.skipped), dict(source.built))
 
@@ -213,6 +212,9 @@ def encode_pair(pair: Pair, tokenizer: Tokenizer, template: str, end_of_turn: st
         both = encoded(turns[:-answered])
         return max(len(both.chosen.ids), len(both.rejected.ids))
 
+    whole = encoded(pair.prompt)
+    if max(len(whole.chosen.ids), len(whole.rejected.ids)) <= limit:
+        return whole, "intact"  # most pairs: encoded once
     fitted, outcome = fit_messages(pair.prompt + pair.chosen, longest, limit, truncation, tokenizer)
     return (encoded(fitted[:-answered]) if fitted is not None else None), outcome
 

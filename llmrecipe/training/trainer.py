@@ -304,9 +304,14 @@ class Trainer:
         return scores["val_loss"] if scores else None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type=self.config.device, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.config.device, self.config.precision)
+
+
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """The forward passes' precision: bf16 autocast, or the weights' own dtype."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _clip_gradients(model: nn.Module, max_norm: float | None) -> torch.Tensor:

@@ -10,7 +10,6 @@ them from weights that have since moved; training never holds a second model. Th
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from llmrecipe.tokenizer.bytes import load_tokenizer
 from llmrecipe.training.distributed import World, barrier
 from llmrecipe.training.tasks.preference import PairRows, PreferenceTask, reference_log_probs
 from llmrecipe.training.tasks.preference_loss import USES_REFERENCE
+from llmrecipe.training.trainer import autocast
 
 REFERENCE_FILE = "reference_log_probs.safetensors"
 """In the step's scratch folder: the starting model's log-probabilities of each split's answers, (pairs, 2)."""
@@ -66,11 +66,10 @@ def reference(model: nn.Module, splits: dict[str, PairRows], spec: FinetuneSpec,
     computed them, else computed by the main process and saved there (atomically) for every process to read."""
     path = ctx.scratch_dir / REFERENCE_FILE
     if world.is_main and not saved_for(path, splits):
-        autocast = (torch.autocast(device_type=spec.device, dtype=torch.bfloat16) if spec.precision == "bf16"
-                    else contextlib.nullcontext())
         model.to(spec.device)
         ctx.log(f"computing the reference log-probabilities of {sum(len(rows) for rows in splits.values())} pairs")
-        computed = {name: reference_log_probs(model, rows, spec.micro_batch_size, spec.device, autocast)
+        computed = {name: reference_log_probs(model, rows, spec.micro_batch_size, spec.device,
+                                              autocast(spec.device, spec.precision))
                     for name, rows in splits.items()}
         partial = path.with_name(path.name + ".partial")
         save_file(computed, str(partial))

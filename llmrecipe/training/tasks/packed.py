@@ -56,13 +56,12 @@ def pack(examples: Sequence[Example], seq_len: int) -> Packed:
     rows: list[list[tuple[list[int], list[int]]]] = [[]]
     used = 0
     for example in examples:
-        ids, targets = example.ids, example.targets
+        ids = example.ids
         if len(ids) > seq_len + 1:
             raise ValueError(f"an example of {len(ids)} tokens does not fit a row of {seq_len} + 1")
         if len(ids) < 2:
             continue  # nothing to predict
-        x = ids[:-1]
-        y = [token if target else IGNORE for token, target in zip(ids[1:], targets[1:])]
+        x, y = shifted(example)
         if used + len(x) > seq_len:
             rows.append([])
             used = 0
@@ -137,3 +136,9 @@ class PackedTask:
 
     def validation_metrics(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"val_loss": float(totals["loss"]) / max(1.0, float(totals["count"]))}
+
+
+def shifted(example: Example) -> tuple[list[int], list[int]]:
+    """Inputs and next-token targets of a sequence; targets outside the answer are IGNORE."""
+    ids, targets = example.ids, example.targets
+    return ids[:-1], [token if target else IGNORE for token, target in zip(ids[1:], targets[1:])]

@@ -26,7 +26,7 @@ from torch import nn
 from llmrecipe.models.lora import adapters_disabled
 from llmrecipe.training.loss import IGNORE
 from llmrecipe.training.task import Batch, StepBatch, epoch_order
-from llmrecipe.training.tasks.packed import Example
+from llmrecipe.training.tasks.packed import Example, shifted
 from llmrecipe.training.tasks.preference_loss import Method, pair_losses
 
 TRAIN, HELD_OUT = 0, 1
@@ -69,12 +69,6 @@ class PairRows:
         b = len(index)
         return {"inputs": inputs.view(b, 2, T), "targets": targets.view(b, 2, T),
                 "reference": self.reference[list(index)], "split": torch.full((b,), split, dtype=torch.long)}
-
-
-def shifted(example: Example) -> tuple[list[int], list[int]]:
-    """Inputs and next-token targets of a sequence; targets outside the answer are IGNORE."""
-    ids, targets = example.ids, example.targets
-    return ids[:-1], [token if target else IGNORE for token, target in zip(ids[1:], targets[1:])]
 
 
 def answer_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
