@@ -13,6 +13,7 @@ import hashlib
 import os
 import sqlite3
 from pathlib import Path
+from typing import BinaryIO
 
 CACHED_FROM_BYTES = 1 << 20
 """Files of at least this size have their digest cached."""
@@ -20,10 +21,15 @@ CACHED_FROM_BYTES = 1 << 20
 
 def sha256_file(path: Path) -> str:
     """The sha256 of the file's bytes, read in full."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+        return sha256_stream(f)
+
+
+def sha256_stream(stream: BinaryIO) -> str:
+    """The sha256 of what is left to read of a binary stream (a local file or an fsspec one)."""
+    digest = hashlib.sha256()
+    while chunk := stream.read(1 << 20):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -186,7 +186,9 @@ def classes(recipe: Recipe, step: EvaluateStep) -> list[str] | None:
 
 def suite_check(suite, key: str, path: Path, labels: list[str] | None) -> None:
     if suite.type == "perplexity":
-        if not path.read_bytes()[:SAMPLE_BYTES].strip():
+        with open(path, "rb") as file:
+            sample = file.read(SAMPLE_BYTES)  # the start is enough to see text, whatever the file's size
+        if not sample.strip():
             raise StepError(f"{path.name} has no text: the file is empty (or only whitespace)")
     elif suite.type == "classification":
         fields = Fields(suite.text_field, suite.label_field, suite.split_field, key)

@@ -69,6 +69,11 @@ class SourceLog:
         return {"source": self.source, "files": self.files, "docs": self.docs, "chars": self.chars,
                 "bad_records": dict(self.bad_records), "repaired": dict(self.repaired), "bad_samples": self.bad_samples}
 
+    def add_sample(self, sample: dict) -> None:
+        """Keep a bad record for the report, up to BAD_SAMPLES of each kind."""
+        if sum(1 for kept in self.bad_samples if kept["kind"] == sample["kind"]) < BAD_SAMPLES:
+            self.bad_samples.append(sample)
+
 
 @dataclass
 class Reader:
@@ -111,9 +116,7 @@ class Reader:
                 "on_bad_record = \"skip\" on the step to leave such records out (they are counted)"
             )
         self.log.bad_records[kind] += 1
-        samples = [s for s in self.log.bad_samples if s["kind"] == kind]
-        if len(samples) < BAD_SAMPLES:
-            self.log.bad_samples.append({"kind": kind, "file": file.name, "where": where.lstrip(":"), "excerpt": excerpt[:200]})
+        self.log.add_sample({"kind": kind, "file": file.name, "where": where.lstrip(":"), "excerpt": excerpt[:200]})
 
     def _finish(self, frame: pl.DataFrame) -> pl.DataFrame:
         columns = {name: pl.col(name) if name in frame.columns else pl.lit(None) for name in self.metadata}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmrecipe.data.ranges import ByteRange, file_ranges
-from llmrecipe.data.read import BAD_SAMPLES, Reader, SourceLog
+from llmrecipe.data.read import Reader, SourceLog
 from llmrecipe.plan.plan import ExternalFile
 from llmrecipe.recipe.data import Source
 
@@ -104,6 +104,5 @@ def merged_log(logs: list[SourceLog]) -> SourceLog:
         whole.bad_records.update(log.bad_records)
         whole.repaired.update(log.repaired)
         for sample in log.bad_samples:
-            if sum(1 for kept in whole.bad_samples if kept["kind"] == sample["kind"]) < BAD_SAMPLES:
-                whole.bad_samples.append(sample)
+            whole.add_sample(sample)
     return whole

@@ -5,12 +5,10 @@ No polars here: `plan` uses it."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import BinaryIO
 
+from llmrecipe.digests import sha256_stream
 from llmrecipe.errors import RecipeError
-
-CHUNK = 1 << 20
 
 
 def is_remote(path: str) -> bool:
@@ -66,8 +64,5 @@ def remote_files(path: str, glob: str, where: str) -> list[tuple[str, str, int]]
 
 
 def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
     with open_binary(path) as stream:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(stream)
