@@ -23,24 +23,19 @@ import numpy as np
 from llmrecipe.evals.bias_data import read_questions
 from llmrecipe.evals.jsonl import suite_key
 from llmrecipe.evals.multiple_choice import score_choices
-from llmrecipe.evals.stats import Columns, Metric, confidence_interval, value
-from llmrecipe.evals.suite import SuiteEnv, SuiteResult
+from llmrecipe.evals.stats import Columns, Metric, values_with_intervals
+from llmrecipe.evals.suite import SuiteEnv, SuiteResult, mean
 from llmrecipe.recipe.bias import BiasSuite
 
 
-def share(part: str, whole: str) -> Metric:
-    """sum(part) / sum(whole), undefined (NaN) when `whole` has no examples."""
-    return Metric(lambda sums: sums[part] / sums[whole] if sums[whole] else float("nan"), higher_is_better=True)
-
-
-AMBIGUOUS_ACCURACY = share("ambiguous_correct", "ambiguous")
-DISAMBIGUATED_ACCURACY = share("disambiguated_correct", "disambiguated")
+AMBIGUOUS_ACCURACY = mean("ambiguous_correct", over="ambiguous")
+DISAMBIGUATED_ACCURACY = mean("disambiguated_correct", over="disambiguated")
 METRICS = {
     "ambiguous_accuracy": AMBIGUOUS_ACCURACY,
     "disambiguated_accuracy": DISAMBIGUATED_ACCURACY,
     "accuracy_gap": Metric(lambda sums: DISAMBIGUATED_ACCURACY.of_sums(sums) - AMBIGUOUS_ACCURACY.of_sums(sums),
                            higher_is_better=False),
-    "person_over_unknown": Metric(share("ambiguous_person", "ambiguous").of_sums, higher_is_better=False),
+    "person_over_unknown": mean("ambiguous_person", over="ambiguous", higher_is_better=False),
 }
 CHARTED = ("ambiguous_accuracy", "disambiguated_accuracy", "person_over_unknown")
 """The metrics drawn per category (all on a 0-1 scale; the gap is their difference)."""
@@ -87,9 +82,7 @@ def by_category(metrics: dict[str, Metric], columns: Columns, categories: list[s
     for category in sorted(set(categories)):
         subset = {name: column[labels == category] for name, column in columns.items()}
         row: dict[str, Any] = {"category": category, "examples": len(subset["count"])}
-        for name, metric in metrics.items():
-            number = value(metric, subset)
-            low, high = confidence_interval(metric, subset, env.bootstrap, env.seed)
+        for name, (number, low, high) in values_with_intervals(metrics, subset, env.bootstrap, env.seed).items():
             row[name] = f"{number:.3f} [{low:.3f}, {high:.3f}]" if np.isfinite(number) else "n/a"
             series[name][category] = (number, low, high)
         table.append(row)

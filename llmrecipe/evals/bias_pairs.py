@@ -20,13 +20,12 @@ from llmrecipe.evals.bias import by_category, chart
 from llmrecipe.evals.bias_data import read_pairs
 from llmrecipe.evals.jsonl import suite_key
 from llmrecipe.evals.loglikelihood import cut_requests, encode_pair, score_requests
-from llmrecipe.evals.stats import Metric
-from llmrecipe.evals.suite import SuiteEnv, SuiteResult, progress_bar
+from llmrecipe.evals.suite import SuiteEnv, SuiteResult, mean, progress_bar
 from llmrecipe.recipe.bias import BiasPairsSuite
 
 METRICS = {
-    "stereotype_share": Metric(lambda sums: sums["prefers_more"] / sums["count"], higher_is_better=False),
-    "mean_log_likelihood_difference": Metric(lambda sums: sums["difference"] / sums["count"], higher_is_better=False),
+    "stereotype_share": mean("prefers_more", higher_is_better=False),
+    "mean_log_likelihood_difference": mean("difference", higher_is_better=False),
 }
 NO_CATEGORY = "all pairs"
 """The one group of the chart when the rows carry no category."""

@@ -53,11 +53,19 @@ def resampled_values(metric: Metric, columns: Columns, counts: np.ndarray) -> np
 
 def confidence_interval(metric: Metric, columns: Columns, resamples: int, seed: int) -> tuple[float, float]:
     """Percentile bootstrap interval of the metric (95%)."""
-    examples = len(next(iter(columns.values())))
-    if examples == 0:
+    if len(next(iter(columns.values()))) == 0:
         return (float("nan"), float("nan"))
-    values = resampled_values(metric, columns, resample_counts(examples, resamples, seed))
-    return _percentiles(values)
+    _, low, high = values_with_intervals({"metric": metric}, columns, resamples, seed)["metric"]
+    return low, high
+
+
+def values_with_intervals(metrics: dict[str, Metric], columns: Columns, resamples: int,
+                          seed: int) -> dict[str, tuple[float, float, float]]:
+    """Each metric's value and percentile bootstrap interval (95%), (value, low, high), the resamples drawn once for
+    all of them. Needs at least one example."""
+    counts = resample_counts(len(next(iter(columns.values()))), resamples, seed)
+    return {name: (value(metric, columns), *_percentiles(resampled_values(metric, columns, counts)))
+            for name, metric in metrics.items()}
 
 
 @dataclass(frozen=True)

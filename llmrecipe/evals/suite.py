@@ -64,9 +64,11 @@ def progress_bar(env: SuiteEnv, total: int, unit: str):
     return env.ctx.progress(total=total, unit=unit)
 
 
-def mean(column: str) -> Metric:
-    """The mean of a per-example score, higher better: the column's sum over the example count."""
-    return Metric(lambda sums: sums[column] / sums["count"] if sums["count"] else float("nan"), higher_is_better=True)
+def mean(column: str, over: str = "count", higher_is_better: bool = True) -> Metric:
+    """The mean of a per-example score: the column's sum over the examples counted by `over` (all of them, or a
+    0/1 column such as the ambiguous questions); undefined (NaN) when there are none."""
+    return Metric(lambda sums: sums[column] / sums[over] if sums[over] else float("nan"),
+                  higher_is_better=higher_is_better)
 
 
 def proportion(column: str) -> Metric:

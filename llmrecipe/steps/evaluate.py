@@ -19,7 +19,7 @@ import torch
 
 from llmrecipe.errors import StepError
 from llmrecipe.evals.registry import suite_metrics, suite_module
-from llmrecipe.evals.stats import confidence_interval, value
+from llmrecipe.evals.stats import values_with_intervals
 from llmrecipe.evals.suite import SuiteEnv, SuiteResult
 from llmrecipe.models.classifier import is_classifier_artifact, load_classifier
 from llmrecipe.models.build import load_trained
@@ -107,9 +107,9 @@ def summarize(suite_type: str, outcome: SuiteResult, spec: EvaluateSpec) -> dict
     examples = len(next(iter(outcome.columns.values()))) if outcome.columns else 0
     summary: dict[str, Any] = {"type": suite_type, "examples": examples, "metrics": {}, "intervals": {}}
     if examples:
-        for metric_name, metric in suite_metrics(suite_type).items():
-            summary["metrics"][metric_name] = finite(value(metric, outcome.columns))
-            low, high = confidence_interval(metric, outcome.columns, spec.bootstrap, spec.seed)
+        found = values_with_intervals(suite_metrics(suite_type), outcome.columns, spec.bootstrap, spec.seed)
+        for metric_name, (number, low, high) in found.items():
+            summary["metrics"][metric_name] = finite(number)
             summary["intervals"][metric_name] = [finite(low), finite(high)]
     summary.update(extra=outcome.extra, worst=outcome.worst, note=outcome.note)
     if outcome.tables:
