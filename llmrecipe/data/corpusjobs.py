@@ -254,16 +254,21 @@ class ResolveJob(StageJob):
         ids = pl.read_parquet(self.deciding.targets[self.shard], columns=["id"])["id"]
         kept_ids = ids.gather(row_of(drops[:, 1]))
         owner = shard_of(drops[:, 0])
-        folder = self.deciding.folder / "resolved"
-        folder.mkdir(exist_ok=True)
         for shard in np.unique(owner).tolist():
             mine = owner == shard
-            write_drops(folder / f"{self.shard:06d}-{shard:06d}.parquet", row_of(drops[mine, 0]),
+            write_drops(resolved_path(self.deciding.folder, shard, self.shard), row_of(drops[mine, 0]),
                         kept_ids.filter(pl.Series(mine)))
         return len(drops)
 
 
+def resolved_path(folder: Path, owner: int, resolver: int) -> Path:
+    """Where the resolve job of shard `resolver` writes the drops it found in shard `owner`: a folder per owner, so
+    a shard's drops are listed without scanning every shard's."""
+    return folder / "resolved" / f"{owner:06d}" / f"{resolver:06d}.parquet"
+
+
 def write_drops(path: Path, rows: np.ndarray, duplicate_of: pl.Series) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     pl.DataFrame({"row": rows, "duplicate_of": duplicate_of}, schema={"row": pl.Int64, "duplicate_of": pl.String}
                  ).write_parquet(partial, compression="uncompressed")
@@ -273,7 +278,7 @@ def write_drops(path: Path, rows: np.ndarray, duplicate_of: pl.Series) -> None:
 def shard_drops(folder: Path, shard: int) -> tuple[np.ndarray, pl.Series]:
     """The rows of shard `shard` the decision in `folder` drops (ascending), and the id of the document kept in
     each one's place."""
-    paths = sorted((folder / "resolved").glob(f"*-{shard:06d}.parquet"))
+    paths = sorted(resolved_path(folder, shard, 0).parent.glob("*.parquet"))
     if not paths:
         return np.zeros(0, dtype=np.int64), pl.Series("duplicate_of", [], dtype=pl.String)
     drops = pl.concat([pl.read_parquet(path) for path in paths]).sort("row")
@@ -306,9 +311,7 @@ class InProcessDedup:
         if among is not None:
             for shard, start in enumerate(offsets[:-1].tolist()):
                 rows = np.flatnonzero(~among[start : start + self.sizes[shard]])
-                (excluded / "resolved").mkdir(parents=True, exist_ok=True)
-                write_drops(excluded / "resolved" / f"000000-{shard:06d}.parquet", rows,
-                            pl.Series([None] * len(rows), dtype=pl.String))
+                write_drops(resolved_path(excluded, shard, 0), rows, pl.Series([None] * len(rows), dtype=pl.String))
         targets = {shard: self.work / f"shard-{shard:06d}.parquet" for shard, size in enumerate(self.sizes) if size}
         Deciding(self.observing, len(self.sizes), targets, [excluded]).run(lambda jobs: [job.run() for job in jobs])
         keep = np.ones(int(offsets[-1]), dtype=bool)

@@ -46,7 +46,7 @@ from llmrecipe.plan.specs import DataSpec
 from llmrecipe.recipe.data import DataOp
 
 
-WORK_LAYOUT = 3
+WORK_LAYOUT = 4
 """Version of the work folder's files; a work folder of another version (or batch size) is started afresh."""
 RANGE_BATCHES = 4
 """Batches of text per byte range of a large JSONL file, each read by its own job: enough ranges that the workers
