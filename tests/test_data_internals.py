@@ -18,7 +18,7 @@ from llmrecipe.data.clean import clean_whitespace, spaced
 from llmrecipe.data.corpusjobs import InProcessDedup
 from llmrecipe.data.dedup import read_rows
 from llmrecipe.data.quality import BULLET_START, BULLETS, NONEMPTY_LINES, line_counts
-from llmrecipe.data.workers import THREADS_VARIABLE, Workers
+from llmrecipe.data.workers import ALLOCATOR, THREADS_VARIABLE, Workers
 from llmrecipe.data.words import WordSet, hash_words, split_words
 from llmrecipe.recipe.data import DedupExact, DedupNear, Normalize, Source
 from llmrecipe.steps.data import run
@@ -121,12 +121,24 @@ def test_consecutive_dedups_in_one_pass_keep_what_separate_passes_keep(tmp_path)
 
 def test_workers_run_polars_on_their_share_of_the_cores_and_leave_the_environment_as_it_was(monkeypatch):
     monkeypatch.delenv(THREADS_VARIABLE, raising=False)
+    for name in ALLOCATOR:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")  # the user's own setting wins, and stays
+    monkeypatch.setenv("_RJEM_MALLOC_CONF", "dirty_decay_ms:500,muzzy_decay_ms:1000,narenas:2")  # as polars leaves it
     workers = Workers(2)
     workers.start()
     try:
         sizes = [workers._pool.submit(pl.thread_pool_size).result() for _ in range(2)]
+        seen = dict(zip(ALLOCATOR, [workers._pool.submit(os.getenv, name).result() for name in ALLOCATOR]))
     finally:
         workers.close()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert sizes == [max(1, cores // 2)] * 2
+    # polars' defaults, then ours, then the user's: later settings win
+    assert seen["_RJEM_MALLOC_CONF"] == ("dirty_decay_ms:500,muzzy_decay_ms:1000,"
+                                         "dirty_decay_ms:10000,muzzy_decay_ms:10000,narenas:2")
+    assert seen["MALLOC_MMAP_THRESHOLD_"] == ALLOCATOR["MALLOC_MMAP_THRESHOLD_"]
+    assert seen["MALLOC_TRIM_THRESHOLD_"] == "12345"
     assert THREADS_VARIABLE not in os.environ
+    assert os.environ["_RJEM_MALLOC_CONF"] == "dirty_decay_ms:500,muzzy_decay_ms:1000,narenas:2"
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"

@@ -6,7 +6,7 @@ step's work folder, which every node must see at the same path (a shared filesys
 back through Ray's object store. Ray retries a task whose worker died (a job run twice writes the same files).
 
 Each task asks for one CPU and the memory of a batch at its peak (about 20 times `batch_mb`), and runs polars on
-one thread. Tasks are spread over the nodes, and about two per CPU of the cluster are in flight at once.
+one thread, with the local workers' allocator settings. Tasks are spread over the nodes, and about two per CPU of the cluster are in flight at once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any, Iterable, Iterator
 
-from llmrecipe.data.workers import Job
+from llmrecipe.data.workers import Job, worker_environment
 from llmrecipe.errors import StepError
 
 AHEAD = 2
@@ -58,7 +58,7 @@ class RayWorkers:
                 self._started_ray = True
             self._task = ray.remote(run_on_node).options(
                 num_cpus=1, memory=self.memory, max_retries=RETRIES, scheduling_strategy="SPREAD",
-                runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1"}})
+                runtime_env={"env_vars": worker_environment(threads=1)})
         return self._task
 
     def run(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, Any]]:

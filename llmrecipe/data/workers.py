@@ -8,6 +8,10 @@ state it is and can deadlock. A stage with a single job, or a step asked for one
 Each worker gets an equal share of the cores for polars' thread pool (one each when there are as many
 workers as cores): a pool per worker sized to the whole machine oversubscribes the cores, and its idle
 threads spin, which made the passes about 15-20% slower on 2 cores with 2 workers.
+
+Workers also keep freed memory a while instead of handing it back to the kernel at once (`ALLOCATOR`): a batch's
+arrays are freed and allocated again for the next batch, and faulting their pages in anew each time spent about a
+third of the workers' CPU time in the kernel (10-15% of the step's time on 2 cores).
 """
 
 from __future__ import annotations
@@ -23,6 +27,19 @@ from llmrecipe.host import core_count
 
 THREADS_VARIABLE = "POLARS_MAX_THREADS"
 """Read by polars once, when a process imports it: set while the workers are spawned."""
+JEMALLOC_VARIABLE = "_RJEM_MALLOC_CONF"
+"""polars' allocator's settings (jemalloc, its names prefixed _RJEM_). polars puts its own first when imported,
+then what the variable held: so the variable holds polars' defaults in every process that imported polars."""
+POLARS_JEMALLOC_DEFAULTS = "dirty_decay_ms:500,muzzy_decay_ms:1000"
+ALLOCATOR = {
+    # jemalloc: unused pages returned after 10 s, not after half a second
+    JEMALLOC_VARIABLE: "dirty_decay_ms:10000,muzzy_decay_ms:10000",
+    # glibc's (numpy's arrays): blocks up to 64 MiB from the heap rather than fresh mappings, and the heap trimmed
+    # only past 256 MiB free, so a batch's arrays reuse the last batch's pages
+    "MALLOC_MMAP_THRESHOLD_": str(64 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+}
+"""Allocator settings of the worker processes, read when a process starts (a value the user set wins)."""
 AHEAD = 2
 """Jobs in flight per worker: enough to keep each busy while the main process merges, few enough that
 finished results waiting their turn stay a handful of batches."""
@@ -47,6 +64,17 @@ def engine_workers(engine: str, count: int, ray_address: str | None, batch_mb: i
     return Workers(count)
 
 
+def worker_environment(threads: int) -> dict[str, str]:
+    """The variables a worker process starts with, beyond the step's own: polars' thread count and `ALLOCATOR`,
+    each as the user set it in this process's environment, if they did."""
+    wanted = {THREADS_VARIABLE: str(threads), **ALLOCATOR}
+    found = {name: os.environ.get(name, value) for name, value in wanted.items()}
+    # jemalloc's settings are a list, later ones winning: ours, then the user's (polars puts its own first)
+    users = os.environ.get(JEMALLOC_VARIABLE, "").removeprefix(POLARS_JEMALLOC_DEFAULTS).lstrip(",")
+    found[JEMALLOC_VARIABLE] = ",".join(filter(None, [ALLOCATOR[JEMALLOC_VARIABLE], users]))
+    return found
+
+
 def worker_count(asked: int) -> int:
     """`asked`, or when it is 0 one per CPU core this process may run on."""
     return asked or core_count()
@@ -56,7 +84,9 @@ class Workers:
     def __init__(self, count: int):
         self.count = worker_count(count)
         self._pool: ProcessPoolExecutor | None = None
-        self._saved_threads: str | None = None
+        self._saved: dict[str, str | None] = {}
+        """The variables set in this process's environment for the workers, with their values before (put back
+        when the pool closes)."""
 
     def run(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, Any]]:
         """Each job with its result, in job order. Jobs are taken from `jobs` as room frees up, so they may be
@@ -86,11 +116,11 @@ class Workers:
 
     def _start(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            # Workers are spawned as jobs are submitted, so the variable stays set until the pool closes; a
-            # value the user set wins. This process's polars read it long ago and is unaffected.
-            self._saved_threads = os.environ.get(THREADS_VARIABLE)
-            if self._saved_threads is None:
-                os.environ[THREADS_VARIABLE] = str(max(1, core_count() // self.count))
+            # Workers are spawned as jobs are submitted, so the variables stay set until the pool closes. This
+            # process's polars and allocators read theirs long ago and are unaffected.
+            wanted = worker_environment(max(1, core_count() // self.count))
+            self._saved = {name: os.environ.get(name) for name in wanted}
+            os.environ.update(wanted)
             self._pool = ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context("spawn"))
             for _ in range(self.count):
                 self._pool.submit(warm_up)
@@ -100,8 +130,12 @@ class Workers:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
-            if self._saved_threads is None:
-                os.environ.pop(THREADS_VARIABLE, None)
+            for name, value in self._saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            self._saved = {}
 
 
 def warm_up() -> None:
